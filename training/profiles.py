@@ -1,0 +1,23 @@
+"""Training profiles: plain values, one dict each.
+
+- ``smoke``: all ten models in a few minutes on 2 CPU cores, for tests; accuracy does not matter.
+- ``default``: the committed models; all ten within 90 minutes on 2 CPU cores.
+- ``full``: for a GPU: wider models, more pairs, more epochs.
+"""
+
+from __future__ import annotations
+
+PROFILES: dict[str, dict] = {
+    "smoke": dict(width=4, feat_dim=16, epochs=2, pairs_per_epoch=256, batch_size=64, patience=5,
+                  max_train_pairs=256, max_val_pairs=128),
+    "default": dict(width=16, feat_dim=64, epochs=10, pairs_per_epoch=40_000, batch_size=128, patience=5,
+                    max_train_pairs=None, max_val_pairs=None),
+    "full": dict(width=48, feat_dim=192, epochs=60, pairs_per_epoch=100_000, batch_size=256, patience=8,
+                 max_train_pairs=None, max_val_pairs=None),
+}
+
+# Domain randomisation: every digit of a fresh training pair gets a severity drawn from
+# 6 +- 2.5, so no model learns one corruption strength (the judged data comes from another generator).
+TRAIN_SEVERITY = 6.0
+TRAIN_SEVERITY_SPREAD = 2.5
+AUX_DIGIT_WEIGHT = 0.5  # weight of the digit cross-entropy next to the pair loss

@@ -1,0 +1,111 @@
+"""Rebuild every model: data (if missing), the ten base models, then a results table.
+
+    python -m training.run_all [--profile smoke|default|full] [--models NAME,...] [--jobs N]
+                               [--device auto|cpu|cuda] [--data DIR] [--out DIR] [--resume] [--force]
+
+``--out`` receives checkpoints, weights, histories and curves, so an experiment never touches the
+committed ``models/`` unless you point ``--out`` there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+
+import torch
+
+from training.data import build_dataset
+from training.models import MODEL_NAMES
+from training.profiles import PROFILES
+from training.train import train_model
+
+
+def ensure_dataset(data_dir: Path, profile: str) -> None:
+    """Build the default dataset when the folder has no training files (smaller for the smoke profile)."""
+    if (data_dir / "train.npz").is_file():
+        return
+    print(f"{data_dir}/train.npz not found: building the default dataset there", file=sys.stderr)
+    sizes = dict(n_train=2_000, n_val=500, n_test=500, n_shifted=300) if profile == "smoke" else {}
+    build_dataset(data_dir, **sizes)
+
+
+def _train_in_worker(kwargs: dict) -> dict:
+    return train_model(**kwargs)
+
+
+def train_all(names: list[str], data_dir: Path, out: Path, profile: str, device: str, jobs: int,
+              resume: bool, force: bool, progress: bool = True) -> list[dict]:
+    """Train the named models, ``jobs`` at a time; returns one result row per model, in order."""
+    common = dict(data_dir=data_dir, out=out, profile=profile, resume=resume, force=force, progress=progress)
+    if jobs <= 1:
+        return [train_model(name, device=device, **common) for name in names]
+    gpus = torch.cuda.device_count() if device in ("auto", "cuda") else 0
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    tasks = [dict(name=name, device=f"cuda:{i % gpus}" if gpus else "cpu", threads=threads, position=i % jobs,
+                  **common) for i, name in enumerate(names)]
+    results: dict[str, dict] = {}
+    # spawn, not fork: torch's thread pools do not survive a fork.
+    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(_train_in_worker, task): task["name"] for task in tasks}
+        for future in as_completed(futures):
+            results[futures[future]] = future.result()
+    return [results[name] for name in names]
+
+
+def format_table(rows: list[dict]) -> str:
+    columns = [("name", "model", "{}"), ("params", "params", "{:,}"), ("epochs", "epochs", "{}"),
+               ("val_acc", "val", "{:.4f}"), ("val_sev5_acc", "val sev5", "{:.4f}"),
+               ("val_sev7_acc", "val sev7", "{:.4f}"), ("test_acc", "test", "{:.4f}"),
+               ("train_seconds", "train s", "{:.0f}"), ("status", "status", "{}")]
+    columns = [c for c in columns if any(c[0] in r for r in rows)]
+    lines = ["| " + " | ".join(title for _, title, _ in columns) + " |",
+             "|" + "|".join("---" for _ in columns) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join(fmt.format(r[k]) if k in r else "-" for k, _, fmt in columns) + " |")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m training.run_all", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", choices=list(PROFILES), default="default")
+    parser.add_argument("--models", default=",".join(MODEL_NAMES), help="comma-separated names (default: all ten)")
+    parser.add_argument("--jobs", type=int, default=1, help="models trained at once (CPU threads are divided)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--data", default="data", help="data folder (built here if it has no train.npz)")
+    parser.add_argument("--out", default="runs", help="where checkpoints, weights and reports go")
+    parser.add_argument("--resume", action="store_true", help="continue interrupted models from their checkpoints")
+    parser.add_argument("--force", action="store_true", help="retrain models that are already trained")
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    unknown = [n for n in names if n not in MODEL_NAMES]
+    if unknown:
+        parser.error(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(MODEL_NAMES)}")
+    args.names = names
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    data_dir, out = Path(args.data), Path(args.out)
+    start = time.perf_counter()
+    ensure_dataset(data_dir, args.profile)
+    rows = train_all(args.names, data_dir, out, args.profile, args.device, args.jobs, args.resume, args.force)
+    table = format_table(rows)
+    print(table)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "training_results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    print(f"done in {time.perf_counter() - start:.0f}s; results in {out}/training_results.json", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
