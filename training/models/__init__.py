@@ -71,3 +71,14 @@ def build_model(name: str, width: int = 32, feat_dim: int = 128) -> SiameseNet:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def registry_table(width: int, feat_dim: int) -> str:
+    """The registry as a markdown table with parameter counts at the given profile size (README shows it)."""
+    lines = ["| name | tower | head | loss | seed | parameters | description |", "|---|---|---|---|---|---|---|"]
+    for c in REGISTRY.values():
+        loss = c.loss + (f" + smoothing {c.label_smoothing:g}" if c.label_smoothing else "")
+        params = count_parameters(build_model(c.name, width, feat_dim))
+        lines.append(f"| `{c.name}` | {c.tower} {list(c.tower_kwargs.get('layers', [])) or ''} | {c.head} | {loss} "
+                     f"| {c.seed} | {params:,} | {c.description} |")
+    return "\n".join(lines)
