@@ -71,6 +71,21 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def export_and_stack(out: Path, data_dir: Path, profile: str, training_rows: list[dict]) -> None:
+    """ONNX export with its parity check, both stackers, the manifest and REPORT.md."""
+    from export.__main__ import export_all
+    from training.report import write_report
+    from training.stacking import fit_stackers
+
+    parity = export_all(out, profile, data_dir)
+    metrics = fit_stackers(out, data_dir, profile)
+    if "test" in metrics:
+        from ensemble.evaluation import format_rows
+
+        print(format_rows(metrics["test"]["rows"]))
+    print(f"report: {write_report(out, metrics, training_rows, profile, parity)}", file=sys.stderr)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m training.run_all", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -82,6 +97,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", default="runs", help="where checkpoints, weights and reports go")
     parser.add_argument("--resume", action="store_true", help="continue interrupted models from their checkpoints")
     parser.add_argument("--force", action="store_true", help="retrain models that are already trained")
+    parser.add_argument("--skip-export", action="store_true", help="train only: no ONNX export, stacking or report")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     unknown = [n for n in names if n not in MODEL_NAMES]
@@ -103,6 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     out.mkdir(parents=True, exist_ok=True)
     (out / "training_results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    if args.skip_export:
+        pass
+    elif all((out / "weights" / name / "weights.safetensors").is_file() for name in MODEL_NAMES):
+        export_and_stack(out, data_dir, args.profile, rows)
+    else:
+        print("not all ten models are trained in this --out folder yet: export and stacking skipped", file=sys.stderr)
     print(f"done in {time.perf_counter() - start:.0f}s; results in {out}/training_results.json", file=sys.stderr)
     return 0
 

@@ -1,0 +1,126 @@
+"""Command-line tools on the committed models (no torch needed).
+
+    python -m ensemble predict IN.npz --out pred.csv [--proba]
+    python -m ensemble evaluate IN.npz [--labels LABELS.csv] [--json OUT.json]
+    python -m ensemble check-submission PRED.csv --data IN.npz
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ensemble.course_data import CourseDataError, labels_for_ids, load_course_npz, read_labels_csv, write_submission_csv
+from ensemble.evaluation import evaluation_rows, format_rows
+from ensemble.manifest import ManifestError
+from ensemble.runtime import Ensemble
+
+DEFAULT_MODELS = Path(__file__).resolve().parent.parent / "models"
+
+
+def predict(args: argparse.Namespace) -> int:
+    data = load_course_npz(args.input)
+    ens = Ensemble.load(args.models)
+    pred = ens.predict(data.x, progress=True)
+    write_submission_csv(args.out, data.ids_or_row_numbers(), pred.label, pred.probability if args.proba else None)
+    print(f"wrote {len(data)} predictions to {args.out} ({pred.label.mean():.1%} labelled 1)", file=sys.stderr)
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    data = load_course_npz(args.input)
+    if args.labels:
+        y = labels_for_ids(read_labels_csv(args.labels), data.ids_or_row_numbers(), str(args.labels))
+    elif data.y is not None:
+        y = data.y
+    else:
+        raise CourseDataError(f"{args.input}: has no labels ('y'); pass --labels LABELS.csv")
+    ens = Ensemble.load(args.models)
+    rows = evaluation_rows(ens, ens.predict(data.x, progress=True), y)
+    print(f"{args.input}: {len(y)} labelled pairs\n")
+    print(format_rows(rows))
+    if args.json:
+        tmp = Path(args.json).with_name(f".{Path(args.json).name}.tmp")
+        tmp.write_text(json.dumps({"n": int(len(y)), "rows": rows}, indent=2) + "\n")
+        os.replace(tmp, args.json)
+    return 0
+
+
+def check_submission(args: argparse.Namespace) -> int:
+    """Validate a submission against a test file; prints every problem found, exit 1 if any."""
+    expected = load_course_npz(args.data).ids_or_row_numbers()
+    path = Path(args.submission)
+    if not path.is_file():
+        raise CourseDataError(f"{path}: no such file")
+    problems: list[str] = []
+    seen: dict[str, int] = {}
+    with path.open(newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header != ["id", "label"]:
+            problems.append(f"header must be exactly 'id,label', got {','.join(header) if header else 'nothing'}")
+        for line, row in enumerate(tqdm(reader, total=len(expected), desc="checking", unit="row",
+                                        disable=len(expected) < 50_000), start=2):
+            if len(row) != 2:
+                problems.append(f"line {line}: {len(row)} columns, expected 2 (id,label)")
+                continue
+            key, label = row
+            if label not in ("0", "1"):
+                problems.append(f"line {line}: label must be 0 or 1, got {label!r}")
+            if key in seen:
+                problems.append(f"line {line}: id {key!r} already on line {seen[key]}")
+            seen.setdefault(key, line)
+    expected_set = set(expected.tolist())
+    missing = [i for i in expected if i not in seen]
+    extra = [i for i in seen if i not in expected_set]
+    if missing:
+        problems.append(f"{len(missing)} id(s) of {args.data} have no prediction, e.g. {', '.join(missing[:3])}")
+    if extra:
+        problems.append(f"{len(extra)} id(s) are not in {args.data}, e.g. {', '.join(extra[:3])}")
+    if problems:
+        shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
+        print(f"{path}: INVALID submission\n" + "\n".join(f"  - {p}" for p in shown), file=sys.stderr)
+        return 1
+    print(f"{path}: OK, {len(seen)} predictions, one per id of {args.data}, labels 0/1")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ensemble", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default=str(DEFAULT_MODELS), help="models folder (default: the committed one)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("predict", help="write a submission CSV for a course-format .npz")
+    p.add_argument("input")
+    p.add_argument("--out", required=True, help="CSV to write (id,label)")
+    p.add_argument("--proba", action="store_true", help="add a third column, probability")
+    p.set_defaults(run=predict)
+    e = sub.add_parser("evaluate", help="compare every base model, baseline and stacker on a labelled file")
+    e.add_argument("input")
+    e.add_argument("--labels", help="id,label CSV (for test files without 'y')")
+    e.add_argument("--json", help="also write the table as JSON")
+    e.set_defaults(run=evaluate)
+    c = sub.add_parser("check-submission", help="validate a submission CSV against a test file")
+    c.add_argument("submission")
+    c.add_argument("--data", required=True, help="the course-format .npz the submission answers")
+    c.set_defaults(run=check_submission)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return args.run(args)
+    except (CourseDataError, ManifestError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    np.seterr(over="ignore")
+    sys.exit(main())

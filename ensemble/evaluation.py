@@ -1,0 +1,25 @@
+"""The side-by-side table: every base model, the baselines and the two stackers, on labelled pairs."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ensemble.metrics import binary_metrics
+from ensemble.runtime import Ensemble, Prediction
+
+METRICS = ("accuracy", "f1", "roc_auc", "log_loss")
+
+
+def evaluation_rows(ensemble: Ensemble, pred: Prediction, y: np.ndarray) -> list[dict]:
+    """One row per method: name, kind (base | baseline | stack) and the four metrics."""
+    return [{"name": name, "kind": kind, **binary_metrics(y, p)}
+            for name, (kind, p) in ensemble.method_probabilities(pred).items()]
+
+
+def format_rows(rows: list[dict]) -> str:
+    """The rows as a markdown table."""
+    lines = ["| method | kind | accuracy | F1 | ROC-AUC | log-loss |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['name']} | {r['kind']} | {r['accuracy']:.4f} | {r['f1']:.4f} | {r['roc_auc']:.4f} "
+                     f"| {r['log_loss']:.4f} |")
+    return "\n".join(lines)

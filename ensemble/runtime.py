@@ -1,0 +1,173 @@
+"""The torch-free run time: the fused ONNX graph of the ten base models, then the LightGBM stacker.
+
+    ens = Ensemble.load("models")
+    pred = ens.predict(pairs_uint8)        # (N, 28, 56) uint8
+    pred.probability, pred.label, pred.base_probabilities, pred.digits
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import onnxruntime as ort
+from tqdm import tqdm
+
+from ensemble.course_data import as_pairs_uint8
+from ensemble.features import stacking_features
+from ensemble.manifest import ManifestError, read_manifest, verify_artifact
+
+log = logging.getLogger("ensemble")
+DEVICE_ENV = "DIGIT_COMPARE_DEVICE"  # auto (default) | cpu | cuda
+CHUNK = 2048  # pairs per ONNX Runtime call: bounds memory on large inputs
+
+
+def gpu_usable() -> bool:
+    """True when onnxruntime has its CUDA provider AND the CUDA driver reports at least one device.
+
+    Asking the driver directly (instead of trying to open a CUDA session) keeps a machine without a
+    GPU free of onnxruntime's error messages.
+    """
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return False
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    count = ctypes.c_int(0)
+    return cuda.cuInit(0) == 0 and cuda.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
+
+
+def open_session(path: Path, device: str | None = None) -> ort.InferenceSession:
+    """An ONNX Runtime session on the GPU when one is usable (or forced), else on the CPU."""
+    device = (device or os.environ.get(DEVICE_ENV, "auto")).lower()
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"{DEVICE_ENV} must be auto, cpu or cuda, got {device!r}")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = os.cpu_count() or 1
+    options.inter_op_num_threads = 1
+    use_cuda = device == "cuda" or (device == "auto" and gpu_usable())
+    if device == "cuda" and not gpu_usable():
+        raise RuntimeError(f"{DEVICE_ENV}=cuda, but no usable GPU (or no onnxruntime CUDA provider) was found")
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
+    session = ort.InferenceSession(str(path), options, providers=providers)
+    log.info("ONNX Runtime provider: %s", session.get_providers()[0])
+    return session
+
+
+def fused_outputs(session: ort.InferenceSession, pairs: np.ndarray,
+                  progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The fused graph's raw outputs, logits (N, M) and digit_probs (N, M, 2, 10), in bounded chunks."""
+    pairs = as_pairs_uint8(pairs, "pairs")
+    logits, digit_probs = [], []
+    chunks = range(0, len(pairs), CHUNK)
+    for start in tqdm(chunks, desc="scoring", unit="chunk", disable=not progress or len(chunks) < 2):
+        a, b = session.run(None, {"pairs": pairs[start:start + CHUNK]})
+        logits.append(a)
+        digit_probs.append(b)
+    return np.concatenate(logits), np.concatenate(digit_probs)
+
+
+@dataclass
+class Prediction:
+    probability: np.ndarray  # (N,) stacked P(left > right)
+    label: np.ndarray  # (N,) 0/1
+    base_probabilities: np.ndarray  # (N, M) each base model's P(left > right), in Ensemble.names order
+    digits: np.ndarray  # (N, 2) most likely left / right digit (averaged digit heads)
+    logits: np.ndarray  # (N, M) base pair logits
+    digit_probs: np.ndarray  # (N, M, 2, 10)
+    features: np.ndarray  # (N, F) the stacking features
+
+
+class LogisticStacker:
+    """Logistic-regression stacking stored as JSON (standardisation + coefficients), scored with numpy."""
+
+    def __init__(self, spec: dict):
+        self.mean = np.asarray(spec["mean"], dtype=np.float64)
+        self.scale = np.asarray(spec["scale"], dtype=np.float64)
+        self.coef = np.asarray(spec["coef"], dtype=np.float64)
+        self.intercept = float(spec["intercept"])
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        z = ((features - self.mean) / self.scale) @ self.coef + self.intercept
+        return 1.0 / (1.0 + np.exp(-z))
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+class Ensemble:
+    """Ten ONNX base models in one fused graph, stacked by LightGBM."""
+
+    def __init__(self, models_dir: Path, manifest: dict, session: ort.InferenceSession, booster: lgb.Booster,
+                 logreg: LogisticStacker):
+        self.models_dir = models_dir
+        self.manifest = manifest
+        self.session = session
+        self.booster = booster
+        self.logreg = logreg
+        self.names: tuple[str, ...] = tuple(m["name"] for m in manifest["models"])
+        self.feature_names: list[str] = list(manifest["features"]["names"])
+        self.best_single: str = manifest["best_single"]
+        self.provider: str = session.get_providers()[0]
+
+    @classmethod
+    def load(cls, models_dir: str | os.PathLike = "models", device: str | None = None) -> Ensemble:
+        """Verify the manifest and the serving artifacts' hashes, then open them."""
+        models_dir = Path(models_dir)
+        manifest = read_manifest(models_dir)
+        fused = verify_artifact(models_dir, manifest, "fused")
+        lightgbm_path = verify_artifact(models_dir, manifest, "lightgbm")
+        logreg_path = verify_artifact(models_dir, manifest, "logreg")
+        try:
+            booster = lgb.Booster(model_file=str(lightgbm_path))
+        except lgb.basic.LightGBMError as err:
+            raise ManifestError(f"{lightgbm_path}: not a LightGBM text model ({err})") from err
+        try:
+            logreg = LogisticStacker(json.loads(logreg_path.read_text()))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            raise ManifestError(f"{logreg_path}: malformed logistic-regression stacker ({err})") from err
+        try:
+            session = open_session(fused, device)
+        except Exception as err:  # onnxruntime raises its own exception types for corrupt graphs
+            if isinstance(err, RuntimeError | ValueError) and DEVICE_ENV in str(err):
+                raise
+            raise ManifestError(f"{fused}: ONNX Runtime cannot open it ({err})") from err
+        return cls(models_dir, manifest, session, booster, logreg)
+
+    def predict(self, pairs: np.ndarray, progress: bool = False) -> Prediction:
+        """Score pairs (N, 28, 56) uint8 (a float array in [0, 1] or [0, 255] is converted)."""
+        logits, digit_probs = fused_outputs(self.session, pairs, progress)
+        features, _ = stacking_features(logits, digit_probs, self.names)
+        probability = self.booster.predict(features, num_threads=1)
+        return Prediction(probability=probability, label=(probability >= 0.5).astype(np.int64),
+                          base_probabilities=sigmoid(logits.astype(np.float64)),
+                          digits=digit_probs.mean(axis=1).argmax(axis=-1), logits=logits, digit_probs=digit_probs,
+                          features=features)
+
+    def method_probabilities(self, pred: Prediction) -> dict[str, tuple[str, np.ndarray]]:
+        """Every scoring method side by side: name -> (kind, P(left > right))."""
+        methods = {name: ("base", pred.base_probabilities[:, i]) for i, name in enumerate(self.names)}
+        methods["best_single"] = ("baseline", pred.base_probabilities[:, self.names.index(self.best_single)])
+        methods["mean"] = ("baseline", pred.base_probabilities.mean(axis=1))
+        methods["vote"] = ("baseline", (pred.base_probabilities >= 0.5).mean(axis=1))
+        methods["logreg"] = ("stack", self.logreg.predict(pred.features))
+        methods["lightgbm"] = ("stack", pred.probability)
+        return methods
+
+    def info(self) -> dict:
+        """What is loaded: names, versions, hashes, data, metrics, provider."""
+        m = self.manifest
+        return {"models": list(self.names), "best_single": self.best_single, "format_version": m["format_version"],
+                "created": m.get("created"), "provider": self.provider,
+                "artifacts": {role: {"file": a["file"], "sha256": a["sha256"]} for role, a in m["artifacts"].items()},
+                "training": m.get("training", {}), "metrics": m.get("metrics", {})}

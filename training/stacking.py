@@ -1,0 +1,165 @@
+"""Fit the meta-learners on the validation split and write the serving artifacts + manifest.
+
+The ten base models' outputs on ``val.npz`` (held out from their training) are the stackers'
+training set. Five-fold stratified cross-validation gives out-of-fold predictions and fold scores;
+the final LightGBM model (text format) and a logistic regression (JSON) are fit on all of it. The
+test split is only scored, never used to choose anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold
+from sklearn.preprocessing import StandardScaler
+
+from ensemble.course_data import labels_for_ids, load_course_npz, read_labels_csv, save_course_npz
+from ensemble.evaluation import evaluation_rows
+from ensemble.features import FEATURE_SET_VERSION, stacking_features
+from ensemble.manifest import artifact_entry, write_manifest
+from ensemble.metrics import binary_metrics
+from ensemble.runtime import Ensemble, fused_outputs, open_session
+from training.data import dataset_fingerprint
+from training.models import MODEL_NAMES
+
+LIGHTGBM = "stacker_lightgbm.txt"
+LOGREG = "stacker_logreg.json"
+REFERENCE = "reference_predictions.npz"
+LGB_PARAMS = {"objective": "binary", "learning_rate": 0.03, "num_leaves": 15, "min_data_in_leaf": 40,
+              "feature_fraction": 0.8, "bagging_fraction": 0.8, "bagging_freq": 1, "lambda_l2": 1.0,
+              "verbose": -1, "num_threads": 2, "deterministic": True, "force_row_wise": True}
+MAX_ROUNDS, EARLY_STOP, FOLDS = 1000, 50, 5
+
+
+def _fit_lightgbm(x, y, seed, rounds=None, valid=None) -> lgb.Booster:
+    params = {**LGB_PARAMS, "seed": seed}
+    train = lgb.Dataset(x, y, free_raw_data=False)
+    if valid is None:
+        return lgb.train(params, train, num_boost_round=rounds)
+    valid_set = lgb.Dataset(valid[0], valid[1], reference=train)
+    return lgb.train(params, train, num_boost_round=MAX_ROUNDS, valid_sets=[valid_set],
+                     callbacks=[lgb.early_stopping(EARLY_STOP, verbose=False)])
+
+
+def _fit_logreg(x, y) -> tuple[StandardScaler, LogisticRegression]:
+    scaler = StandardScaler().fit(x)
+    return scaler, LogisticRegression(C=0.5, max_iter=5000).fit(scaler.transform(x), y)
+
+
+def cross_validate(features: np.ndarray, y: np.ndarray, seed: int = 0) -> dict:
+    """Five-fold out-of-fold predictions and fold scores for both stackers; the LightGBM round count
+    for the final fit is the mean of the folds' early-stopping rounds (chosen inside val only)."""
+    folds = StratifiedKFold(FOLDS, shuffle=True, random_state=seed)
+    oof = {"lightgbm": np.zeros(len(y)), "logreg": np.zeros(len(y))}
+    fold_rows, rounds = [], []
+    for k, (fit, held) in enumerate(folds.split(features, y)):
+        booster = _fit_lightgbm(features[fit], y[fit], seed, valid=(features[held], y[held]))
+        rounds.append(booster.best_iteration)
+        oof["lightgbm"][held] = booster.predict(features[held], num_iteration=booster.best_iteration)
+        scaler, logreg = _fit_logreg(features[fit], y[fit])
+        oof["logreg"][held] = logreg.predict_proba(scaler.transform(features[held]))[:, 1]
+        fold_rows.append({"fold": k + 1, "rounds": booster.best_iteration,
+                          **{f"{m}_{key}": v for m in oof for key, v in binary_metrics(y[held], oof[m][held]).items()}})
+    return {"folds": fold_rows, "rounds": int(np.mean(rounds)),
+            "oof": {m: binary_metrics(y, p) for m, p in oof.items()}}
+
+
+def package_versions() -> dict:
+    versions = {"python": platform.python_version()}
+    for package in ("numpy", "torch", "onnx", "onnxruntime-gpu", "lightgbm", "scikit-learn", "bentoml"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def labelled_test(data_dir: Path):
+    test = load_course_npz(data_dir / "test_public.npz", require=("x", "id"))
+    labels_path = data_dir / "test_public_labels.csv"
+    test.y = labels_for_ids(read_labels_csv(labels_path), test.ids, str(labels_path))
+    return test
+
+
+def fit_stackers(out: str | Path, data_dir: str | Path, profile: str, seed: int = 0) -> dict:
+    """Fit both stackers on val, write them, the manifest and reference predictions; returns the
+    metrics (cross-validation and the test table) that the report shows."""
+    out, data_dir = Path(out), Path(data_dir)
+    names = MODEL_NAMES
+    session = open_session(out / "ensemble.onnx", "cpu")
+    val = load_course_npz(data_dir / "val.npz", require=("x", "y"))
+    val_logits, val_digits = fused_outputs(session, val.x, progress=True)
+    features, feature_names = stacking_features(val_logits, val_digits, names)
+    cv = cross_validate(features, val.y, seed)
+
+    booster = _fit_lightgbm(features, val.y, seed, rounds=cv["rounds"])
+    tmp = out / f".{LIGHTGBM}.tmp"
+    booster.save_model(str(tmp))
+    os.replace(tmp, out / LIGHTGBM)
+    scaler, logreg = _fit_logreg(features, val.y)
+    spec = {"features": feature_names, "mean": scaler.mean_.tolist(), "scale": scaler.scale_.tolist(),
+            "coef": logreg.coef_[0].tolist(), "intercept": float(logreg.intercept_[0])}
+    (out / f".{LOGREG}.tmp").write_text(json.dumps(spec) + "\n")
+    os.replace(out / f".{LOGREG}.tmp", out / LOGREG)
+
+    val_acc = {name: float(((val_logits[:, i] > 0) == val.y).mean()) for i, name in enumerate(names)}
+    best_single = max(val_acc, key=val_acc.get)  # chosen on val, never on test
+    histories = {n: json.loads((out / "weights" / n / "history.json").read_text()) for n in names}
+    dataset = json.loads((data_dir / "dataset.json").read_text()) if (data_dir / "dataset.json").is_file() else {}
+    manifest = {
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "models": [{"name": n, "file": f"onnx/{n}.onnx", "params": histories[n]["result"]["params"],
+                    "config": histories[n]["config"], "val_acc": val_acc[n]} for n in names],
+        "best_single": best_single,
+        "input": {"name": "pairs", "dtype": "uint8", "shape": [None, 28, 56],
+                  "layout": "two 28x28 digits side by side; left = columns 0-27; raw pixels 0-255"},
+        "outputs": {"fused": {"logits": [None, len(names)], "digit_probs": [None, len(names), 2, 10]},
+                    "single": {"logit": [None], "digit_probs": [None, 2, 10]}},
+        "features": {"version": FEATURE_SET_VERSION, "names": feature_names},
+        "decision": "label = 1 when the LightGBM probability >= 0.5",
+        "training": {"profile": profile, "data": dataset, "data_fingerprint": dataset_fingerprint(data_dir),
+                     "stacker_training_set": f"val.npz ({len(val)} pairs), {FOLDS}-fold CV"},
+        "versions": package_versions(),
+    }
+    manifest["artifacts"] = _artifacts(out, names)
+    write_manifest(out, manifest)
+
+    # Score the test split through the very path serving uses, and record reference predictions.
+    ens = Ensemble.load(out, device="cpu")
+    metrics = {"stacking_cv": cv, "val_acc": val_acc, "best_single": best_single}
+    if (data_dir / "test_public.npz").is_file() and (data_dir / "test_public_labels.csv").is_file():
+        test = labelled_test(data_dir)
+        pred = ens.predict(test.x)
+        metrics["test"] = {"n": len(test), "rows": evaluation_rows(ens, pred, test.y)}
+        metrics["test_confusion"] = _confusion(test.y, pred.label)
+        for entry in manifest["models"]:
+            entry["test_acc"] = next(r["accuracy"] for r in metrics["test"]["rows"] if r["name"] == entry["name"])
+    reference_x = val.x[:64]
+    save_course_npz(out / REFERENCE, x=reference_x, probability=ens.predict(reference_x).probability)
+    metrics["feature_importance"] = dict(zip(feature_names, booster.feature_importance("gain").tolist(), strict=True))
+    manifest["metrics"] = {k: v for k, v in metrics.items() if k != "feature_importance"}
+    manifest["artifacts"] = _artifacts(out, names)
+    write_manifest(out, manifest)
+    return metrics
+
+
+def _confusion(y: np.ndarray, label: np.ndarray) -> list[list[int]]:
+    return [[int(((y == t) & (label == p)).sum()) for p in (0, 1)] for t in (0, 1)]
+
+
+def _artifacts(out: Path, names: tuple[str, ...]) -> dict:
+    files = {"fused": out / "ensemble.onnx", "lightgbm": out / LIGHTGBM, "logreg": out / LOGREG}
+    if (out / REFERENCE).is_file():
+        files["reference"] = out / REFERENCE
+    for n in names:
+        files[f"onnx:{n}"] = out / "onnx" / f"{n}.onnx"
+        files[f"weights:{n}"] = out / "weights" / n / "weights.safetensors"
+    return {role: artifact_entry(out, path) for role, path in files.items()}
