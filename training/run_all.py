@@ -58,6 +58,14 @@ def train_all(names: list[str], data_dir: Path, out: Path, profile: str, device:
     return [results[name] for name in names]
 
 
+def stored_result(out: Path, name: str) -> dict | None:
+    """The result row of a model trained earlier into ``out``, if any."""
+    history = out / "weights" / name / "history.json"
+    if not history.is_file():
+        return None
+    return {**json.loads(history.read_text())["result"], "status": "kept"}
+
+
 def format_table(rows: list[dict]) -> str:
     columns = [("name", "model", "{}"), ("params", "params", "{:,}"), ("epochs", "epochs", "{}"),
                ("val_acc", "val", "{:.4f}"), ("val_sev5_acc", "val sev5", "{:.4f}"),
@@ -114,7 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     data_dir, out = Path(args.data), Path(args.out)
     start = time.perf_counter()
     ensure_dataset(data_dir, args.profile)
-    rows = train_all(args.names, data_dir, out, args.profile, args.device, args.jobs, args.resume, args.force)
+    trained = train_all(args.names, data_dir, out, args.profile, args.device, args.jobs, args.resume, args.force)
+    rows = trained + [stored_result(out, name) for name in MODEL_NAMES
+                      if name not in args.names and stored_result(out, name) is not None]
+    rows.sort(key=lambda row: MODEL_NAMES.index(row["name"]))
     table = format_table(rows)
     print(table)
     out.mkdir(parents=True, exist_ok=True)

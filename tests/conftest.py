@@ -1,0 +1,27 @@
+"""Shared fixtures: a tiny dataset and one smoke-profile run of the whole pipeline (train, export, stack)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from training.data import build_dataset
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """A small built dataset (with source digits, so training draws fresh pairs)."""
+    path = tmp_path_factory.mktemp("tiny_data")
+    build_dataset(path, n_train=300, n_val=240, n_test=120, n_shifted=60, workers=1, progress=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def smoke_models(tiny_data, tmp_path_factory) -> Path:
+    """`python -m training.run_all --profile smoke` into a fresh folder: ten models, ONNX, stackers, manifest."""
+    from training.run_all import main
+
+    out = tmp_path_factory.mktemp("smoke_models")
+    assert main(["--profile", "smoke", "--data", str(tiny_data), "--out", str(out)]) == 0
+    return out

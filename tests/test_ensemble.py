@@ -1,0 +1,242 @@
+"""The export, the stackers, the manifest and the torch-free run time, on smoke-profile models."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from ensemble import Ensemble, ManifestError
+from ensemble.__main__ import main as cli
+from ensemble.course_data import load_course_npz, save_course_npz
+from ensemble.manifest import MANIFEST, SERVING_ROLES
+from export.onnx_export import ParityError, check_parity, cpu_session
+from training.models import MODEL_NAMES
+from training.train import load_weights
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def serving_copy(smoke_models: Path, tmp_path: Path) -> Path:
+    """A private copy of the serving artifacts, safe to tamper with."""
+    manifest = json.loads((smoke_models / MANIFEST).read_text())
+    dest = tmp_path / "models"
+    for role in SERVING_ROLES:
+        target = dest / manifest["artifacts"][role]["file"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(smoke_models / manifest["artifacts"][role]["file"], target)
+    shutil.copy(smoke_models / MANIFEST, dest / MANIFEST)
+    return dest
+
+
+# --------------------------------------------------------------------------- export
+
+def test_every_onnx_file_passes_the_checker(smoke_models):
+    files = [smoke_models / "ensemble.onnx"] + [smoke_models / "onnx" / f"{n}.onnx" for n in MODEL_NAMES]
+    for path in files:
+        onnx.checker.check_model(onnx.load(path), full_check=True)
+    fused = onnx.load(smoke_models / "ensemble.onnx").graph
+    assert [i.name for i in fused.input] == ["pairs"]
+    assert [o.name for o in fused.output] == ["logits", "digit_probs"]
+
+
+def test_onnx_matches_pytorch_and_fused_matches_singles(smoke_models, tiny_data):
+    pairs = load_course_npz(tiny_data / "val.npz").x[:200]
+    models = {n: load_weights(n, smoke_models, "smoke") for n in MODEL_NAMES}
+    paths = {n: smoke_models / "onnx" / f"{n}.onnx" for n in MODEL_NAMES}
+    report = check_parity(models, paths, smoke_models / "ensemble.onnx", pairs)
+    assert max(v for k, v in report.items() if k != "fused") <= 1e-4
+    assert report["fused"] <= 1e-5
+    fused_logits, fused_digits = cpu_session(smoke_models / "ensemble.onnx").run(None, {"pairs": pairs})
+    assert fused_logits.shape == (200, 10) and fused_digits.shape == (200, 10, 2, 10)
+    logit, digits = cpu_session(paths["fpn"]).run(None, {"pairs": pairs})
+    np.testing.assert_allclose(fused_logits[:, MODEL_NAMES.index("fpn")], logit, atol=1e-5)
+    np.testing.assert_allclose(digits.sum(-1), 1.0, atol=1e-5)
+
+
+def test_parity_check_fails_loudly_on_a_mismatch(smoke_models, tiny_data):
+    pairs = load_course_npz(tiny_data / "val.npz").x[:64]
+    models = {"resnet": load_weights("resnet_s2023", smoke_models, "smoke")}  # the wrong weights
+    with pytest.raises(ParityError, match="resnet: ONNX Runtime differs from PyTorch"):
+        check_parity(models, {"resnet": smoke_models / "onnx" / "resnet.onnx"}, smoke_models / "ensemble.onnx", pairs)
+
+
+# --------------------------------------------------------------------------- stacking and the run time
+
+def test_training_and_serving_share_the_feature_function():
+    import ensemble.features
+    import ensemble.runtime
+    import training.stacking
+
+    assert training.stacking.stacking_features is ensemble.features.stacking_features
+    assert ensemble.runtime.stacking_features is ensemble.features.stacking_features
+
+
+def test_predict_reproduces_the_probabilities_recorded_at_training_time(smoke_models):
+    ens = Ensemble.load(smoke_models)
+    with np.load(smoke_models / "reference_predictions.npz", allow_pickle=False) as ref:
+        pred = ens.predict(ref["x"])
+        np.testing.assert_allclose(pred.probability, ref["probability"], atol=1e-6)
+    n = len(pred.probability)
+    assert pred.base_probabilities.shape == (n, 10) and pred.digits.shape == (n, 2)
+    assert set(np.unique(pred.label)) <= {0, 1}
+    assert ens.names == MODEL_NAMES and ens.provider == "CPUExecutionProvider"
+
+
+def test_predict_is_the_same_in_chunks(smoke_models, tiny_data, monkeypatch):
+    import ensemble.runtime
+
+    ens = Ensemble.load(smoke_models)
+    pairs = load_course_npz(tiny_data / "val.npz").x[:100]
+    whole = ens.predict(pairs).probability
+    monkeypatch.setattr(ensemble.runtime, "CHUNK", 7)
+    np.testing.assert_allclose(ens.predict(pairs).probability, whole, atol=1e-6)
+
+
+def test_manifest_records_the_contract(smoke_models):
+    manifest = json.loads((smoke_models / MANIFEST).read_text())
+    assert [m["name"] for m in manifest["models"]] == list(MODEL_NAMES)
+    assert manifest["input"]["dtype"] == "uint8" and manifest["input"]["shape"] == [None, 28, 56]
+    assert manifest["training"]["data"]["severity"] == 6.0
+    assert manifest["best_single"] in MODEL_NAMES
+    assert "torch" in manifest["versions"] and "lightgbm" in manifest["versions"]
+    for entry in manifest["artifacts"].values():
+        assert len(entry["sha256"]) == 64 and (smoke_models / entry["file"]).is_file()
+
+
+def test_tampered_artifact_is_refused_naming_the_file(smoke_models, tmp_path):
+    models = serving_copy(smoke_models, tmp_path)
+    path = models / "ensemble.onnx"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(ManifestError, match=r"ensemble\.onnx: sha256 .* does not match"):
+        Ensemble.load(models)
+
+
+def test_missing_artifact_is_refused_naming_the_file(smoke_models, tmp_path):
+    models = serving_copy(smoke_models, tmp_path)
+    (models / "stacker_lightgbm.txt").unlink()
+    with pytest.raises(ManifestError, match=r"stacker_lightgbm\.txt: missing"):
+        Ensemble.load(models)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "not valid JSON"),
+    ('{"format_version": 1}', "missing field"),
+    ("[1, 2]", "JSON object"),
+])
+def test_malformed_manifest_is_refused_naming_the_file(smoke_models, tmp_path, content, message):
+    models = serving_copy(smoke_models, tmp_path)
+    (models / MANIFEST).write_text(content)
+    with pytest.raises(ManifestError, match=message) as err:
+        Ensemble.load(models)
+    assert str(models / MANIFEST) in str(err.value)
+
+
+def test_no_manifest_is_refused(tmp_path):
+    with pytest.raises(ManifestError, match="no manifest"):
+        Ensemble.load(tmp_path)
+
+
+# --------------------------------------------------------------------------- command line
+
+def test_predict_then_check_submission_round_trip(smoke_models, tiny_data, tmp_path, capsys):
+    out = tmp_path / "pred.csv"
+    test_file = tiny_data / "test_public.npz"
+    assert cli(["--models", str(smoke_models), "predict", str(test_file), "--out", str(out)]) == 0
+    rows = list(csv.reader(out.open()))
+    ids = load_course_npz(test_file).ids
+    assert rows[0] == ["id", "label"] and [r[0] for r in rows[1:]] == list(ids)
+    assert {r[1] for r in rows[1:]} <= {"0", "1"}
+    assert cli(["check-submission", str(out), "--data", str(test_file)]) == 0
+
+    with_proba = tmp_path / "proba.csv"
+    assert cli(["--models", str(smoke_models), "predict", str(test_file), "--out", str(with_proba), "--proba"]) == 0
+    header, first = list(csv.reader(with_proba.open()))[:2]
+    assert header == ["id", "label", "probability"] and 0 <= float(first[2]) <= 1
+    # The course accepts exactly id,label: a third column is reported.
+    assert cli(["check-submission", str(with_proba), "--data", str(test_file)]) == 1
+
+
+def test_check_submission_reports_each_problem(tiny_data, tmp_path, capsys):
+    test_file = tiny_data / "test_public.npz"
+    ids = list(load_course_npz(test_file).ids)
+    bad = tmp_path / "bad.csv"
+    lines = ["id,label"] + [f"{i},1" for i in ids[2:]] + [f"{ids[3]},0", "NOPE_1,1", f"{ids[0]},2"]
+    bad.write_text("\n".join(lines) + "\n")
+    assert cli(["check-submission", str(bad), "--data", str(test_file)]) == 1
+    err = capsys.readouterr().err
+    assert "label must be 0 or 1, got '2'" in err
+    assert f"id '{ids[3]}' already on line" in err
+    assert "1 id(s) of" in err and ids[1] in err  # ids[1] has no prediction
+    assert "not in" in err and "NOPE_1" in err
+
+
+def test_evaluate_prints_and_writes_the_table(smoke_models, tiny_data, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    labels = tiny_data / "test_public_labels.csv"
+    assert cli(["--models", str(smoke_models), "evaluate", str(tiny_data / "test_public.npz"),
+                "--labels", str(labels), "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["n"] == 120
+    names = [r["name"] for r in result["rows"]]
+    assert names == [*MODEL_NAMES, "best_single", "mean", "vote", "logreg", "lightgbm"]
+    kinds = {r["name"]: r["kind"] for r in result["rows"]}
+    assert kinds["resnet"] == "base" and kinds["mean"] == "baseline" and kinds["lightgbm"] == "stack"
+    for r in result["rows"]:
+        assert 0 <= r["accuracy"] <= 1 and 0 <= r["roc_auc"] <= 1 and r["log_loss"] > 0
+    assert "| lightgbm | stack |" in capsys.readouterr().out
+    # A file with y needs no CSV.
+    assert cli(["--models", str(smoke_models), "evaluate", str(tiny_data / "val.npz")]) == 0
+
+
+def test_cli_refuses_malformed_input_cleanly(smoke_models, tmp_path, capsys):
+    bad = tmp_path / "bad.npz"
+    save_course_npz(bad, x=np.zeros((4, 28, 28), np.uint8))
+    assert cli(["--models", str(smoke_models), "predict", str(bad), "--out", str(tmp_path / "p.csv")]) == 2
+    assert "shape (N, 28, 56)" in capsys.readouterr().err
+    assert not (tmp_path / "p.csv").exists()
+    unlabelled = tmp_path / "unlabelled.npz"
+    save_course_npz(unlabelled, x=np.zeros((4, 28, 56), np.uint8))
+    assert cli(["--models", str(smoke_models), "evaluate", str(unlabelled)]) == 2
+    assert "no labels" in capsys.readouterr().err
+    assert cli(["--models", str(tmp_path), "predict", str(unlabelled), "--out", str(tmp_path / "p.csv")]) == 2
+    assert "no manifest" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- layering and metrics
+
+def test_no_ensemble_module_imports_torch():
+    code = ("import pkgutil, importlib, sys, ensemble\n"
+            "for m in pkgutil.walk_packages(ensemble.__path__, 'ensemble.'):\n"
+            "    importlib.import_module(m.name)\n"
+            "bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.')]\n"
+            "assert not bad, bad\n"
+            "print(len([m for m in sys.modules if m.startswith('ensemble')]))\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) >= 8  # every module really was imported
+
+
+def test_metrics_match_scikit_learn():
+    from sklearn import metrics as sk
+
+    from ensemble.metrics import binary_metrics
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 500)
+    p = np.clip(y * 0.3 + rng.random(500) * 0.7, 0, 1)
+    p[:50] = 0.5  # ties
+    ours = binary_metrics(y, p)
+    assert ours["accuracy"] == pytest.approx(sk.accuracy_score(y, p >= 0.5))
+    assert ours["f1"] == pytest.approx(sk.f1_score(y, p >= 0.5))
+    assert ours["roc_auc"] == pytest.approx(sk.roc_auc_score(y, p))
+    assert ours["log_loss"] == pytest.approx(sk.log_loss(y, p))

@@ -1,0 +1,215 @@
+"""Tests of the training side (training/train.py, training/run_all.py) at the smoke profile on a tiny
+dataset: every artefact of a full run, skipping of finished runs, --force, exact resumption after an
+interruption, training on course files without digit labels, and building a missing dataset."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ensemble.course_data import load_course_npz, save_course_npz
+from training import run_all
+from training.models import MODEL_NAMES
+from training.train import train_model
+
+pytestmark = pytest.mark.slow
+
+CHECKPOINT_KEYS = {"model", "optimizer", "scheduler", "epoch", "best_acc", "rng"}
+
+
+class Interrupted(Exception):
+    pass
+
+
+# --------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """One torch thread for this module, set up before the shared session fixtures it uses.
+
+    Bit-exact results, and much faster on a busy 2-core machine: the smoke run of run_all took ~110 s
+    of training with torch's default 2 threads next to another job, ~15 s with one.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def data_dir(tiny_data) -> Path:
+    """The shared tiny dataset (tests/conftest.py): 300 train, 240 val, 120 test pairs, with source digits."""
+    return tiny_data
+
+
+@pytest.fixture
+def smoke_run(smoke_models, tmp_path) -> Path:
+    """A private copy (modification times kept) of the shared smoke-profile run of
+    ``run_all.main(["--profile", "smoke", "--data", D, "--out", O])`` (tests/conftest.py)."""
+    copy = tmp_path / "smoke_run"
+    shutil.copytree(smoke_models, copy)
+    return copy
+
+
+def _weights(out: Path, name: str) -> Path:
+    return out / "weights" / name / "weights.safetensors"
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    """(inode, mtime in ns): changes when the file is rewritten, also by an atomic replace."""
+    st = path.stat()
+    return st.st_ino, st.st_mtime_ns
+
+
+def _results(out: Path) -> list[dict]:
+    return json.loads((out / "training_results.json").read_text())
+
+
+def _without_seconds(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+
+# --------------------------------------------------------------------------- run_all, smoke profile
+
+def test_smoke_run_writes_every_artefact(smoke_models):
+    out = smoke_models
+    assert sorted(p.stem for p in (out / "checkpoints").glob("*.pt")) == sorted(MODEL_NAMES)
+    assert sorted(p.parent.name for p in (out / "weights").glob("*/weights.safetensors")) == sorted(MODEL_NAMES)
+    assert sorted(p.parent.name for p in (out / "weights").glob("*/curves.png")) == sorted(MODEL_NAMES)
+    histories = sorted((out / "weights").glob("*/history.json"))
+    assert sorted(p.parent.name for p in histories) == sorted(MODEL_NAMES)
+    for path in histories:
+        history = json.loads(path.read_text())
+        assert history["name"] == path.parent.name
+        assert isinstance(history["history"], list) and history["history"]
+        assert history["result"]["name"] == path.parent.name
+        assert history["result"]["epochs"] == len(history["history"])
+        assert (path.parent / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = _results(out)
+    assert [r["name"] for r in rows] == list(MODEL_NAMES)
+    assert {r["status"] for r in rows} == {"trained"}
+    assert all(0.0 <= r["val_acc"] <= 1.0 and 0.0 <= r["test_acc"] <= 1.0 for r in rows)
+
+
+def test_rerun_skips_and_force_retrains_only_the_named_model(smoke_run, data_dir, monkeypatch):
+    out = smoke_run
+    # Export and stacking are tested elsewhere (tests/test_ensemble.py); here they would only cost time.
+    exported: list[list[dict]] = []
+    monkeypatch.setattr(run_all, "export_and_stack", lambda out, data_dir, profile, rows: exported.append(rows))
+    args = ["--profile", "smoke", "--data", str(data_dir), "--out", str(out)]
+    before = {name: _stamp(_weights(out, name)) for name in MODEL_NAMES}
+
+    assert run_all.main(args) == 0
+    rows = _results(out)
+    assert len(exported) == 1 and exported[0] == rows
+    assert [r["name"] for r in rows] == list(MODEL_NAMES)
+    assert [r["status"] for r in rows] == ["skipped"] * len(MODEL_NAMES)
+    assert {name: _stamp(_weights(out, name)) for name in MODEL_NAMES} == before
+
+    assert run_all.main([*args, "--force", "--models", "resnet"]) == 0
+    statuses = {r["name"]: r["status"] for r in _results(out)}
+    assert statuses["resnet"] == "trained"
+    assert all(status != "trained" for name, status in statuses.items() if name != "resnet")
+    after = {name: _stamp(_weights(out, name)) for name in MODEL_NAMES}
+    assert after["resnet"] != before["resnet"]
+    assert {n: s for n, s in after.items() if n != "resnet"} == {n: s for n, s in before.items() if n != "resnet"}
+
+
+# --------------------------------------------------------------------------- resuming
+
+def test_resume_after_interruption_is_exact(data_dir, tmp_path):
+    common = dict(data_dir=data_dir, profile="smoke", device="cpu", threads=1, progress=False)
+    a, b = tmp_path / "a", tmp_path / "b"
+
+    result_a = train_model("resnet", out=a, **common)
+    assert result_a["status"] == "trained" and result_a["epochs"] >= 2
+
+    def interrupt_after_first(epoch: int) -> None:
+        if epoch == 1:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train_model("resnet", out=b, on_epoch_end=interrupt_after_first, **common)
+    assert not _weights(b, "resnet").exists()
+
+    ckpt_path = b / "checkpoints" / "resnet.pt"
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    assert CHECKPOINT_KEYS <= set(ckpt)
+    assert ckpt["epoch"] == 1
+
+    resumed_epochs: list[int] = []
+    result_b = train_model("resnet", out=b, resume=True, on_epoch_end=resumed_epochs.append, **common)
+    assert result_b["status"] == "trained"
+    # It continued from the checkpoint: epoch 1 was not trained again.
+    assert resumed_epochs == list(range(2, result_a["epochs"] + 1))
+
+    weights_a, weights_b = load_file(_weights(a, "resnet")), load_file(_weights(b, "resnet"))
+    assert weights_a.keys() == weights_b.keys()
+    for key in weights_a:
+        assert torch.equal(weights_a[key], weights_b[key]), key
+
+    # The last (not only the best) state and the optimiser agree too.
+    ckpt_a = torch.load(a / "checkpoints" / "resnet.pt", weights_only=True)
+    ckpt_b = torch.load(ckpt_path, weights_only=True)
+    assert CHECKPOINT_KEYS <= set(ckpt_a)
+    for key in ckpt_a["model"]:
+        assert torch.equal(ckpt_a["model"][key], ckpt_b["model"][key]), key
+    for param, state in ckpt_a["optimizer"]["state"].items():
+        for name, value in state.items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(ckpt_b["optimizer"]["state"][param][name]))
+
+    history_a = json.loads((a / "weights" / "resnet" / "history.json").read_text())
+    history_b = json.loads((b / "weights" / "resnet" / "history.json").read_text())
+    assert len(history_a["history"]) == len(history_b["history"]) == result_a["epochs"]
+    assert _without_seconds(history_a["history"]) == _without_seconds(history_b["history"])
+
+
+# --------------------------------------------------------------------------- course files
+
+def test_trains_on_course_files_without_digit_labels(data_dir, tmp_path):
+    course = tmp_path / "course"
+    for split in ("train", "val"):
+        data = load_course_npz(data_dir / f"{split}.npz", require=("x", "y"))
+        save_course_npz(course / f"{split}.npz", x=data.x, y=data.y)
+    assert sorted(p.name for p in course.iterdir()) == ["train.npz", "val.npz"]
+    with np.load(course / "train.npz") as npz:
+        assert sorted(npz.files) == ["x", "y"]
+
+    out = tmp_path / "out"
+    result = train_model("resnet_fusion", course, out, "smoke", device="cpu", threads=1, progress=False)
+    assert result["status"] == "trained"
+    assert "test_acc" not in result  # the folder has no labelled test file
+    history = json.loads((out / "weights" / "resnet_fusion" / "history.json").read_text())
+    assert len(history["history"]) == result["epochs"] >= 1
+    assert [row["epoch"] for row in history["history"]] == list(range(1, result["epochs"] + 1))
+    assert _weights(out, "resnet_fusion").is_file()
+
+
+# --------------------------------------------------------------------------- building a missing dataset
+
+def test_ensure_dataset_builds_a_missing_dataset(tmp_path):
+    data = tmp_path / "data"
+    run_all.ensure_dataset(data, "smoke")
+    for name in ("train.npz", "val.npz", "sources.npz", "test_public.npz", "test_public_labels.csv"):
+        assert (data / name).is_file(), name
+    train = load_course_npz(data / "train.npz", require=("x", "y", "digits"))
+    val = load_course_npz(data / "val.npz", require=("x", "y"))
+    assert len(train) > 0 and len(val) > 0
+    assert train.x.shape[1:] == (28, 56) and train.x.dtype == np.uint8
+
+
+def test_ensure_dataset_keeps_an_existing_dataset(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.npz").write_bytes(b"placeholder")
+    stamp = _stamp(data / "train.npz")
+    run_all.ensure_dataset(data, "smoke")
+    assert sorted(os.listdir(data)) == ["train.npz"]
+    assert _stamp(data / "train.npz") == stamp

@@ -1,0 +1,70 @@
+"""Training throughput per architecture on this machine.
+
+    python -m training.bench [--profile default] [--threads N] [--steps 10]
+
+Times full training steps (forward, focal loss + digit cross-entropy, backward, AdamW) on random
+pairs at the profile's width and batch size, and prints pairs/second (median over steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from training.models import MODEL_NAMES, REGISTRY, build_model, count_parameters
+from training.profiles import PROFILES
+from training.train import pair_loss
+
+
+def train_throughput(name: str, profile: str, steps: int) -> tuple[float, int]:
+    prof = PROFILES[profile]
+    torch.manual_seed(0)
+    model = build_model(name, prof["width"], prof["feat_dim"]).train()
+    optimizer = torch.optim.AdamW(model.parameters())
+    batch = prof["batch_size"]
+    x, y, digits = torch.rand(batch, 28, 56), torch.randint(0, 2, (batch,)).float(), torch.randint(0, 10, (batch, 2))
+    times = []
+    for step in range(steps + 2):
+        start = time.perf_counter()
+        logits, digit_logits = model(x)
+        loss = pair_loss(REGISTRY[name], logits, y) + 0.5 * F.cross_entropy(digit_logits.reshape(-1, 10),
+                                                                            digits.reshape(-1))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step >= 2:  # the first steps warm up the allocator and oneDNN
+            times.append(time.perf_counter() - start)
+    return batch / statistics.median(times), count_parameters(model)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", choices=list(PROFILES), default="default")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--steps", type=int, default=10)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(f"profile {args.profile}, {args.threads} thread(s), batch {PROFILES[args.profile]['batch_size']}\n")
+    print("| model | parameters | train pairs/s |")
+    print("|---|---|---|")
+    seen = set()
+    for name in MODEL_NAMES:
+        config = REGISTRY[name]
+        arch = (config.tower, config.head, tuple(config.tower_kwargs.get("layers", ())), config.width_scale)
+        if arch in seen:  # the seed variants train exactly as fast
+            continue
+        seen.add(arch)
+        rate, params = train_throughput(name, args.profile, args.steps)
+        print(f"| {name} | {params:,} | {rate:.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
