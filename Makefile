@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 3000
 
-.PHONY: test data lint serve clean
+.PHONY: test data lint serve samples bench clean
 
 # The stamp files record which dependency groups the venv holds; they are redone when pyproject.toml changes.
 $(VENV)/.runtime: pyproject.toml
@@ -25,6 +25,17 @@ test: $(VENV)/.dev
 
 data: $(VENV)/.dev
 	$(PY) -m training.data build --out data/
+
+# Serve the committed models (run-time dependencies only: no torch). PORT=8080 make serve to change the port.
+serve: $(VENV)/.runtime
+	$(VENV)/bin/bentoml serve service:DigitCompare --port $(PORT)
+
+samples: $(VENV)/.dev
+	$(PY) -m training.samples --data data --out samples
+
+bench: $(VENV)/.dev
+	$(PY) -m training.bench
+	$(PY) -m export.bench
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,282 @@
+"""Turn a person's picture of a digit into an MNIST-style 28x28 uint8 digit (light ink on black).
+
+One pipeline, shared by every image endpoint of the service (Pillow + numpy only, no scipy/torch):
+
+- ``open_image(data)``: decode untrusted bytes safely. Empty, oversized (bytes or pixels; the
+  pixel count is read from the header and checked BEFORE the pixels are decoded, and Pillow's own
+  decompression-bomb guard ``Image.MAX_IMAGE_PIXELS`` is set to the same limit), zero-sized,
+  undecodable or corrupt inputs raise an ``InvalidImageError`` subclass whose message says what is
+  wrong. EXIF orientation is applied; only the first frame of animations is used.
+- ``prepare_digit(image)``: one digit, the MNIST recipe. To grayscale (transparent pixels count as
+  background), invert when the ink is darker than the background (dark ink on paper), subtract the
+  background level, stretch the ink peak to full scale and drop paper noise, crop to the ink, fit the
+  longest side into 20 pixels keeping the aspect ratio, and paste into 28x28 so that the centre of mass
+  lands where MNIST has it, (14, 14) (integer shift, clipped so the digit stays inside the frame).
+- ``prepare_pair(image)``: one course-style pair (left digit in columns 0-27, right in 28-55). Same
+  grayscale / polarity handling, then only a resize to 28x56 when the size differs: course data is
+  already centred, so a 28x56 light-on-black uint8 image passes through unchanged.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+DIGIT_SIZE = 28  # MNIST frame
+BOX_SIZE = 20  # the ink is fitted into BOX_SIZE x BOX_SIZE, as in MNIST
+#: Where the centre of mass goes, in pixel-index coordinates (row, col). MNIST digits have theirs at
+#: 14.0 on average (measured on data/sources.npz: 13.97, 14.03), not at the grid centre 13.5.
+CENTRE = 14.0
+PAIR_SHAPE = (28, 56)
+
+#: Refuse images above this many pixels (width x height, read from the header before decoding).
+#: 25 MP covers ordinary phone photos (12 MP = 4032 x 3024) with room to spare.
+MAX_IMAGE_PIXELS = 25_000_000
+#: Refuse encoded images above this many bytes.
+MAX_IMAGE_BYTES = 20 * 1024 * 1024
+#: Larger images are box-reduced to at most this side before the float pipeline (speed, memory).
+WORK_MAX_SIDE = 1024
+#: Below this ink contrast (fraction of full scale, after background subtraction) a digit is blank.
+MIN_CONTRAST = 0.08
+#: After stretching the ink peak to 1, values under NOISE_FLOOR, or under NOISE_SIGMAS times the
+#: background's noise (a robust sigma: the median absolute deviation), become background.
+NOISE_FLOOR = 0.10
+NOISE_SIGMAS = 4.0
+#: The crop box: the bounding box of pixels at least CROP_LEVEL bright (robust to faint paper shading),
+#: widened by CROP_MARGIN of its size on each side, then tightened to the remaining ink inside it.
+CROP_LEVEL = 0.25
+CROP_MARGIN = 0.05
+#: Formats Pillow may read except EPS, whose plugin runs Ghostscript on the bytes.
+_BLOCKED_FORMATS = frozenset({"EPS"})
+
+# Pillow's own guard: DecompressionBombError above 2x this, a warning above it. open_image checks the
+# (configurable) limit itself first; this catches any decoder path that would bypass that check.
+Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+
+
+class InvalidImageError(ValueError):
+    """An uploaded image that cannot be used; the message says what is wrong with it."""
+
+
+class EmptyUploadError(InvalidImageError):
+    """Zero bytes were uploaded."""
+
+
+class UnreadableImageError(InvalidImageError):
+    """The bytes are not an image Pillow can decode (or are corrupt / truncated / unsupported)."""
+
+
+class ImageTooLargeError(InvalidImageError):
+    """Too many bytes or pixels (a possible decompression bomb)."""
+
+
+class DegenerateImageError(InvalidImageError):
+    """An image with zero width or height."""
+
+
+class BlankImageError(InvalidImageError):
+    """No ink: the image is (nearly) uniform, so there is no digit to read."""
+
+
+def _allowed_formats() -> list[str]:
+    Image.init()
+    return [f for f in Image.OPEN if f not in _BLOCKED_FORMATS]
+
+
+def open_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS, max_bytes: int = MAX_IMAGE_BYTES,
+               name: str = "image") -> Image.Image:
+    """Decode untrusted image bytes into a loaded, upright PIL image (first frame).
+
+    The size in pixels comes from the header and is checked before any pixel is decoded.
+    Raises an ``InvalidImageError`` subclass naming ``name`` and the problem.
+    """
+    if not data:
+        raise EmptyUploadError(f"{name}: empty upload (0 bytes); send the image file's content")
+    if len(data) > max_bytes:
+        raise ImageTooLargeError(f"{name}: {len(data)} bytes is more than the limit of {max_bytes} bytes")
+    try:
+        image = Image.open(io.BytesIO(data), formats=_allowed_formats())
+    except Image.DecompressionBombError as err:  # Pillow's own guard fired first (over 2x its limit)
+        raise ImageTooLargeError(
+            f"{name}: more than the limit of {max_pixels} pixels, refused before decoding ({err})"
+        ) from err
+    except UnidentifiedImageError as err:
+        raise UnreadableImageError(
+            f"{name}: not an image format Pillow can read ({len(data)} bytes starting {data[:8]!r})"
+        ) from err
+    except Exception as err:  # any parser failure on untrusted bytes is the client's problem
+        raise UnreadableImageError(f"{name}: unreadable image header ({type(err).__name__}: {err})") from err
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise DegenerateImageError(f"{name}: the image is {width}x{height} pixels; it has no area")
+    if width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"{name}: {width}x{height} = {width * height} pixels is more than the limit of {max_pixels} pixels"
+        )
+    if image.format == "JPEG":
+        # Decode a large JPEG at a reduced scale (1/2 .. 1/8) that still has >= WORK_MAX_SIDE pixels.
+        image.draft(image.mode, (WORK_MAX_SIDE, WORK_MAX_SIDE))
+    try:
+        image.load()
+    except Image.DecompressionBombError as err:
+        raise ImageTooLargeError(f"{name}: refused as a decompression bomb ({err})") from err
+    except Exception as err:  # truncated data, bad chunks, unsupported codecs, ...
+        raise UnreadableImageError(f"{name}: corrupt or truncated {image.format} data ({type(err).__name__}: {err})"
+                                   ) from err
+    try:
+        image = ImageOps.exif_transpose(image)
+    except Exception:  # a malformed EXIF block only costs the orientation
+        pass
+    return image
+
+
+def _reduce(image: Image.Image) -> Image.Image:
+    side = max(image.size)
+    if side <= WORK_MAX_SIDE:
+        return image
+    return image.reduce(math.ceil(side / WORK_MAX_SIDE))
+
+
+def _high_depth_to_float(image: Image.Image) -> np.ndarray:
+    """16-bit / 32-bit integer and float grayscale modes to [0, 1]."""
+    if image.mode.startswith("I;16"):
+        image = image.convert("I")  # Pillow's reduce and numpy views are simplest on "I"
+        full_scale = 65535.0
+    else:
+        full_scale = None
+    image = _reduce(image.convert("F") if image.mode == "I" else image)
+    values = np.asarray(image, dtype=np.float32)
+    if full_scale is None:  # "I" or "F": infer the range from the data
+        peak = float(values.max()) if values.size else 0.0
+        full_scale = 1.0 if peak <= 1.0 else 255.0 if peak <= 255.0 else 65535.0
+    return np.clip(values / full_scale, 0.0, 1.0)
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+
+
+def to_grayscale(image: Image.Image) -> np.ndarray:
+    """Luminance in [0, 1] as float32 (H, W); transparent pixels become background.
+
+    Transparency: when the opaque pixels are the minority they are the strokes (a canvas drawing), so
+    the transparent rest is filled with the opposite extreme of their colour; when they are the
+    majority they are the paper, so the transparent rest is filled with their median.
+    """
+    if image.mode.startswith("I") or image.mode == "F":
+        return _high_depth_to_float(image)
+    try:
+        if _has_alpha(image):
+            rgba = _reduce(image.convert("RGBA"))
+            luminance = np.asarray(rgba.convert("L"), dtype=np.float32) / 255.0
+            alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32) / 255.0
+        else:
+            gray = image if image.mode == "L" else (image.convert("RGB") if image.mode not in ("RGB", "1") else image)
+            luminance = np.asarray(_reduce(gray.convert("L")), dtype=np.float32) / 255.0
+            return luminance
+    except (ValueError, OSError) as err:
+        raise UnreadableImageError(f"image mode {image.mode!r} cannot be converted to grayscale ({err})") from err
+    opaque = alpha > 0.5
+    if not opaque.any():
+        return np.zeros_like(luminance)  # fully transparent: all background
+    if opaque.mean() < 0.5:
+        stroke = float(np.average(luminance, weights=alpha))
+        background = 1.0 if stroke < 0.5 else 0.0
+    else:
+        background = float(np.median(luminance[opaque]))
+    return alpha * luminance + (1.0 - alpha) * background
+
+
+def _light_on_dark(gray: np.ndarray) -> np.ndarray:
+    """Invert when the ink is darker than the background.
+
+    The background is the median pixel (ink covers less than half of a picture); the ink is whichever
+    extreme lies further from it. Comparing to the background rather than to mid-grey also gets dim
+    photos of paper (paper at 0.4, ink at 0.05) and bright ink on grey right.
+    """
+    background = float(np.median(gray))
+    return 1.0 - gray if background - float(gray.min()) > float(gray.max()) - background else gray
+
+
+def _to_uint8(values: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(values * 255.0), 0, 255).astype(np.uint8)
+
+
+def _centre_of_mass(values: np.ndarray) -> tuple[float, float]:
+    total = float(values.sum())
+    rows = np.arange(values.shape[0], dtype=np.float64)
+    cols = np.arange(values.shape[1], dtype=np.float64)
+    return float(values.sum(axis=1) @ rows) / total, float(values.sum(axis=0) @ cols) / total
+
+
+def _bounding_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right), bottom/right exclusive, of the True pixels of a non-empty mask."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def prepare_digit(image: Image.Image) -> np.ndarray:
+    """One digit (any size, any mode, dark-on-light or light-on-dark) -> (28, 28) uint8, MNIST style.
+
+    Raises ``BlankImageError`` when there is no visible ink.
+    """
+    gray = _light_on_dark(to_grayscale(image))
+    background = float(np.median(gray))
+    noise = NOISE_SIGMAS * 1.4826 * float(np.median(np.abs(gray - background)))  # robust sigma of the paper
+    ink = np.clip(gray - background, 0.0, None)  # background level -> 0
+    peak = float(ink.max())
+    if peak < MIN_CONTRAST or peak <= noise:
+        raise BlankImageError(
+            f"no digit found: the image is blank (ink contrast {peak:.3f} of full scale, "
+            f"need {max(MIN_CONTRAST, noise):.3f})"
+        )
+    ink /= peak
+    ink[ink < max(NOISE_FLOOR, noise / peak)] = 0.0
+
+    # Crop: the box of the clearly inked pixels, widened by a margin, then tightened to the ink
+    # (>= NOISE_FLOOR) inside it, so the anti-aliased fringe is kept and far-off specks are not.
+    top, bottom, left, right = _bounding_box(ink >= CROP_LEVEL)
+    margin = math.ceil(CROP_MARGIN * max(bottom - top, right - left))
+    top, left = max(0, top - margin), max(0, left - margin)
+    bottom, right = min(ink.shape[0], bottom + margin), min(ink.shape[1], right + margin)
+    window = ink[top:bottom, left:right]
+    top, bottom, left, right = _bounding_box(window > 0)
+    crop = window[top:bottom, left:right]
+
+    height, width = crop.shape
+    scale = BOX_SIZE / max(height, width)
+    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+    resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
+    box = np.asarray(Image.fromarray(crop.astype(np.float32)).resize((new_w, new_h), resample),
+                     dtype=np.float32)
+    box = np.clip(box, 0.0, None)
+    box_peak = float(box.max())
+    if box_peak <= 0.0:  # cannot happen with a non-empty crop, but never divide by zero
+        raise BlankImageError("no digit found: the ink vanished when fitted into 20x20")
+    box /= box_peak
+
+    com_row, com_col = _centre_of_mass(box)
+    top = int(np.clip(round(CENTRE - com_row), 0, DIGIT_SIZE - new_h))
+    left = int(np.clip(round(CENTRE - com_col), 0, DIGIT_SIZE - new_w))
+    out = np.zeros((DIGIT_SIZE, DIGIT_SIZE), dtype=np.float32)
+    out[top:top + new_h, left:left + new_w] = box
+    return _to_uint8(out)
+
+
+def prepare_pair(image: Image.Image) -> np.ndarray:
+    """One course-style pair image -> (28, 56) uint8, light ink on black.
+
+    Grayscale and polarity as for ``prepare_digit``; a size other than 28x56 (height x width) is
+    resized to it. Nothing else changes: a 28x56 light-on-dark grayscale image passes through as is.
+    """
+    gray = _light_on_dark(to_grayscale(image))
+    if gray.shape != PAIR_SHAPE:
+        height, width = gray.shape
+        resample = Image.Resampling.BOX if height > PAIR_SHAPE[0] and width > PAIR_SHAPE[1] else (
+            Image.Resampling.BILINEAR)
+        resized = Image.fromarray(gray.astype(np.float32)).resize((PAIR_SHAPE[1], PAIR_SHAPE[0]), resample)
+        gray = np.asarray(resized, dtype=np.float32)
+    return _to_uint8(gray)

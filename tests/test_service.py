@@ -1,0 +1,497 @@
+"""End-to-end tests of the BentoML service (service.py) with the real models in models/.
+
+A real ``bentoml serve service:DigitCompare`` runs in a subprocess on a free loopback port (one server for
+the module). Every endpoint is checked against the same ``Ensemble`` loaded in-process, so a mix-up
+anywhere (left/right order, preprocessing, batching rows, CSV ids) shows as a mismatch. Concurrent
+single-pair requests must be merged into batches larger than one. Every kind of bad input must get its
+4xx with a message saying what was wrong, never a 5xx, and the server must keep answering.
+
+The server runs with small limits (8 MiB bodies, 300 pairs per request) so the limit tests stay cheap;
+/info must report them. Nothing here needs data/: inputs are drawn or generated, except the committed
+samples/ (real held-out digits, see training/samples.py) for the end-to-end "does it read digits" checks.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import io
+import itertools
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from ensemble import Ensemble
+from ensemble.course_data import read_labels_csv
+from ensemble.preprocess import prepare_digit, prepare_pair
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "samples"  # real held-out digits written by `python -m training.samples` (README examples)
+MAX_BODY = 8 * 1024 * 1024
+MAX_PAIRS = 300
+PROB_TOL = 1e-4  # server vs in-process probabilities (the server may run on the GPU, the test on the CPU)
+
+pytestmark = pytest.mark.slow
+
+
+# --------------------------------------------------------------------------- the server
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, process: subprocess.Popen, url: str, log: Path):
+        self.process, self.url, self.log = process, url, log
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+
+@pytest.fixture(scope="module")
+def server():
+    port = _free_port()
+    with tempfile.TemporaryDirectory(prefix="digit-compare-serve-") as tmp:
+        log = Path(tmp) / "serve.log"
+        env = {
+            **os.environ,
+            "BENTOML_HOME": str(Path(tmp) / "bentoml"),  # never touch the user's bento store
+            "BENTOML_DO_NOT_TRACK": "true",
+            "DIGIT_COMPARE_MAX_REQUEST_BYTES": str(MAX_BODY),
+            "DIGIT_COMPARE_MAX_PAIRS": str(MAX_PAIRS),
+        }
+        command = [sys.executable, "-m", "bentoml", "serve", "service:DigitCompare",
+                   "--host", "127.0.0.1", "--port", str(port)]
+        with log.open("wb") as out:
+            process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                       start_new_session=True)
+        srv = Server(process, f"http://127.0.0.1:{port}", log)
+        try:
+            deadline = time.monotonic() + 180
+            while True:
+                if not srv.alive():
+                    pytest.fail(f"bentoml serve exited with {process.returncode}:\n{srv.log_text()[-5000:]}")
+                try:
+                    if httpx.get(f"{srv.url}/readyz", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    pytest.fail(f"server not ready after 180 s:\n{srv.log_text()[-5000:]}")
+                time.sleep(0.5)
+            yield srv
+        finally:
+            if srv.alive():
+                os.killpg(process.pid, signal.SIGTERM)  # the server's own process group (start_new_session)
+                try:
+                    process.wait(30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with httpx.Client(base_url=server.url, timeout=120) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def ensemble():
+    return Ensemble.load(ROOT / "models", device="cpu")
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _encode(image: Image.Image, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def _drawn_digit(seed: int, dark_on_light: bool = True, mode: str = "L", size: tuple[int, int] = (160, 160)):
+    """A random scribble of 2-4 thick strokes, like a person's digit photo or canvas export."""
+    rng = np.random.default_rng(seed)
+    ink, paper = (0, 255) if dark_on_light else (255, 0)
+    image = Image.new("L", size, paper)
+    points = [tuple(int(v) for v in rng.integers(20, min(size) - 20, 2)) for _ in range(rng.integers(3, 6))]
+    ImageDraw.Draw(image).line(points, fill=ink, width=int(rng.integers(6, 14)), joint="curve")
+    return image.convert(mode)
+
+
+def _pairs(n: int, seed: int = 0) -> np.ndarray:
+    """Course-like pairs: two prepared scribbles side by side on a faint noisy background."""
+    rng = np.random.default_rng(seed)
+    pairs = np.empty((n, 28, 56), dtype=np.uint8)
+    for i in range(n):
+        left = prepare_digit(_drawn_digit(seed * 10_000 + 2 * i))
+        right = prepare_digit(_drawn_digit(seed * 10_000 + 2 * i + 1))
+        noise = rng.integers(0, 25, (28, 56))
+        pairs[i] = np.maximum(np.concatenate([left, right], axis=1), noise).astype(np.uint8)
+    return pairs
+
+
+def _npz(**arrays) -> bytes:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+
+
+def _assert_matches(result: dict, ensemble: Ensemble, pair: np.ndarray) -> None:
+    """A compare / compare_pair answer equals the in-process ensemble on the same 28x56 pair."""
+    expected = ensemble.predict(pair[None])
+    assert set(result) == {"greater", "probability", "digits", "models", "batch_size"}
+    assert result["probability"] == pytest.approx(float(expected.probability[0]), abs=PROB_TOL)
+    if abs(float(expected.probability[0]) - 0.5) > PROB_TOL:
+        assert result["greater"] is bool(expected.label[0])
+    assert (result["digits"]["left"], result["digits"]["right"]) == tuple(int(d) for d in expected.digits[0])
+    assert list(result["models"]) == list(ensemble.names)
+    np.testing.assert_allclose(list(result["models"].values()), expected.base_probabilities[0], atol=PROB_TOL)
+    assert result["batch_size"] >= 1
+
+
+# --------------------------------------------------------------------------- BentoML's own routes
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/livez", "/readyz", "/metrics", "/docs.json", "/"])
+def test_bentoml_routes_stay_on(client, path):
+    assert client.get(path).status_code == 200
+
+
+def test_openapi_lists_every_endpoint(client):
+    paths = client.get("/docs.json").json()["paths"]
+    for route in ("/compare", "/compare_pair", "/compare_batch", "/score", "/info"):
+        assert route in paths, route
+
+
+# --------------------------------------------------------------------------- info
+
+
+def test_info_reports_models_manifest_provider_and_settings(client, ensemble):
+    info = client.get("/info").json()
+    manifest = json.loads((ROOT / "models" / "manifest.json").read_text())
+    assert info["models"] == list(ensemble.names) and len(info["models"]) == 10
+    assert info["manifest"] == manifest
+    assert info["manifest_version"] == manifest.get("version", manifest.get("format_version"))
+    assert info["artifact_hashes"] == {role: entry["sha256"] for role, entry in manifest["artifacts"].items()}
+    assert all(len(digest) == 64 for digest in info["artifact_hashes"].values())
+    assert info["training_data"] == manifest.get("training_data", manifest.get("training", manifest.get("data")))
+    assert info["metrics"] == manifest.get("metrics")
+    from ensemble.runtime import gpu_usable  # the server decides the same way (DIGIT_COMPARE_DEVICE=auto)
+
+    device = os.environ.get("DIGIT_COMPARE_DEVICE", "auto")
+    cuda = device == "cuda" or (device == "auto" and gpu_usable())
+    assert info["provider"] == ("CUDAExecutionProvider" if cuda else "CPUExecutionProvider")
+    assert info["batching"]["max_batch_size"] > 1 and info["batching"]["max_latency_ms"] > 0
+    assert info["limits"]["max_request_bytes"] == MAX_BODY and info["limits"]["max_pairs_per_request"] == MAX_PAIRS
+    assert client.post("/info").json() == info  # the BentoML-client flavour answers the same
+
+
+# --------------------------------------------------------------------------- compare
+
+
+def test_compare_two_photos(client, ensemble):
+    left, right = _drawn_digit(1), _drawn_digit(2)
+    response = client.post("/compare", files={"left": ("left.png", _encode(left), "image/png"),
+                                              "right": ("right.png", _encode(right), "image/png")})
+    assert response.status_code == 200, response.text
+    pair = np.concatenate([prepare_digit(left), prepare_digit(right)], axis=1)
+    _assert_matches(response.json(), ensemble, pair)
+
+
+def test_compare_keeps_left_and_right_apart(client, ensemble):
+    a, b = _encode(_drawn_digit(3)), _encode(_drawn_digit(4))
+    ab = client.post("/compare", files={"left": ("a.png", a), "right": ("b.png", b)}).json()
+    ba = client.post("/compare", files={"left": ("b.png", b), "right": ("a.png", a)}).json()
+    pa, pb = prepare_digit(_drawn_digit(3)), prepare_digit(_drawn_digit(4))
+    _assert_matches(ab, ensemble, np.concatenate([pa, pb], axis=1))
+    _assert_matches(ba, ensemble, np.concatenate([pb, pa], axis=1))
+
+
+@pytest.mark.parametrize("fmt, mode, dark_on_light", [
+    ("JPEG", "RGB", True), ("PNG", "RGBA", True), ("GIF", "L", False), ("BMP", "RGB", False),
+    ("WEBP", "RGB", True), ("TIFF", "L", True), ("PNG", "1", True),
+])
+def test_compare_accepts_formats_and_modes(client, ensemble, fmt, mode, dark_on_light):
+    left, right = _drawn_digit(5, dark_on_light, mode), _drawn_digit(6, not dark_on_light, "L", (300, 90))
+    left_bytes = _encode(left, fmt)
+    response = client.post("/compare", files={"left": (f"l.{fmt.lower()}", left_bytes, "application/octet-stream"),
+                                              "right": ("r.png", _encode(right))})
+    assert response.status_code == 200, response.text
+    decoded_left = Image.open(io.BytesIO(left_bytes))  # what the server decoded (JPEG/WEBP are lossy)
+    pair = np.concatenate([prepare_digit(decoded_left), prepare_digit(right)], axis=1)
+    _assert_matches(response.json(), ensemble, pair)
+
+
+def test_sample_photos_are_read_correctly(client):
+    """Real held-out MNIST digits, two as 28x28 light-on-dark and two as enlarged dark-on-light RGB
+    'photos': every ordered pair must be read as the right two digits and compared correctly."""
+    digits = json.loads((SAMPLES / "expected.json").read_text())["digits"]
+    wrong = []
+    for left, right in itertools.permutations(sorted(digits), 2):
+        result = client.post("/compare", files={"left": (left, (SAMPLES / left).read_bytes()),
+                                                "right": (right, (SAMPLES / right).read_bytes())}).json()
+        read = (result["digits"]["left"], result["digits"]["right"])
+        if read != (digits[left], digits[right]) or result["greater"] != (digits[left] > digits[right]):
+            wrong.append((left, right, read, result["greater"], round(result["probability"], 3)))
+    assert not wrong, wrong
+
+
+# --------------------------------------------------------------------------- compare_pair
+
+
+def test_sample_pair_is_read_correctly(client):
+    expected = json.loads((SAMPLES / "expected.json").read_text())["pair.png"]
+    result = client.post("/compare_pair", files={"image": ("pair.png", (SAMPLES / "pair.png").read_bytes())}).json()
+    assert [result["digits"]["left"], result["digits"]["right"]] == expected["digits"]
+    assert result["greater"] is bool(expected["label"])
+
+
+
+def test_compare_pair_course_image(client, ensemble):
+    pair = _pairs(1, seed=1)[0]
+    response = client.post("/compare_pair", files={"image": ("pair.png", _encode(Image.fromarray(pair)))})
+    assert response.status_code == 200, response.text
+    _assert_matches(response.json(), ensemble, pair)
+
+
+def test_compare_pair_other_size_and_polarity(client, ensemble):
+    pair = _pairs(1, seed=2)[0]
+    image = Image.fromarray(255 - pair).resize((112, 56), Image.Resampling.NEAREST).convert("RGB")
+    response = client.post("/compare_pair", files={"image": ("pair.png", _encode(image))})
+    assert response.status_code == 200, response.text
+    _assert_matches(response.json(), ensemble, prepare_pair(image))
+
+
+# --------------------------------------------------------------------------- score (the batchable method)
+
+
+def test_score_returns_one_row_per_pair(client, ensemble):
+    pairs = _pairs(3, seed=3)
+    response = client.post("/score", json={"pairs": pairs.tolist()})
+    assert response.status_code == 200, response.text
+    rows = np.asarray(response.json())
+    columns = client.get("/info").json()["score_columns"]
+    assert rows.shape == (3, len(columns))
+    expected = ensemble.predict(pairs)
+    np.testing.assert_allclose(rows[:, columns.index("probability")], expected.probability, atol=PROB_TOL)
+    np.testing.assert_array_equal(rows[:, [columns.index("left_digit"), columns.index("right_digit")]],
+                                  expected.digits)
+    assert (rows[:, columns.index("batch_size")] >= 3).all()
+
+
+# --------------------------------------------------------------------------- compare_batch
+
+
+def test_compare_batch_json_with_ids_and_csv(client, ensemble):
+    pairs = _pairs(40, seed=4)
+    ids = [f"PUB_{i:07d}" for i in range(40)]
+    expected = ensemble.predict(pairs)
+    result = client.post("/compare_batch", json={"pairs": pairs.tolist(), "ids": ids}).json()
+    assert result["n"] == 40 and result["ids"] == ids and result["accuracy"] is None
+    np.testing.assert_allclose(result["probabilities"], expected.probability, atol=PROB_TOL)
+    confident = np.abs(expected.probability - 0.5) > PROB_TOL
+    np.testing.assert_array_equal(np.asarray(result["labels"])[confident], expected.label[confident])
+    np.testing.assert_array_equal(result["digits"], expected.digits)
+
+    response = client.post("/compare_batch", json={"pairs": pairs.tolist(), "ids": ids, "format": "csv"})
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/csv")
+    assert response.text.splitlines()[0] == "id,label"
+    with tempfile.TemporaryDirectory() as tmp:  # the course reader accepts it as a submission
+        path = Path(tmp) / "submission.csv"
+        path.write_text(response.text)
+        labels = read_labels_csv(path)
+    assert list(labels) == ids and [labels[i] for i in ids] == result["labels"]
+
+
+def test_compare_batch_json_floats_and_single_pair(client, ensemble):
+    pairs = _pairs(2, seed=5)
+    as_floats = client.post("/compare_batch", json={"pairs": (pairs / 255.0).tolist()}).json()
+    as_ints = client.post("/compare_batch", json={"pairs": pairs.tolist()}).json()
+    assert as_floats["probabilities"] == pytest.approx(as_ints["probabilities"], abs=PROB_TOL)
+    single = client.post("/compare_batch", json={"pairs": pairs[0].tolist()}).json()  # one (28, 56) pair
+    assert single["n"] == 1 and single["ids"] is None
+
+
+def test_compare_batch_npz_with_labels_and_csv(client, ensemble):
+    pairs = _pairs(60, seed=6)
+    expected = ensemble.predict(pairs)
+    y = expected.label.copy()
+    y[:15] = 1 - y[:15]  # a known accuracy of 45/60
+    ids = np.array([f"ID{i:03d}" for i in range(60)])
+    data = _npz(x=pairs, id=ids, y=y)
+    result = client.post("/compare_batch", files={"file": ("test.npz", data, "application/octet-stream")}).json()
+    assert result["n"] == 60 and result["ids"] == ids.tolist()
+    assert result["accuracy"] == pytest.approx(45 / 60, abs=1.5 / 60)  # +-1 for a label at exactly 0.5
+    csv_response = client.post("/compare_batch", files={"file": ("test.npz", data)}, data={"format": "csv"})
+    assert csv_response.status_code == 200
+    lines = csv_response.text.splitlines()
+    assert lines[0] == "id,label" and len(lines) == 61
+    assert [line.split(",")[0] for line in lines[1:]] == ids.tolist()
+    assert [int(line.split(",")[1]) for line in lines[1:]] == result["labels"]
+
+
+def test_sample_batch_is_mostly_right(client, ensemble):
+    expected = json.loads((SAMPLES / "expected.json").read_text())["batch.npz"]
+    data = (SAMPLES / "batch.npz").read_bytes()
+    result = client.post("/compare_batch", files={"file": ("batch.npz", data)}).json()
+    assert result["ids"] == expected["ids"]
+    correct = int((np.asarray(result["labels"]) == np.asarray(expected["labels"])).sum())
+    # Course-like corrupted pairs: a sanity bound far above chance (8/16) and far above what a swapped
+    # left/right or inverted label would give, not a model-quality benchmark.
+    assert correct >= 12, f"{correct}/16 right"
+
+
+def test_compare_batch_npz_without_ids_uses_row_numbers(client):
+    data = _npz(x=(_pairs(3, seed=7) / 255.0).astype(np.float32))  # float x in [0, 1] is accepted too
+    response = client.post("/compare_batch", files={"file": ("x.npz", data)}, data={"format": "csv"})
+    assert response.status_code == 200, response.text
+    assert [line.split(",")[0] for line in response.text.splitlines()[1:]] == ["0", "1", "2"]
+
+
+# --------------------------------------------------------------------------- adaptive batching
+
+
+def test_concurrent_single_pair_requests_are_batched_and_not_mixed_up(client, ensemble, server):
+    pairs = _pairs(48, seed=8)
+    images = [_encode(Image.fromarray(p)) for p in pairs]
+
+    def post(i: int) -> dict:
+        response = client.post("/compare_pair", files={"image": (f"{i}.png", images[i])})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=24) as pool:
+        results = list(pool.map(post, range(len(pairs))))
+    sizes = [r["batch_size"] for r in results]
+    assert max(sizes) > 1, f"no request was batched with another: {sizes}"
+    for result, pair in zip(results, pairs, strict=True):  # each answer belongs to its own request
+        _assert_matches(result, ensemble, pair)
+    metrics = client.get("/metrics").text
+    count = [line for line in metrics.splitlines()
+             if line.startswith("bentoml_service_adaptive_batch_size_count") and 'method_name="score"' in line]
+    assert count and float(count[0].rsplit(" ", 1)[1]) > 0
+
+
+# --------------------------------------------------------------------------- bad input: 4xx, never 5xx
+
+
+JSON = {"content-type": "application/json"}
+MULTIPART_NO_BOUNDARY = {"content-type": "multipart/form-data"}
+GOOD = _encode(_drawn_digit(9))
+PAIR = _pairs(1, seed=9)[0].tolist()
+
+BAD_REQUESTS = {
+    # name: (method kwargs for client.post(path, ...), path, expected status, text expected in the error)
+    "undecodable image": ("/compare", {"files": {"left": ("l.png", b"not an image at all"), "right": ("r.png", GOOD)}},
+                          400, "not an image format"),
+    "truncated image": ("/compare", {"files": {"left": ("l.png", GOOD[:len(GOOD) // 2]), "right": ("r.png", GOOD)}},
+                        400, "corrupt or truncated"),
+    "empty upload": ("/compare", {"files": {"left": ("l.png", GOOD), "right": ("r.png", b"")}}, 400, "empty upload"),
+    "blank image": ("/compare", {"files": {"left": ("l.png", _encode(Image.new("L", (64, 64), 255))),
+                                           "right": ("r.png", GOOD)}}, 400, "no digit found"),
+    "zero-sized image": ("/compare", {"files": {"left": ("l.png", _png_header_only(0, 10)), "right": ("r.png", GOOD)}},
+                         400, "left"),
+    "decompression bomb": ("/compare", {"files": {"left": ("l.png", _png_header_only(100_000, 100_000)),
+                                                  "right": ("r.png", GOOD)}}, 413, "pixels"),
+    "image over the pixel limit": ("/compare_pair", {"files": {"image": ("p.png", _png_header_only(6000, 5000))}},
+                                   413, "6000x5000"),
+    "missing file field": ("/compare", {"files": {"left": ("l.png", GOOD)}}, 400, "missing file field 'right'"),
+    "text where a file is expected": ("/compare", {"files": {"left": ("l.png", GOOD)},
+                                                   "data": {"right": "http://127.0.0.1:1/x.png"}},
+                                      400, "must be a file upload"),
+    "json to an image endpoint": ("/compare", {"json": {"left": "x", "right": "y"}}, 415, "multipart/form-data"),
+    "no content type": ("/compare_pair", {"content": b"\x89PNG"}, 415, "content type"),
+    "multipart without boundary": ("/compare_pair", {"content": b"x", "headers": MULTIPART_NO_BOUNDARY},
+                                   400, "malformed multipart"),
+    "malformed json": ("/compare_batch", {"content": b'{"pairs": [[1, 2', "headers": JSON}, 400, "json_invalid"),
+    "wrong content type": ("/compare_batch", {"content": b"id,label\n", "headers": {"content-type": "text/csv"}},
+                           415, "application/json or multipart/form-data"),
+    "neither pairs nor file": ("/compare_batch", {"json": {}}, 400, "send either"),
+    "N = 0": ("/compare_batch", {"json": {"pairs": []}}, 400, "N = 0"),
+    "wrong shape": ("/compare_batch", {"json": {"pairs": [[[0] * 28] * 28]}}, 400, "(N, 28, 56)"),
+    "ragged array": ("/compare_batch", {"json": {"pairs": [[[0, 1], [2]]]}}, 400, "rectangular"),
+    "strings": ("/compare_batch", {"json": {"pairs": [[["7"] * 56] * 28]}}, 400, "numbers"),
+    "booleans": ("/compare_batch", {"json": {"pairs": [[[True] * 56] * 28]}}, 400, "booleans"),
+    "NaN": ("/compare_batch", {"content": json.dumps({"pairs": [[[float("nan")] * 56] * 28]}).encode(),
+                               "headers": JSON}, 400, "NaN"),
+    "pixel out of range": ("/compare_batch", {"json": {"pairs": [[[256] * 56] * 28]}}, 400, "[0, 255]"),
+    "negative floats": ("/compare_batch", {"json": {"pairs": [[[-0.5] * 56] * 28]}}, 400, "[0, 1] or [0, 255]"),
+    "ids not matching": ("/compare_batch", {"json": {"pairs": [PAIR], "ids": ["a", "b"]}}, 400, "'id' must have shape"),
+    "duplicate ids": ("/compare_batch", {"json": {"pairs": [PAIR, PAIR], "ids": ["a", "a"]}}, 400, "unique"),
+    "unknown format": ("/compare_batch", {"json": {"pairs": [PAIR], "format": "xml"}}, 400, "format"),
+    "N above the maximum (json)": ("/compare_batch", {"json": {"pairs": [PAIR] * (MAX_PAIRS + 1)}}, 413, "limit"),
+    "N above the maximum (npz)": ("/compare_batch",
+                                  {"files": {"file": ("x.npz", _npz(x=np.zeros((MAX_PAIRS + 1, 28, 56), np.uint8)))}},
+                                  413, f"{MAX_PAIRS + 1} pairs"),
+    "npz that is not a zip": ("/compare_batch", {"files": {"file": ("x.npz", b"hello")}}, 400, "not an .npz"),
+    "npz without x": ("/compare_batch", {"files": {"file": ("x.npz", _npz(y=np.array([1])))}}, 400, "missing key 'x'"),
+    "npz with wrong dtype": ("/compare_batch", {"files": {"file": ("x.npz", _npz(x=np.zeros((2, 28, 56), np.int32)))}},
+                             400, "dtype int32"),
+    "npz with pickled objects": ("/compare_batch", {"files": {"file": ("x.npz", _npz(x=np.array([{}], dtype=object)))}},
+                                 400, "Python objects"),
+    "npz zip bomb": ("/compare_batch", {"files": {"file": ("x.npz", _npz(x=np.zeros((20_000, 28, 56), np.uint8)))}},
+                     413, "limit"),
+    "two npz files": ("/compare_batch", {"files": [("file", ("a.npz", _npz(x=np.zeros((1, 28, 56), np.uint8)))),
+                                                   ("file", ("b.npz", _npz(x=np.zeros((1, 28, 56), np.uint8))))]},
+                      400, "sent 2 times"),
+    "request body over the limit": ("/compare_batch", {"content": b" " * (MAX_BODY + 1), "headers": JSON},
+                                    413, "more than the limit"),
+    "score with a wrong shape": ("/score", {"json": {"pairs": [[1, 2, 3]]}}, 400, "(N, 28, 56)"),
+    "score with out-of-range values": ("/score", {"json": {"pairs": [[[999] * 56] * 28]}}, 400, "[0, 255]"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_REQUESTS))
+def test_bad_input_gets_a_4xx_that_says_what_is_wrong(client, server, name):
+    path, kwargs, status, text = BAD_REQUESTS[name]
+    response = client.post(path, **kwargs)
+    assert response.status_code == status, f"{name}: {response.status_code} {response.text[:500]}"
+    body = response.json()
+    assert "error" in (body[0] if isinstance(body, list) else body), body
+    assert text in json.dumps(body, ensure_ascii=False).replace("\\\"", "\""), f"{name}: {body}"
+    assert server.alive() and client.get("/readyz").status_code == 200  # and the server still answers
+
+
+def test_wrong_method_is_a_4xx(client):
+    assert client.get("/compare").status_code == 405
+    assert client.put("/info").status_code == 405
+
+
+def test_server_survived_everything_without_a_5xx(client, server, ensemble):
+    # Runs last in this module: after every bad request the service still answers correctly ...
+    pair = _pairs(1, seed=10)[0]
+    response = client.post("/compare_pair", files={"image": ("p.png", _encode(Image.fromarray(pair)))})
+    assert response.status_code == 200
+    _assert_matches(response.json(), ensemble, pair)
+    # ... and no request of this module was answered with a 5xx (BentoML's access log has every status).
+    log = server.log_text()
+    assert "status=5" not in log, [line for line in log.splitlines() if "status=5" in line][:5]
+    assert server.alive()
