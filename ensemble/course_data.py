@@ -224,9 +224,8 @@ def labels_for_ids(labels: dict[str, int], ids: np.ndarray, source: str) -> np.n
     return np.array([labels[i] for i in ids], dtype=np.int64)
 
 
-def write_submission_csv(path: str | os.PathLike, ids: np.ndarray, labels: np.ndarray,
-                         probabilities: np.ndarray | None = None) -> None:
-    """Write predictions in the course submission format (``id,label``[,``probability``]), atomically."""
+def format_submission_csv(ids: np.ndarray, labels: np.ndarray, probabilities: np.ndarray | None = None) -> str:
+    """Predictions in the course submission format: ``id,label`` (plus ``probability`` if given)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["id", "label"] + (["probability"] if probabilities is not None else []))
@@ -235,4 +234,10 @@ def write_submission_csv(path: str | os.PathLike, ids: np.ndarray, labels: np.nd
         if probabilities is not None:
             row.append(f"{float(probabilities[i]):.6f}")
         writer.writerow(row)
-    _atomic_write_bytes(Path(path), out.getvalue().encode())
+    return out.getvalue()
+
+
+def write_submission_csv(path: str | os.PathLike, ids: np.ndarray, labels: np.ndarray,
+                         probabilities: np.ndarray | None = None) -> None:
+    """Write predictions in the course submission format, atomically."""
+    _atomic_write_bytes(Path(path), format_submission_csv(ids, labels, probabilities).encode())
