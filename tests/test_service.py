@@ -18,13 +18,8 @@ import io
 import itertools
 import json
 import os
-import signal
-import socket
 import struct
-import subprocess
-import sys
 import tempfile
-import time
 import zlib
 from pathlib import Path
 
@@ -36,12 +31,13 @@ from PIL import Image, ImageDraw
 from ensemble import Ensemble
 from ensemble.course_data import read_labels_csv
 from ensemble.preprocess import prepare_digit, prepare_pair
+from tests.server_process import bentoml_serve
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"  # real held-out digits written by `python -m training.samples` (README examples)
 MAX_BODY = 8 * 1024 * 1024
 MAX_PAIRS = 300
-PROB_TOL = 1e-4  # server vs in-process probabilities (the server may run on the GPU, the test on the CPU)
+PROB_TOL = 1e-5  # server vs in-process probabilities (both on the CPU here)
 
 pytestmark = pytest.mark.slow
 
@@ -49,63 +45,16 @@ pytestmark = pytest.mark.slow
 # --------------------------------------------------------------------------- the server
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, process: subprocess.Popen, url: str, log: Path):
-        self.process, self.url, self.log = process, url, log
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-
 @pytest.fixture(scope="module")
-def server():
-    port = _free_port()
-    with tempfile.TemporaryDirectory(prefix="digit-compare-serve-") as tmp:
-        log = Path(tmp) / "serve.log"
-        env = {
-            **os.environ,
-            "BENTOML_HOME": str(Path(tmp) / "bentoml"),  # never touch the user's bento store
-            "BENTOML_DO_NOT_TRACK": "true",
-            "DIGIT_COMPARE_MAX_REQUEST_BYTES": str(MAX_BODY),
-            "DIGIT_COMPARE_MAX_PAIRS": str(MAX_PAIRS),
-        }
-        command = [sys.executable, "-m", "bentoml", "serve", "service:DigitCompare",
-                   "--host", "127.0.0.1", "--port", str(port)]
-        with log.open("wb") as out:
-            process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                       start_new_session=True)
-        srv = Server(process, f"http://127.0.0.1:{port}", log)
-        try:
-            deadline = time.monotonic() + 180
-            while True:
-                if not srv.alive():
-                    pytest.fail(f"bentoml serve exited with {process.returncode}:\n{srv.log_text()[-5000:]}")
-                try:
-                    if httpx.get(f"{srv.url}/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    pytest.fail(f"server not ready after 180 s:\n{srv.log_text()[-5000:]}")
-                time.sleep(0.5)
-            yield srv
-        finally:
-            if srv.alive():
-                os.killpg(process.pid, signal.SIGTERM)  # the server's own process group (start_new_session)
-                try:
-                    process.wait(30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    process.wait(10)
+def server(tmp_path_factory):
+    env = {
+        "BENTOML_HOME": str(tmp_path_factory.mktemp("bentoml")),  # never touch the user's bento store
+        "DIGIT_COMPARE_MAX_REQUEST_BYTES": str(MAX_BODY),
+        "DIGIT_COMPARE_MAX_PAIRS": str(MAX_PAIRS),
+        "DIGIT_COMPARE_DEVICE": "cpu",  # compared with the in-process ensemble on the CPU to 1e-5
+    }
+    with bentoml_serve("service:DigitCompare", ROOT, env) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")
