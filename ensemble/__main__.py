@@ -11,13 +11,13 @@ import argparse
 import csv
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from ensemble.atomic import atomic_write_text
 from ensemble.course_data import CourseDataError, labels_for_ids, load_course_npz, read_labels_csv, write_submission_csv
 from ensemble.evaluation import evaluation_rows, format_rows
 from ensemble.manifest import ManifestError
@@ -48,9 +48,7 @@ def evaluate(args: argparse.Namespace) -> int:
     print(f"{args.input}: {len(y)} labelled pairs\n")
     print(format_rows(rows))
     if args.json:
-        tmp = Path(args.json).with_name(f".{Path(args.json).name}.tmp")
-        tmp.write_text(json.dumps({"n": int(len(y)), "rows": rows}, indent=2) + "\n")
-        os.replace(tmp, args.json)
+        atomic_write_text(args.json, json.dumps({"n": int(len(y)), "rows": rows}, indent=2) + "\n")
     return 0
 
 

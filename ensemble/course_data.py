@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ensemble.atomic import atomic_write_bytes, atomic_write_text
+
 HEIGHT, WIDTH, HALF = 28, 56, 28
 PAIR_SHAPE = (HEIGHT, WIDTH)
 
@@ -166,13 +168,6 @@ def load_course_npz(path: str | os.PathLike, require: tuple[str, ...] = ("x",)) 
     return validate_course_arrays(arrays, str(path))
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def save_course_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
     """Write a course ``.npz`` atomically and byte-for-byte reproducibly.
 
@@ -190,7 +185,7 @@ def save_course_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
             entry = io.BytesIO()
             np.lib.format.write_array(entry, value, allow_pickle=False)
             zf.writestr(info, entry.getvalue())
-    _atomic_write_bytes(Path(path), buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def read_labels_csv(path: str | os.PathLike) -> dict[str, int]:
@@ -240,4 +235,4 @@ def format_submission_csv(ids: np.ndarray, labels: np.ndarray, probabilities: np
 def write_submission_csv(path: str | os.PathLike, ids: np.ndarray, labels: np.ndarray,
                          probabilities: np.ndarray | None = None) -> None:
     """Write predictions in the course submission format, atomically."""
-    _atomic_write_bytes(Path(path), format_submission_csv(ids, labels, probabilities).encode())
+    atomic_write_text(path, format_submission_csv(ids, labels, probabilities))

@@ -13,6 +13,8 @@ import json
 import os
 from pathlib import Path
 
+from ensemble.atomic import atomic_write_text
+
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SERVING_ROLES = ("fused", "lightgbm", "logreg")  # what Ensemble.load needs; the Bento ships these
@@ -79,7 +81,5 @@ def verify_artifact(models_dir: str | os.PathLike, manifest: dict, role: str) ->
 def write_manifest(models_dir: str | os.PathLike, manifest: dict) -> Path:
     """Write the manifest atomically."""
     path = Path(models_dir) / MANIFEST
-    tmp = path.with_name(f".{MANIFEST}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"format_version": FORMAT_VERSION, **manifest}, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps({"format_version": FORMAT_VERSION, **manifest}, indent=2, default=str) + "\n")
     return path

@@ -7,7 +7,6 @@ graph returns ``logits`` (N, M) and ``digit_probs`` (N, M, 2, 10) for all M mode
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
@@ -17,6 +16,8 @@ import onnxruntime as ort
 import torch
 from onnx import TensorProto, compose, helper
 from torch import nn
+
+from ensemble.atomic import atomic_path
 
 OPSET = 17
 INPUT = "pairs"
@@ -35,10 +36,8 @@ class ExportWrapper(nn.Module):
 
 
 def _save_atomic(model_proto: onnx.ModelProto, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    onnx.save(model_proto, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        onnx.save(model_proto, tmp)
 
 
 def export_model(model: nn.Module, path: Path) -> None:

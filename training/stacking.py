@@ -9,7 +9,6 @@ test split is only scored, never used to choose anything.
 from __future__ import annotations
 
 import json
-import os
 import platform
 from datetime import UTC, datetime
 from importlib import metadata
@@ -21,6 +20,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 
+from ensemble.atomic import atomic_path, atomic_write_text
 from ensemble.course_data import labels_for_ids, load_course_npz, read_labels_csv, save_course_npz
 from ensemble.evaluation import evaluation_rows
 from ensemble.features import FEATURE_SET_VERSION, stacking_features
@@ -101,14 +101,12 @@ def fit_stackers(out: str | Path, data_dir: str | Path, profile: str, seed: int 
     cv = cross_validate(features, val.y, seed)
 
     booster = _fit_lightgbm(features, val.y, seed, rounds=cv["rounds"])
-    tmp = out / f".{LIGHTGBM}.tmp"
-    booster.save_model(str(tmp))
-    os.replace(tmp, out / LIGHTGBM)
+    with atomic_path(out / LIGHTGBM) as tmp:
+        booster.save_model(str(tmp))
     scaler, logreg = _fit_logreg(features, val.y)
     spec = {"features": feature_names, "mean": scaler.mean_.tolist(), "scale": scaler.scale_.tolist(),
             "coef": logreg.coef_[0].tolist(), "intercept": float(logreg.intercept_[0])}
-    (out / f".{LOGREG}.tmp").write_text(json.dumps(spec) + "\n")
-    os.replace(out / f".{LOGREG}.tmp", out / LOGREG)
+    atomic_write_text(out / LOGREG, json.dumps(spec) + "\n")
 
     val_acc = {name: float(((val_logits[:, i] > 0) == val.y).mean()) for i, name in enumerate(names)}
     best_single = max(val_acc, key=val_acc.get)  # chosen on val, never on test

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import random
 import sys
 import time
@@ -29,6 +28,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from ensemble.atomic import atomic_path, atomic_write_text
 from training.data import dataset_fingerprint, make_pairs
 from training.datasets import TrainingData
 from training.models import REGISTRY, build_model, count_parameters
@@ -80,20 +80,6 @@ def swap_halves(x: torch.Tensor, y: torch.Tensor, digits: torch.Tensor | None, m
     if digits is not None:
         digits = torch.where(mask[:, None], digits.flip(1), digits)
     return x, y, digits
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def rng_state() -> dict:
@@ -189,11 +175,9 @@ def save_curves(history: list[dict], path: Path, title: str) -> None:
         ax.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- one model
@@ -285,9 +269,10 @@ def train_model(name: str, data_dir: str | Path = "data", out: str | Path = "run
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch + 1
-        atomic_torch_save({"run_key": key, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                           "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
-                           **state}, ckpt_path)
+        with atomic_path(ckpt_path) as tmp:
+            torch.save({"run_key": key, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
+                        **state}, tmp)
         if progress:
             shifted_text = " ".join(f"{k[4:-4]}={v:.4f}" for k, v in row.items() if k.startswith("val_sev"))
             tqdm.write(f"{name} epoch {epoch + 1}: train_acc={train['acc']:.4f} val_acc={val['acc']:.4f} "
@@ -303,9 +288,8 @@ def train_model(name: str, data_dir: str | Path = "data", out: str | Path = "run
     if data.test is not None:
         result["test_acc"] = evaluate(model, config, data.test.x, data.test.y, dev)["acc"]
     wdir.mkdir(parents=True, exist_ok=True)
-    tmp = wdir / ".weights.safetensors.tmp"
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    os.replace(tmp, wdir / "weights.safetensors")
+    with atomic_path(wdir / "weights.safetensors") as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
     save_curves(state["history"], wdir / "curves.png", f"{name} ({profile} profile)")
     atomic_write_text(wdir / "history.json", json.dumps(
         {"name": name, "run_key": key, "profile": profile, "config": config.to_dict(),
