@@ -171,6 +171,25 @@ def test_resume_after_interruption_is_exact(data_dir, tmp_path):
     assert _without_seconds(history_a["history"]) == _without_seconds(history_b["history"])
 
 
+def test_a_larger_epoch_budget_extends_a_finished_run(data_dir, tmp_path, monkeypatch):
+    """Raising the profile's epochs and resuming continues a finished run; it equals training longer."""
+    from training.profiles import PROFILES
+
+    common = dict(data_dir=data_dir, profile="smoke", device="cpu", threads=1, progress=False)
+    short, long = tmp_path / "short", tmp_path / "long"
+    assert train_model("resnet", out=short, **common)["epochs"] == 2
+    monkeypatch.setitem(PROFILES, "smoke", {**PROFILES["smoke"], "epochs": 3})
+    # Without --resume the finished 2-epoch run is not counted as trained for 3 epochs.
+    extended: list[int] = []
+    result = train_model("resnet", out=short, resume=True, on_epoch_end=extended.append, **common)
+    assert result["status"] == "trained" and result["epochs"] == 3 and extended == [3]
+    assert train_model("resnet", out=long, **common)["epochs"] == 3
+    weights_short, weights_long = load_file(_weights(short, "resnet")), load_file(_weights(long, "resnet"))
+    for key in weights_long:
+        assert torch.equal(weights_short[key], weights_long[key]), key
+    assert train_model("resnet", out=short, **common)["status"] == "skipped"
+
+
 # --------------------------------------------------------------------------- course files
 
 def test_trains_on_course_files_without_digit_labels(data_dir, tmp_path):

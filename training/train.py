@@ -183,8 +183,11 @@ def save_curves(history: list[dict], path: Path, title: str) -> None:
 # --------------------------------------------------------------------------- one model
 
 def run_key(name: str, profile: str, data_dir: Path) -> str:
-    """Identifies a training run by its configuration and data; a finished run with this key is skipped."""
-    payload = json.dumps({"config": REGISTRY[name].to_dict(), "profile": PROFILES[profile],
+    """Identifies a training run by its configuration and data. The epoch budget is left out on purpose:
+    raising it and passing ``--resume`` extends a finished run from its checkpoint (the run is
+    deterministic per epoch, so that equals having trained longer from the start)."""
+    settings = {k: v for k, v in PROFILES[profile].items() if k != "epochs"}
+    payload = json.dumps({"config": REGISTRY[name].to_dict(), "profile": settings,
                           "data": dataset_fingerprint(data_dir)}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -193,11 +196,13 @@ def weights_dir(out: Path, name: str) -> Path:
     return out / "weights" / name
 
 
-def is_trained(out: Path, name: str, key: str) -> bool:
+def is_trained(out: Path, name: str, key: str, epochs: int) -> bool:
+    """Trained with this key, and either for the full epoch budget or stopped early."""
     history = weights_dir(out, name) / "history.json"
     if not (history.is_file() and (weights_dir(out, name) / "weights.safetensors").is_file()):
         return False
-    return json.loads(history.read_text()).get("run_key") == key
+    record = json.loads(history.read_text())
+    return record.get("run_key") == key and (record["result"]["epochs"] >= epochs or record["early_stopped"])
 
 
 def load_weights(name: str, out: Path, profile: str) -> torch.nn.Module:
@@ -221,7 +226,7 @@ def train_model(name: str, data_dir: str | Path = "data", out: str | Path = "run
     data_dir, out = Path(data_dir), Path(out)
     key = run_key(name, profile, data_dir)
     wdir = weights_dir(out, name)
-    if not force and is_trained(out, name, key):
+    if not force and is_trained(out, name, key, prof["epochs"]):
         return {**json.loads((wdir / "history.json").read_text())["result"], "status": "skipped"}
     if threads:
         torch.set_num_threads(threads)
@@ -245,7 +250,6 @@ def train_model(name: str, data_dir: str | Path = "data", out: str | Path = "run
             set_rng_state(ckpt["rng"])
             state = {k: ckpt[k] for k in state}
 
-    start_time = time.perf_counter()
     for epoch in range(state["epoch"], prof["epochs"]):
         if state["bad_epochs"] >= prof["patience"]:
             break
@@ -282,7 +286,7 @@ def train_model(name: str, data_dir: str | Path = "data", out: str | Path = "run
 
     model.load_state_dict(state["best_state"])
     result = {"name": name, "params": count_parameters(model), "epochs": state["epoch"],
-              "val_acc": state["best_acc"], "train_seconds": round(time.perf_counter() - start_time, 1)}
+              "val_acc": state["best_acc"], "train_seconds": round(sum(h["seconds"] for h in state["history"]), 1)}
     best = next(h for h in state["history"] if h["val_acc"] == state["best_acc"])
     result.update({k: v for k, v in best.items() if k.startswith("val_sev")})
     if data.test is not None:
@@ -293,7 +297,8 @@ def train_model(name: str, data_dir: str | Path = "data", out: str | Path = "run
     save_curves(state["history"], wdir / "curves.png", f"{name} ({profile} profile)")
     atomic_write_text(wdir / "history.json", json.dumps(
         {"name": name, "run_key": key, "profile": profile, "config": config.to_dict(),
-         "profile_settings": prof, "device": str(dev), "result": result, "history": state["history"]},
+         "profile_settings": prof, "device": str(dev), "result": result,
+         "early_stopped": state["bad_epochs"] >= prof["patience"], "history": state["history"]},
         indent=2, default=str) + "\n")
     return {**result, "status": "trained"}
 
