@@ -10,7 +10,7 @@ from __future__ import annotations
 PROFILES: dict[str, dict] = {
     "smoke": dict(width=4, feat_dim=16, epochs=2, pairs_per_epoch=256, batch_size=64, patience=5,
                   max_train_pairs=256, max_val_pairs=128),
-    "default": dict(width=16, feat_dim=64, epochs=8, pairs_per_epoch=32_000, batch_size=128, patience=5,
+    "default": dict(width=16, feat_dim=64, epochs=12, pairs_per_epoch=32_000, batch_size=128, patience=5,
                     max_train_pairs=None, max_val_pairs=None),
     "full": dict(width=48, feat_dim=192, epochs=60, pairs_per_epoch=100_000, batch_size=256, patience=8,
                  max_train_pairs=None, max_val_pairs=None),
