@@ -162,8 +162,9 @@ def save_curves(history: list[dict], path: Path, title: str) -> None:
 
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
-    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    ax_loss.plot(epochs, [h["val_loss"] for h in history], "o-", label="val")
+    # Training loss includes the auxiliary digit cross-entropy when digit labels exist; val is the pair loss.
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train (pair + digit loss)")
+    ax_loss.plot(epochs, [h["val_loss"] for h in history], "o-", label="val (pair loss)")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
     ax_acc.plot(epochs, [h["train_acc"] for h in history], "o-", label="train")
     ax_acc.plot(epochs, [h["val_acc"] for h in history], "o-", label="val (severity 6)")
