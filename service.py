@@ -95,7 +95,6 @@ SCORE_COLUMNS = ("probability", "label", "left_digit", "right_digit", "batch_siz
 _PROB, _LABEL, _LEFT, _RIGHT, _BATCH, _BASE = 0, 1, 2, 3, 4, 5
 
 
-
 # --------------------------------------------------------------------------- response models
 
 
@@ -121,7 +120,7 @@ class BatchResult(BaseModel):
     accuracy: float | None = Field(default=None, description="against the file's labels 'y', when it has them")
 
 
-
+# Per route: accepted content types and the multipart fields that must be files (see RequestGuard).
 ROUTE_RULES: dict[str, RouteRule] = {
     "/compare": RouteRule(("multipart/form-data",), ("left", "right")),
     "/compare_pair": RouteRule(("multipart/form-data",), ("image",)),
@@ -129,7 +128,6 @@ ROUTE_RULES: dict[str, RouteRule] = {
     "/score": RouteRule(("application/json",)),
     "/info": RouteRule(("application/json", ""), ()),
 }
-
 
 
 # --------------------------------------------------------------------------- GET /info
@@ -214,7 +212,7 @@ class DigitCompare:
 
     @staticmethod
     def _digit(path: Path, name: str) -> np.ndarray:
-        image = open_image(path.read_bytes(), max_pixels=MAX_IMAGE_PIXELS, max_bytes=MAX_IMAGE_BYTES, name=name)
+        image = open_image(path.read_bytes(), name=name)
         try:
             return prepare_digit(image)
         except BlankImageError as err:
@@ -222,7 +220,7 @@ class DigitCompare:
 
     @staticmethod
     def _pair(path: Path) -> np.ndarray:
-        image = open_image(path.read_bytes(), max_pixels=MAX_IMAGE_PIXELS, max_bytes=MAX_IMAGE_BYTES, name="image")
+        image = open_image(path.read_bytes(), name="image")
         return prepare_pair(image)
 
     @bentoml.api

@@ -58,7 +58,10 @@ def open_session(path: Path, device: str | None = None) -> ort.InferenceSession:
     if device == "cuda" and not gpu_usable():
         raise RuntimeError(f"{DEVICE_ENV}=cuda, but no usable GPU (or no onnxruntime CUDA provider) was found")
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
-    session = ort.InferenceSession(str(path), options, providers=providers)
+    try:
+        session = ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as err:  # onnxruntime raises its own exception types for unreadable graphs
+        raise ManifestError(f"{path}: ONNX Runtime cannot open it ({err})") from err
     log.info("ONNX Runtime provider: %s", session.get_providers()[0])
     return session
 
@@ -136,12 +139,7 @@ class Ensemble:
             logreg = LogisticStacker(json.loads(logreg_path.read_text()))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
             raise ManifestError(f"{logreg_path}: malformed logistic-regression stacker ({err})") from err
-        try:
-            session = open_session(fused, device)
-        except Exception as err:  # onnxruntime raises its own exception types for corrupt graphs
-            if isinstance(err, RuntimeError | ValueError) and DEVICE_ENV in str(err):
-                raise
-            raise ManifestError(f"{fused}: ONNX Runtime cannot open it ({err})") from err
+        session = open_session(fused, device)
         return cls(models_dir, manifest, session, booster, logreg)
 
     def predict(self, pairs: np.ndarray, progress: bool = False) -> Prediction:

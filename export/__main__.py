@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ensemble.course_data import load_course_npz
 from export.onnx_export import ParityError, check_parity, export_model, fuse_models
 from training.data import make_pairs
 from training.models import MODEL_NAMES
@@ -34,8 +35,6 @@ def parity_pairs(data_dir: Path, n: int = PARITY_PAIRS) -> np.ndarray:
     if sources.is_file():
         with np.load(sources, allow_pickle=False) as npz:
             return make_pairs(npz["val_images"], npz["val_labels"], n, seed=12345, stream="val")["x"]
-    from ensemble.course_data import load_course_npz
-
     return load_course_npz(data_dir / "val.npz").x[:n]
 
 

@@ -31,16 +31,23 @@ class TrainingData:
         val = _head(load_course_npz(data_dir / "val.npz", require=("x", "y")), max_val)
         shifted = {p.stem: _head(load_course_npz(p, require=("x", "y")), max_val)
                    for p in sorted(data_dir.glob("val_sev*.npz"))}
-        test = None
-        if (data_dir / "test_public.npz").is_file() and (data_dir / "test_public_labels.csv").is_file():
-            test = load_course_npz(data_dir / "test_public.npz", require=("x", "id"))
-            test.y = labels_for_ids(read_labels_csv(data_dir / "test_public_labels.csv"), test.ids,
-                                    str(data_dir / "test_public_labels.csv"))
+        test = load_labelled_test(data_dir)
         sources = None
         if (data_dir / "sources.npz").is_file():
             with np.load(data_dir / "sources.npz", allow_pickle=False) as npz:
                 sources = {k: npz[k] for k in npz.files}
         return cls(train, val, shifted, test, sources)
+
+
+def load_labelled_test(data_dir: str | Path) -> CourseData | None:
+    """``test_public.npz`` with its labels from ``test_public_labels.csv``; None when either is missing."""
+    data_dir = Path(data_dir)
+    npz, csv = data_dir / "test_public.npz", data_dir / "test_public_labels.csv"
+    if not (npz.is_file() and csv.is_file()):
+        return None
+    test = load_course_npz(npz, require=("x", "id"))
+    test.y = labels_for_ids(read_labels_csv(csv), test.ids, str(csv))
+    return test
 
 
 def _head(data: CourseData, n: int | None) -> CourseData:

@@ -123,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     ensure_dataset(data_dir, args.profile)
     trained = train_all(args.names, data_dir, out, args.profile, args.device, args.jobs, args.resume, args.force)
-    rows = trained + [stored_result(out, name) for name in MODEL_NAMES
-                      if name not in args.names and stored_result(out, name) is not None]
+    kept = [stored_result(out, name) for name in MODEL_NAMES if name not in args.names]
+    rows = trained + [row for row in kept if row is not None]
     rows.sort(key=lambda row: MODEL_NAMES.index(row["name"]))
     table = format_table(rows)
     print(table)

@@ -21,13 +21,14 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 
 from ensemble.atomic import atomic_path, atomic_write_text
-from ensemble.course_data import labels_for_ids, load_course_npz, read_labels_csv, save_course_npz
+from ensemble.course_data import load_course_npz, save_course_npz
 from ensemble.evaluation import evaluation_rows
 from ensemble.features import FEATURE_SET_VERSION, stacking_features
 from ensemble.manifest import artifact_entry, write_manifest
 from ensemble.metrics import binary_metrics
 from ensemble.runtime import Ensemble, fused_outputs, open_session
 from training.data import dataset_fingerprint
+from training.datasets import load_labelled_test
 from training.models import MODEL_NAMES
 
 LIGHTGBM = "stacker_lightgbm.txt"
@@ -82,13 +83,6 @@ def package_versions() -> dict:
     return versions
 
 
-def labelled_test(data_dir: Path):
-    test = load_course_npz(data_dir / "test_public.npz", require=("x", "id"))
-    labels_path = data_dir / "test_public_labels.csv"
-    test.y = labels_for_ids(read_labels_csv(labels_path), test.ids, str(labels_path))
-    return test
-
-
 def fit_stackers(out: str | Path, data_dir: str | Path, profile: str, seed: int = 0) -> dict:
     """Fit both stackers on val, write them, the manifest and reference predictions; returns the
     metrics (cross-validation and the test table) that the report shows."""
@@ -133,8 +127,8 @@ def fit_stackers(out: str | Path, data_dir: str | Path, profile: str, seed: int 
     # Score the test split through the very path serving uses, and record reference predictions.
     ens = Ensemble.load(out, device="cpu")
     metrics = {"stacking_cv": cv, "val_acc": val_acc, "best_single": best_single}
-    if (data_dir / "test_public.npz").is_file() and (data_dir / "test_public_labels.csv").is_file():
-        test = labelled_test(data_dir)
+    test = load_labelled_test(data_dir)
+    if test is not None:
         pred = ens.predict(test.x)
         metrics["test"] = {"n": len(test), "rows": evaluation_rows(ens, pred, test.y)}
         metrics["test_confusion"] = _confusion(test.y, pred.label)
