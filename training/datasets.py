@@ -2,8 +2,8 @@
 
 A data folder is either our built dataset (``python -m training.data build``), which also holds
 the split source digits so that fresh pairs can be drawn every epoch, or the course's own files
-(``train.npz``, ``val.npz``, ``test_public.npz`` + ``test_public_labels.csv``), which carry no
-digit labels: then training uses the pair loss alone.
+(``train.npz``, ``val.npz``, ``test_public.npz`` + ``test_public_labels.csv``, the same for
+``test_private``), which carry no digit labels: then training uses the pair loss alone.
 """
 
 from __future__ import annotations
@@ -39,15 +39,24 @@ class TrainingData:
         return cls(train, val, shifted, test, sources)
 
 
+TEST_FILES = ("test_public", "test_private")
+
+
 def load_labelled_test(data_dir: str | Path) -> CourseData | None:
-    """``test_public.npz`` with its labels from ``test_public_labels.csv``; None when either is missing."""
+    """The labelled test pairs: ``test_public.npz`` and ``test_private.npz`` (each with its
+    ``*_labels.csv``) concatenated, public first; None when the folder has neither."""
     data_dir = Path(data_dir)
-    npz, csv = data_dir / "test_public.npz", data_dir / "test_public_labels.csv"
-    if not (npz.is_file() and csv.is_file()):
+    parts = []
+    for name in TEST_FILES:
+        npz, csv = data_dir / f"{name}.npz", data_dir / f"{name}_labels.csv"
+        if npz.is_file() and csv.is_file():
+            part = load_course_npz(npz, require=("x", "id"))
+            part.y = labels_for_ids(read_labels_csv(csv), part.ids, str(csv))
+            parts.append(part)
+    if not parts:
         return None
-    test = load_course_npz(npz, require=("x", "id"))
-    test.y = labels_for_ids(read_labels_csv(csv), test.ids, str(csv))
-    return test
+    return CourseData(x=np.concatenate([p.x for p in parts]), y=np.concatenate([p.y for p in parts]),
+                      ids=np.concatenate([p.ids for p in parts]))
 
 
 def _head(data: CourseData, n: int | None) -> CourseData:
