@@ -31,7 +31,7 @@ serve: $(VENV)/.runtime
 	$(VENV)/bin/bentoml serve service:DigitCompare --port $(PORT)
 
 samples: $(VENV)/.dev
-	$(PY) -m training.samples --data data --out samples
+	$(PY) -m training.samples --out samples
 
 bench: $(VENV)/.dev
 	$(PY) -m training.bench

