@@ -63,14 +63,17 @@ def _logit(p: np.ndarray) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
-def stacking_features(logits: np.ndarray, digit_probs: np.ndarray,
-                      names: tuple[str, ...]) -> tuple[np.ndarray, list[str]]:
+def stacking_features(logits: np.ndarray, digit_probs: np.ndarray, names: tuple[str, ...],
+                      feature_names: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
     """Features for the meta-learner and their names.
 
     Per base model: its pair logit, the logit of P(left > right) from its digit heads, and the same
     under the course's pair prior. Across the ensemble: mean / spread / min / max of the logits, the
     share of models voting "greater", P(left > right) from the averaged digit posteriors (without
     and with the prior), and those averaged posteriors themselves.
+
+    ``feature_names`` picks and orders the columns, as a stacker recorded them when it was fitted
+    (the manifest's ``features.names``); by default every feature of this version, in the order above.
     """
     logits = np.asarray(logits, dtype=np.float64)
     digit_probs = np.asarray(digit_probs, dtype=np.float64)
@@ -78,19 +81,21 @@ def stacking_features(logits: np.ndarray, digit_probs: np.ndarray,
     if digit_probs.shape != (n, m, 2, 10) or len(names) != m:
         raise ValueError(f"expected logits (N, M) and digit_probs (N, M, 2, 10) for {len(names)} models, "
                          f"got {logits.shape} and {digit_probs.shape}")
-    digit_greater = _logit(digit_greater_probability(digit_probs))  # (N, M)
-    prior_greater = _logit(prior_greater_probability(digit_probs))  # (N, M)
     mean_digits = digit_probs.mean(axis=1)  # (N, 2, 10)
-    columns = [
-        (logits, [f"logit:{name}" for name in names]),
-        (digit_greater, [f"digit_greater:{name}" for name in names]),
-        (prior_greater, [f"prior_greater:{name}" for name in names]),
-        (np.stack([logits.mean(1), logits.std(1), logits.min(1), logits.max(1), (logits > 0).mean(1),
-                   _logit(digit_greater_probability(mean_digits)), _logit(prior_greater_probability(mean_digits))],
-                  axis=1),
-         ["logit_mean", "logit_std", "logit_min", "logit_max", "vote_share", "mean_digits_greater",
-          "mean_digits_prior_greater"]),
-        (mean_digits.reshape(n, 20), [f"p_{side}_{d}" for side in ("left", "right") for d in range(10)]),
-    ]
-    features = np.concatenate([c for c, _ in columns], axis=1).astype(np.float32)
-    return features, [name for _, group in columns for name in group]
+    columns: dict[str, np.ndarray] = {}
+    per_model = {"logit": logits, "digit_greater": _logit(digit_greater_probability(digit_probs)),
+                 "prior_greater": _logit(prior_greater_probability(digit_probs))}
+    for kind, values in per_model.items():
+        columns.update({f"{kind}:{name}": values[:, i] for i, name in enumerate(names)})
+    columns.update({"logit_mean": logits.mean(1), "logit_std": logits.std(1), "logit_min": logits.min(1),
+                    "logit_max": logits.max(1), "vote_share": (logits > 0).mean(1),
+                    "mean_digits_greater": _logit(digit_greater_probability(mean_digits)),
+                    "mean_digits_prior_greater": _logit(prior_greater_probability(mean_digits))})
+    columns.update({f"p_{side}_{d}": mean_digits[:, s, d] for s, side in enumerate(("left", "right"))
+                    for d in range(10)})
+    wanted = list(columns) if feature_names is None else list(feature_names)
+    unknown = [name for name in wanted if name not in columns]
+    if unknown:
+        raise ValueError(f"unknown stacking feature(s) {', '.join(unknown[:5])}: the stacker was fitted on "
+                         "features this code does not compute (retrain or update the code)")
+    return np.stack([columns[name] for name in wanted], axis=1).astype(np.float32), wanted

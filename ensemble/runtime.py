@@ -108,6 +108,22 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
+def _check_features(models_dir: Path, manifest: dict, booster: lgb.Booster, logreg_features: list | None) -> None:
+    """The stackers were fitted on the features the manifest names, and this code computes them all."""
+    names = list(manifest["features"]["names"])
+    m = len(manifest["models"])
+    try:
+        stacking_features(np.zeros((1, m)), np.full((1, m, 2, 10), 0.1), tuple(x["name"] for x in manifest["models"]),
+                          names)
+    except ValueError as err:
+        raise ManifestError(f"{models_dir}/manifest.json: {err}") from err
+    if booster.num_feature() != len(names):
+        raise ManifestError(f"{models_dir}: the LightGBM stacker takes {booster.num_feature()} features, "
+                            f"the manifest names {len(names)}")
+    if logreg_features is not None and list(logreg_features) != names:
+        raise ManifestError(f"{models_dir}: the logistic stacker's features differ from the manifest's")
+
+
 class Ensemble:
     """Ten ONNX base models in one fused graph, stacked by LightGBM."""
 
@@ -139,13 +155,14 @@ class Ensemble:
             logreg = LogisticStacker(json.loads(logreg_path.read_text()))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
             raise ManifestError(f"{logreg_path}: malformed logistic-regression stacker ({err})") from err
+        _check_features(models_dir, manifest, booster, json.loads(logreg_path.read_text()).get("features"))
         session = open_session(fused, device)
         return cls(models_dir, manifest, session, booster, logreg)
 
     def predict(self, pairs: np.ndarray, progress: bool = False) -> Prediction:
         """Score pairs (N, 28, 56) uint8 (a float array in [0, 1] or [0, 255] is converted)."""
         logits, digit_probs = fused_outputs(self.session, pairs, progress)
-        features, _ = stacking_features(logits, digit_probs, self.names)
+        features, _ = stacking_features(logits, digit_probs, self.names, self.feature_names)
         probability = self.booster.predict(features, num_threads=1)
         return Prediction(probability=probability, label=(probability >= 0.5).astype(np.int64),
                           base_probabilities=sigmoid(logits.astype(np.float64)),
