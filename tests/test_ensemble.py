@@ -141,6 +141,33 @@ def test_malformed_manifest_is_refused_naming_the_file(smoke_models, tmp_path, c
     assert str(models / MANIFEST) in str(err.value)
 
 
+@pytest.mark.parametrize("edit, message", [
+    (lambda names: names[:-1] + ["feature_from_the_future"], "unknown stacking feature"),
+    (lambda names: names[:-1], "takes .* features, the manifest names"),
+])
+def test_stacking_features_that_do_not_match_the_stackers_are_refused(smoke_models, tmp_path, edit, message):
+    models = serving_copy(smoke_models, tmp_path)
+    manifest = json.loads((models / MANIFEST).read_text())
+    manifest["features"]["names"] = edit(manifest["features"]["names"])
+    (models / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match=message):
+        Ensemble.load(models)
+
+
+def test_served_features_follow_the_manifest_order(smoke_models, tmp_path, tiny_data):
+    """The run time computes exactly the columns the manifest names, in its order (so a stacker fitted
+    on an older feature set, e.g. without the prior features, keeps working)."""
+    from ensemble.features import stacking_features
+
+    x = load_course_npz(tiny_data / "val.npz").x[:16]
+    ens = Ensemble.load(smoke_models)
+    pred = ens.predict(x)
+    reversed_names = list(reversed(ens.feature_names))
+    features, names = stacking_features(pred.logits, pred.digit_probs, ens.names, reversed_names)
+    assert names == reversed_names
+    np.testing.assert_array_equal(features, pred.features[:, ::-1])
+
+
 def test_no_manifest_is_refused(tmp_path):
     with pytest.raises(ManifestError, match="no manifest"):
         Ensemble.load(tmp_path)
