@@ -25,7 +25,48 @@ from ensemble.manifest import ManifestError, read_manifest, verify_artifact
 
 log = logging.getLogger("ensemble")
 DEVICE_ENV = "DIGIT_COMPARE_DEVICE"  # auto (default) | cpu | cuda
+PRECISION_ENV = "DIGIT_COMPARE_PRECISION"  # auto (default: int8 on CPU when shipped, fp32 on GPU) | fp32 | int8
+FUSED_INT8 = "ensemble_int8.onnx"
 CHUNK = 2048  # pairs per ONNX Runtime call: bounds memory on large inputs
+
+
+def usable_cpus() -> int:
+    """CPUs this process may really use: its affinity mask, capped by a cgroup v2 CPU quota.
+
+    ``os.cpu_count()`` reports the host's cores; in a container limited to 2 CPUs, 16 ONNX Runtime
+    threads would only fight over them.
+    """
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
+
+
+def resolve_device(device: str | None = None) -> str:
+    """``cpu`` or ``cuda`` from a setting (argument, else $DIGIT_COMPARE_DEVICE, else auto)."""
+    device = (device or os.environ.get(DEVICE_ENV, "auto")).lower()
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"{DEVICE_ENV} must be auto, cpu or cuda, got {device!r}")
+    if device == "cuda" and not gpu_usable():
+        raise RuntimeError(f"{DEVICE_ENV}=cuda, but no usable GPU (or no onnxruntime CUDA provider) was found")
+    return "cuda" if device == "cuda" or (device == "auto" and gpu_usable()) else "cpu"
+
+
+def resolve_precision(precision: str | None, device: str, has_int8: bool) -> str:
+    """``fp32`` or ``int8``: int8 where it pays (the CPU) and the manifest ships it, unless told otherwise."""
+    precision = (precision or os.environ.get(PRECISION_ENV, "auto")).lower()
+    if precision not in ("auto", "fp32", "int8"):
+        raise ValueError(f"{PRECISION_ENV} must be auto, fp32 or int8, got {precision!r}")
+    if precision == "int8" and not has_int8:
+        raise ManifestError(f"{PRECISION_ENV}=int8, but the manifest lists no int8 graph "
+                            "(export it with `python -m export.quantize`)")
+    if precision == "auto":
+        return "int8" if device == "cpu" and has_int8 else "fp32"
+    return precision
 
 
 def gpu_usable() -> bool:
@@ -45,18 +86,18 @@ def gpu_usable() -> bool:
 
 
 def open_session(path: Path, device: str | None = None) -> ort.InferenceSession:
-    """An ONNX Runtime session on the GPU when one is usable (or forced), else on the CPU."""
-    device = (device or os.environ.get(DEVICE_ENV, "auto")).lower()
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"{DEVICE_ENV} must be auto, cpu or cuda, got {device!r}")
+    """An ONNX Runtime session on the GPU when one is usable (or forced), else on the CPU.
+
+    Options, on purpose: all graph optimisations (fuses Conv + BatchNorm + ReLU, and int8 QDQ pairs
+    into integer kernels); one intra-op thread per usable CPU and a single inter-op thread (the fused
+    graph is one long chain of convolutions: parallelism within each operator is what pays).
+    """
+    use_cuda = resolve_device(device) == "cuda"
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = os.cpu_count() or 1
+    options.intra_op_num_threads = usable_cpus()
     options.inter_op_num_threads = 1
-    use_cuda = device == "cuda" or (device == "auto" and gpu_usable())
-    if device == "cuda" and not gpu_usable():
-        raise RuntimeError(f"{DEVICE_ENV}=cuda, but no usable GPU (or no onnxruntime CUDA provider) was found")
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
     try:
         session = ort.InferenceSession(str(path), options, providers=providers)
@@ -128,7 +169,7 @@ class Ensemble:
     """Ten ONNX base models in one fused graph, stacked by LightGBM."""
 
     def __init__(self, models_dir: Path, manifest: dict, session: ort.InferenceSession, booster: lgb.Booster,
-                 logreg: LogisticStacker):
+                 logreg: LogisticStacker, precision: str = "fp32"):
         self.models_dir = models_dir
         self.manifest = manifest
         self.session = session
@@ -138,13 +179,21 @@ class Ensemble:
         self.feature_names: list[str] = list(manifest["features"]["names"])
         self.best_single: str = manifest["best_single"]
         self.provider: str = session.get_providers()[0]
+        self.precision = precision  # which fused graph runs: fp32 or int8
 
     @classmethod
-    def load(cls, models_dir: str | os.PathLike = "models", device: str | None = None) -> Ensemble:
-        """Verify the manifest and the serving artifacts' hashes, then open them."""
+    def load(cls, models_dir: str | os.PathLike = "models", device: str | None = None,
+             precision: str | None = None) -> Ensemble:
+        """Verify the manifest and the serving artifacts' hashes, then open them.
+
+        ``device`` (cpu | cuda | auto) and ``precision`` (fp32 | int8 | auto) default to
+        $DIGIT_COMPARE_DEVICE and $DIGIT_COMPARE_PRECISION, else auto.
+        """
         models_dir = Path(models_dir)
         manifest = read_manifest(models_dir)
-        fused = verify_artifact(models_dir, manifest, "fused")
+        device = resolve_device(device)
+        precision = resolve_precision(precision, device, "fused_int8" in manifest["artifacts"])
+        fused = verify_artifact(models_dir, manifest, "fused_int8" if precision == "int8" else "fused")
         lightgbm_path = verify_artifact(models_dir, manifest, "lightgbm")
         logreg_path = verify_artifact(models_dir, manifest, "logreg")
         try:
@@ -157,7 +206,7 @@ class Ensemble:
             raise ManifestError(f"{logreg_path}: malformed logistic-regression stacker ({err})") from err
         _check_features(models_dir, manifest, booster, json.loads(logreg_path.read_text()).get("features"))
         session = open_session(fused, device)
-        return cls(models_dir, manifest, session, booster, logreg)
+        return cls(models_dir, manifest, session, booster, logreg, precision)
 
     def predict(self, pairs: np.ndarray, progress: bool = False) -> Prediction:
         """Score pairs (N, 28, 56) uint8 (a float array in [0, 1] or [0, 255] is converted)."""
@@ -183,6 +232,6 @@ class Ensemble:
         """What is loaded: names, versions, hashes, data, metrics, provider."""
         m = self.manifest
         return {"models": list(self.names), "best_single": self.best_single, "format_version": m["format_version"],
-                "created": m.get("created"), "provider": self.provider,
+                "created": m.get("created"), "provider": self.provider, "precision": self.precision,
                 "artifacts": {role: {"file": a["file"], "sha256": a["sha256"]} for role, a in m["artifacts"].items()},
                 "training": m.get("training", {}), "metrics": m.get("metrics", {})}

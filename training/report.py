@@ -120,6 +120,14 @@ def write_report(out: str | Path, metrics: dict, training_rows: list[dict], prof
               f"Max |ONNX Runtime - PyTorch| logit over 512 pairs: "
               f"{max(v for k, v in parity.items() if k != 'fused'):.2e}; fused graph vs single graphs: "
               f"{parity['fused']:.2e}.", ""]
+    if "int8_parity" in metrics:
+        q = metrics["int8_parity"]
+        verdict = "shipped" if not q["failures"] else "NOT shipped: " + "; ".join(q["failures"])
+        lines += ["## int8 graph", "",
+                  f"On {q['pairs']} validation pairs, int8 vs fp32 through the stackers: stacked probability within "
+                  f"{q['max_probability_diff']:.4f}, labels agree on {100 * q['label_agreement']:.2f}%, accuracy "
+                  f"{q['int8_accuracy']:.4f} vs {q['fp32_accuracy']:.4f}; base-logit sign flips "
+                  f"{100 * q['base_sign_flips']:.2f}%. The int8 graph is {verdict}.", ""]
     path = out / "REPORT.md"
     atomic_write_text(path, "\n".join(lines))
     (out / "report" / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n")

@@ -82,13 +82,15 @@ def format_table(rows: list[dict]) -> str:
 
 def export_and_stack(out: Path, data_dir: Path, profile: str, training_rows: list[dict],
                      score_files: tuple[Path, ...] = ()) -> None:
-    """ONNX export with its parity check, both stackers, the manifest and REPORT.md."""
+    """ONNX export with its parity check, both stackers, the manifest, the int8 graph and REPORT.md."""
     from export.__main__ import export_all
+    from export.quantize import add_int8
     from training.report import write_report
     from training.stacking import fit_stackers
 
     parity = export_all(out, profile, data_dir)
     metrics = fit_stackers(out, data_dir, profile, score_files=score_files)
+    metrics["int8_parity"] = add_int8(out, data_dir)
     if "test" in metrics:
         from ensemble.evaluation import format_rows
 

