@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 3000
 
-.PHONY: test data lint serve samples bench clean
+.PHONY: test data lint serve samples bench bench-serve clean
 
 # The stamp files record which dependency groups the venv holds; they are redone when pyproject.toml changes.
 $(VENV)/.runtime: pyproject.toml
@@ -36,6 +36,10 @@ samples: $(VENV)/.dev
 bench: $(VENV)/.dev
 	$(PY) -m training.bench
 	$(PY) -m export.bench
+
+# The served product under load: in process (fp32 vs int8) and over HTTP; writes docs/bench.md and docs/bench.png.
+bench-serve: $(VENV)/.dev
+	$(PY) -m ensemble.bench
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .
