@@ -1,6 +1,7 @@
 """BentoML service: is the left handwritten digit greater than the right one?
 
-Endpoints (all answers are JSON unless noted; every client mistake gets a 4xx ``{"error": "..."}``):
+Endpoints (answers are JSON unless noted; every client mistake, on every route, is a 4xx with the one
+shape ``{"error": "...", "detail": ...}``, ``detail`` only when there is one; described at ``/docs.json``):
 
 - ``POST /compare`` (multipart: files ``left`` and ``right``): two pictures of single digits, any format
   Pillow reads, any size, grayscale/RGB/RGBA, dark-on-light or light-on-dark. Each is made MNIST-like by
@@ -8,7 +9,8 @@ Endpoints (all answers are JSON unless noted; every client mistake gets a 4xx ``
 - ``POST /compare_pair`` (multipart: file ``image``): one course-style pair (left digit in columns 0-27);
   other sizes are resized to 28x56 (``ensemble.preprocess.prepare_pair``).
   Both answer ``{greater, probability, digits: {left, right}, models: {name: probability}, batch_size}``
-  where ``batch_size`` is the number of pairs in the inference call that served the request.
+  where ``batch_size`` is the number of pairs in the inference call that served the request. A blank
+  picture (or a blank half of a pair) is refused on both, by the same test (``require_ink``).
 - ``POST /compare_batch``: JSON ``{"pairs": [[[...28x56...]], ...], "ids": [...]?, "format": "json"|"csv"}``
   or multipart with a course ``.npz`` as field ``file`` (keys ``x`` and optionally ``id``, ``y``) and an
   optional field ``format``. Answers probabilities, labels and digits for all pairs (plus ``accuracy``
@@ -16,29 +18,34 @@ Endpoints (all answers are JSON unless noted; every client mistake gets a 4xx ``
   ``id,label`` (row numbers stand in for missing ids).
 - ``GET /info`` (also ``POST /info``): model names, manifest version and artifact hashes, training data,
   metrics, the execution provider, batching settings and input limits.
-- ``POST /score``: the batchable inference method behind ``compare`` and ``compare_pair``; JSON
-  ``{"pairs": (N, 28, 56) uint8}`` -> an (N, 15) array: ``SCORE_COLUMNS`` then the ten base models.
+- BentoML's ``/healthz``, ``/livez``, ``/readyz``, ``/metrics`` (request counts and latency histograms per
+  route, adaptive batch sizes) and the OpenAPI page at ``/``.
 
-Adaptive batching: ``compare``/``compare_pair`` call ``score`` through the service's own proxy
-(``self.to_async.score``), so BentoML's dispatcher merges concurrent single-pair requests into one
-``Ensemble.predict`` call (``max_batch_size``/``max_latency_ms`` below). ``compare_batch`` brings its own
-batch and calls the ensemble directly, in chunks, so it neither waits on nor starves the dispatcher.
+Two services. ``Scorer`` holds the models behind BentoML's adaptive batching (``score``: ``max_batch_size``
+/ ``max_latency_ms``); ``DigitCompare`` is the public API: it decodes and checks inputs and calls the
+scorer through ``bentoml.depends`` (its own process, on a Unix socket in a private folder: the batch
+route is no public door). ``compare``/``compare_pair`` send one pair each, which the scorer's dispatcher
+merges with concurrent ones; ``compare_batch`` sends its pairs in chunks of ``max_batch_size``, at most
+``BATCH_IN_FLIGHT`` at a time, into the same queue, so one large request cannot starve single ones.
 
-BentoML's own ``/healthz``, ``/livez``, ``/readyz``, ``/metrics``, ``/docs.json`` and the OpenAPI UI at
-``/`` stay on. Environment: ``DIGIT_COMPARE_MODELS`` (models directory, default ``models/`` next to this
-file), ``DIGIT_COMPARE_DEVICE`` (``cpu``/``cuda``/``auto``, read by ``Ensemble.load``),
+Environment: ``DIGIT_COMPARE_MODELS`` (models directory, default ``models/`` next to this file),
+``DIGIT_COMPARE_DEVICE`` (``cpu``/``cuda``/``auto``, read by ``Ensemble.load``),
 ``DIGIT_COMPARE_MAX_BATCH_SIZE``, ``DIGIT_COMPARE_MAX_LATENCY_MS``, ``DIGIT_COMPARE_MAX_PAIRS``,
-``DIGIT_COMPARE_MAX_REQUEST_BYTES`` (read at import). Images are limited to
-``ensemble.preprocess.MAX_IMAGE_PIXELS`` (25 MP, from the header, before decoding) and ``MAX_IMAGE_BYTES``.
+``DIGIT_COMPARE_MAX_REQUEST_BYTES``, ``DIGIT_COMPARE_BODY_IDLE_TIMEOUT_S``, ``DIGIT_COMPARE_BODY_TIMEOUT_S``
+(read at import). Images are limited to ``ensemble.preprocess.MAX_IMAGE_PIXELS`` (25 MP, from the header,
+before decoding) and ``MAX_IMAGE_BYTES``. The models' hashes are verified when this module is imported:
+a refused model stops ``bentoml serve`` with a message naming the file.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import contextlib
 import logging
 import os
 import threading
 import typing as t
-from http import HTTPStatus
 from pathlib import Path
 
 import aiohttp
@@ -46,27 +53,34 @@ import anyio
 import anyio.to_thread
 import bentoml
 import numpy as np
-from bentoml.exceptions import BentoMLException
-from pydantic import AfterValidator, BaseModel, Field
+from bentoml.exceptions import BentoMLException, ServiceUnavailable
+from pydantic import AfterValidator, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ensemble import Ensemble
-from ensemble.course_data import CourseDataError, format_submission_csv, validate_course_arrays
+from ensemble.course_data import format_submission_csv
+from ensemble.http_guard import FrontDoor, RouteRule
 from ensemble.http_inputs import (
+    MAX_ID_CHARS,
     MAX_PAIRS,
     MAX_REQUEST_BYTES,
+    BatchRequest,
     ClientError,
-    RequestGuard,
-    RouteRule,
     client_error,
+    decode_json_body,
+    env_float,
     env_int,
-    parse_pairs,
+    error_response,
+    parse_batch_text,
+    parse_format,
     read_npz_upload,
     validate_score_input,
 )
+from ensemble.manifest import ManifestError, verify_serving_artifacts
+from ensemble.openapi import BatchResult, Comparison, Digits, build_openapi
 from ensemble.preprocess import (  # MAX_IMAGE_PIXELS: 25 MP, checked from the header before decoding
     MAX_IMAGE_BYTES,
     MAX_IMAGE_PIXELS,
@@ -80,128 +94,192 @@ from ensemble.preprocess import (  # MAX_IMAGE_PIXELS: 25 MP, checked from the h
 logger = logging.getLogger("bentoml.digit_compare")
 
 MODELS_DIR = Path(os.environ.get("DIGIT_COMPARE_MODELS") or Path(__file__).resolve().parent / "models")
+# A tampered or missing model used to fail each worker's start, which BentoML's process manager restarts
+# every few seconds, forever. Checked here instead, on import, in the `bentoml serve` process itself: it
+# exits non-zero with the message before any worker starts.
+try:
+    MANIFEST = verify_serving_artifacts(MODELS_DIR)
+except ManifestError as _err:
+    raise SystemExit(f"digit_compare: refusing to serve the models in {MODELS_DIR}: {_err}") from None
+MODEL_NAMES: tuple[str, ...] = tuple(m["name"] for m in MANIFEST["models"])
+
 #: Adaptive batching of single-pair requests: at most this many pairs per inference call ...
 MAX_BATCH_SIZE = env_int("DIGIT_COMPARE_MAX_BATCH_SIZE", 64)
-#: ... and requests that cannot be served within this many ms (queue + inference) are shed with 503.
-MAX_LATENCY_MS = env_int("DIGIT_COMPARE_MAX_LATENCY_MS", 2000)
-#: compare_batch runs the ensemble on this many pairs at a time, letting batched requests in between.
-BATCH_CHUNK = 256
-#: Images decoded at the same time per worker (bounds memory: a 25 MP RGBA image is 100 MB).
-DECODE_CONCURRENCY = 4
+#: ... and requests whose estimated wait plus inference exceeds this many ms are shed with 503. Not lower:
+#: under a 10,000-pair batch and 64 clients on a busy 2-core CPU a single pair can wait 2 s, and a shed
+#: request is a 503 the client did nothing to earn (the queue is bounded by the clients anyway).
+MAX_LATENCY_MS = env_int("DIGIT_COMPARE_MAX_LATENCY_MS", 10_000)
+#: compare_batch keeps at most this many chunks (of MAX_BATCH_SIZE pairs) in the scorer's queue at once:
+#: two keep the scorer busy while a chunk travels, and leave room for single requests in between.
+BATCH_IN_FLIGHT = 2
+#: A client that sends no byte for this long, or not its whole body within BODY_TIMEOUT_S, gets a 408.
+BODY_IDLE_TIMEOUT_S = env_float("DIGIT_COMPARE_BODY_IDLE_TIMEOUT_S", 15.0)
+BODY_TIMEOUT_S = env_float("DIGIT_COMPARE_BODY_TIMEOUT_S", 100.0)
+#: Whole request (BentoML's traffic timeout, 504 after it). Sized for the largest batch: 10,000 pairs
+#: take ~50 s at the ~200 pairs/s of this 2-core CPU under load, two at once ~105 s (120 s was too short).
+REQUEST_TIMEOUT_S = 300
+#: The scorer's, for one inference call.
+SCORER_TIMEOUT_S = 60
+#: Images decoded at the same time per worker (bounds memory: a 25 MP RGBA image is 100 MB decoded).
+DECODE_CONCURRENCY = 2
+#: Request bodies above this size are parsed one at a time per worker (a 64 MiB JSON body becomes about
+#: 350 MB of Python lists while parsed), in a thread, so the event loop keeps answering.
+LARGE_BODY_BYTES = 1024 * 1024
+LARGE_PARSES = 1
+#: Calls to the scorer that fail at the connection level are tried this many times in all.
+SCORER_ATTEMPTS = 3
+#: A chunk of compare_batch that the scorer sheds (overload) is tried this many times in all.
+CHUNK_ATTEMPTS = 3
 
 #: Columns of the array ``score`` returns, one row per pair; then one column per base model, in
 #: ``Ensemble.names`` order (``/info`` lists them all as ``score_columns``).
 SCORE_COLUMNS = ("probability", "label", "left_digit", "right_digit", "batch_size")
 _PROB, _LABEL, _LEFT, _RIGHT, _BATCH, _BASE = 0, 1, 2, 3, 4, 5
 
-
-# --------------------------------------------------------------------------- response models
-
-
-class Digits(BaseModel):
-    left: int = Field(description="most likely class of the left digit (mean of the ten digit heads)")
-    right: int = Field(description="most likely class of the right digit")
-
-
-class Comparison(BaseModel):
-    greater: bool = Field(description="is the left digit greater than the right one?")
-    probability: float = Field(description="stacked ensemble probability that left > right")
-    digits: Digits
-    models: dict[str, float] = Field(description="each base model's probability that left > right")
-    batch_size: int = Field(description="pairs in the inference call that served this request (adaptive batching)")
+# Why the scorer's client never recycles its session: BentoML 1.4.40's internal client
+# (_bentoml_impl/client/proxy2.py, SessionManager.get_session) replaces its aiohttp session every
+# `max_requests` (100) calls or `max_age` (300 s) and closes the old session while calls on it are still
+# in flight. Those calls fail with ServerDisconnectedError / ClientOSError although the inference ran:
+# 0.7% of answers at 2 concurrent clients, 30-34% at 64, all false 503s (upstream: bentoml/BentoML#4971
+# and #5540; PR #5698 proposes retries). RemoteProxy reads both limits from the *called* service's
+# `runner_connection` config, so they are set out of reach here; connection-level failures that can
+# still happen (a keep-alive connection closed by the server just as it is reused, a restarting scorer)
+# are retried below (`DigitCompare._call_scorer`), scoring being idempotent.
+NEVER_RECYCLE = {"max_requests": 2**62, "max_age": 1e12}
 
 
-class BatchResult(BaseModel):
-    n: int
-    probabilities: list[float]
-    labels: list[int]
-    digits: list[list[int]] = Field(description="[left, right] most likely classes per pair")
-    ids: list[str] | None = None
-    accuracy: float | None = Field(default=None, description="against the file's labels 'y', when it has them")
+class ScorerUnavailable(Exception):
+    """The scorer shed the call (overload) or could not be reached: a 503 with Retry-After."""
 
 
-# Per route: accepted content types and the multipart fields that must be files (see RequestGuard).
-ROUTE_RULES: dict[str, RouteRule] = {
-    "/compare": RouteRule(("multipart/form-data",), ("left", "right")),
-    "/compare_pair": RouteRule(("multipart/form-data",), ("image",)),
-    "/compare_batch": RouteRule(("application/json", "multipart/form-data"), ("file",)),
-    "/score": RouteRule(("application/json",)),
-    "/info": RouteRule(("application/json", ""), ()),
-}
+# --------------------------------------------------------------------------- the model service (internal)
 
 
-# --------------------------------------------------------------------------- GET /info
-
-
-async def _get_info(request: Request) -> Response:
-    return JSONResponse(bentoml.get_current_service().describe())
-
-
-info_app = Starlette(routes=[Route("/info", _get_info, methods=["GET"])])
-
-
-# --------------------------------------------------------------------------- the service
-
-
-@bentoml.asgi_app(info_app, path="/")
-@bentoml.service(name="digit_compare", workers=1, traffic={"timeout": 120})
-class DigitCompare:
-    """Is the left handwritten digit greater than the right one? A ten-model ensemble stacked by LightGBM."""
+@bentoml.service(name="digit_compare_scorer", workers=1, traffic={"timeout": SCORER_TIMEOUT_S},
+                 runner_connection=NEVER_RECYCLE)
+class Scorer:
+    """The ten models and the stacker behind BentoML's adaptive batching. Internal: only DigitCompare
+    calls it (``bentoml.depends``); it is not served on the public port."""
 
     def __init__(self) -> None:
         # Once per worker: Ensemble.load verifies the manifest hashes and picks the execution provider.
         self.ensemble = Ensemble.load(MODELS_DIR)
-        self._predict_lock = threading.Lock()  # one inference at a time (and no reliance on thread safety)
-        self._decode_limiter: anyio.CapacityLimiter | None = None
+        self._lock = threading.Lock()  # one inference at a time (and no reliance on thread safety)
         logger.info("loaded %d models from %s on %s", len(self.ensemble.names), MODELS_DIR, self.ensemble.provider)
-
-    # ----------------------------------------------------------------- inference
-
-    def _predict_rows(self, pairs: np.ndarray) -> np.ndarray:
-        """Ensemble.predict -> the SCORE_COLUMNS array (the only place that calls the ensemble)."""
-        with self._predict_lock:
-            prediction = self.ensemble.predict(pairs)
-        n = len(pairs)
-        rows = np.empty((n, len(SCORE_COLUMNS) + len(self.ensemble.names)), dtype=np.float64)
-        rows[:, _PROB] = prediction.probability
-        rows[:, _LABEL] = prediction.label
-        rows[:, _LEFT:_RIGHT + 1] = prediction.digits
-        rows[:, _BATCH] = n
-        rows[:, _BASE:] = prediction.base_probabilities
-        return rows
 
     @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)
     def score(self, pairs: t.Annotated[np.ndarray, AfterValidator(validate_score_input)]) -> np.ndarray:
-        """Batchable inference: (N, 28, 56) uint8 pairs -> (N, 15) rows of SCORE_COLUMNS
-        (probability, label, left digit, right digit, batch size, the ten base model probabilities)."""
-        return self._predict_rows(pairs)
+        """(N, 28, 56) uint8 pairs -> (N, 15) rows of SCORE_COLUMNS (probability, label, left digit,
+        right digit, batch size, the ten base model probabilities)."""
+        with self._lock:
+            prediction = self.ensemble.predict(pairs)
+        rows = np.empty((len(pairs), len(SCORE_COLUMNS) + len(self.ensemble.names)), dtype=np.float64)
+        rows[:, _PROB] = prediction.probability
+        rows[:, _LABEL] = prediction.label
+        rows[:, _LEFT:_RIGHT + 1] = prediction.digits
+        rows[:, _BATCH] = len(pairs)
+        rows[:, _BASE:] = prediction.base_probabilities
+        return rows
+
+    @bentoml.api
+    def describe(self) -> dict[str, t.Any]:
+        """Models, manifest version and hashes, training data, metrics, provider."""
+        return {**self.ensemble.info(), "score_columns": [*SCORE_COLUMNS, *self.ensemble.names]}
+
+
+# --------------------------------------------------------------------------- routes outside BentoML's API
+
+
+async def _get_info(request: Request) -> Response:
+    return JSONResponse(await bentoml.get_current_service().describe())
+
+
+async def _compare_batch(request: Request) -> Response:
+    return await bentoml.get_current_service().compare_batch(request)
+
+
+# compare_batch is a plain route: its JSON body is parsed here, off the event loop and one large body at a
+# time (BentoML would parse it on the event loop, into pydantic, whatever its size).
+extra_app = Starlette(routes=[Route("/info", _get_info, methods=["GET"]),
+                              Route("/compare_batch", _compare_batch, methods=["POST"])])
+
+
+# --------------------------------------------------------------------------- the public service
+
+
+@bentoml.asgi_app(extra_app, path="/")
+@bentoml.service(name="digit_compare", workers=1, traffic={"timeout": REQUEST_TIMEOUT_S})
+class DigitCompare:
+    """Is the left handwritten digit greater than the right one? A ten-model ensemble stacked by LightGBM."""
+
+    scorer = bentoml.depends(Scorer)
+
+    def __init__(self) -> None:
+        self._decode_limiter: anyio.CapacityLimiter | None = None
+        self._parse_limiter: anyio.CapacityLimiter | None = None
+
+    # ----------------------------------------------------------------- calling the scorer
+
+    async def _call_scorer(self, method: str, *args: t.Any) -> t.Any:
+        """``self.scorer.to_async.<method>(*args)``, retried on connection-level failures (see NEVER_RECYCLE).
+        Raises ScorerUnavailable when the scorer sheds the call or stays unreachable."""
+        for attempt in range(1, SCORER_ATTEMPTS + 1):
+            try:
+                return await getattr(self.scorer.to_async, method)(*args)
+            except ServiceUnavailable as err:  # the dispatcher shed it: estimated latency > max_latency_ms
+                raise ScorerUnavailable("the service is overloaded; retry shortly") from err
+            except (aiohttp.ClientConnectionError, RuntimeError) as err:
+                if isinstance(err, RuntimeError) and "Session is closed" not in str(err):
+                    raise  # upstream #5540's symptom is retried; any other RuntimeError is a bug
+                if attempt == SCORER_ATTEMPTS:
+                    raise ScorerUnavailable("the model service is not reachable; retry shortly") from err
+                logger.warning("scorer call %s failed at the connection level (%s: %s); retrying",
+                               method, type(err).__name__, err)
+                await asyncio.sleep(0.05 * attempt)
+        raise AssertionError("unreachable")
+
+    async def _score(self, pairs: np.ndarray) -> np.ndarray:
+        return np.asarray(await self._call_scorer("score", pairs), dtype=np.float64)
 
     async def _score_one(self, pair: np.ndarray) -> Comparison | Response:
-        """One pair through ``score``, i.e. through BentoML's adaptive batching (the self-proxy call is an
-        in-process HTTP request to /score that the dispatcher merges with concurrent ones)."""
-        proxy = getattr(self, "to_async", None)  # set by the server; absent when the class is used directly
-        if proxy is not None:
-            try:
-                rows = np.asarray(await proxy.score(pair[None]), dtype=np.float64)
-            except (BentoMLException, aiohttp.ClientError) as err:
-                # Overload, not a bug: the dispatcher shed the request (it could not be served within
-                # max_latency_ms: 503), or, under heavy overload, the in-process connection of the
-                # self-proxy (aiohttp over ASGI) was dropped. Anything else stays a 500.
-                if isinstance(err, BentoMLException) and err.error_code != HTTPStatus.SERVICE_UNAVAILABLE:
-                    raise
-                logger.warning("shed a request under load: %s: %s", type(err).__name__, err)
-                return JSONResponse({"error": "the service is overloaded; retry shortly"}, status_code=503,
-                                    headers={"Retry-After": "1"})
-        else:
-            rows = await anyio.to_thread.run_sync(self._predict_rows, pair[None])
-        row = rows[0]
+        """One pair through the scorer's adaptive batching."""
+        try:
+            row = (await self._score(pair[None]))[0]
+        except ScorerUnavailable as err:
+            return _unavailable(err)
         return Comparison(
             greater=bool(row[_LABEL] == 1),
             probability=float(row[_PROB]),
             digits=Digits(left=int(row[_LEFT]), right=int(row[_RIGHT])),
-            models={name: float(p) for name, p in zip(self.ensemble.names, row[_BASE:], strict=True)},
+            models={name: float(p) for name, p in zip(MODEL_NAMES, row[_BASE:], strict=True)},
             batch_size=int(row[_BATCH]),
         )
+
+    async def _score_chunk(self, chunk: np.ndarray) -> np.ndarray:
+        for attempt in range(1, CHUNK_ATTEMPTS + 1):
+            try:
+                return await self._score(chunk)
+            except ScorerUnavailable:
+                if attempt == CHUNK_ATTEMPTS:
+                    raise
+                await asyncio.sleep(0.5 * attempt)  # shed under a burst: the rest of the batch is worth a wait
+        raise AssertionError("unreachable")
+
+    async def _score_many(self, x: np.ndarray) -> np.ndarray:
+        """All pairs in chunks of MAX_BATCH_SIZE through the scorer's queue, BATCH_IN_FLIGHT at a time."""
+        pending: collections.deque[asyncio.Task[np.ndarray]] = collections.deque()
+        parts: list[np.ndarray] = []
+        try:
+            for start in range(0, len(x), MAX_BATCH_SIZE):
+                pending.append(asyncio.ensure_future(self._score_chunk(x[start:start + MAX_BATCH_SIZE])))
+                if len(pending) >= BATCH_IN_FLIGHT:
+                    parts.append(await pending.popleft())
+            while pending:
+                parts.append(await pending.popleft())
+        finally:
+            for task in pending:  # a failed chunk: do not leave the others running for nobody
+                task.cancel()
+        return np.concatenate(parts)
 
     async def _in_thread(self, func: t.Callable[..., t.Any], *args: t.Any) -> t.Any:
         if self._decode_limiter is None:
@@ -221,7 +299,10 @@ class DigitCompare:
     @staticmethod
     def _pair(path: Path) -> np.ndarray:
         image = open_image(path.read_bytes(), name="image")
-        return prepare_pair(image)
+        try:
+            return prepare_pair(image)
+        except BlankImageError as err:
+            raise BlankImageError(f"image: {err}") from err
 
     @bentoml.api
     async def compare(self, left: Path, right: Path) -> Comparison:
@@ -242,72 +323,143 @@ class DigitCompare:
             return client_error(err)
         return await self._score_one(pair)
 
-    # ----------------------------------------------------------------- batch endpoint
+    # ----------------------------------------------------------------- batch endpoint (a Starlette route)
 
-    @bentoml.api
-    async def compare_batch(
-        self,
-        pairs: t.Annotated[t.Any, Field(description="(N, 28, 56) pixel values (JSON requests)")] = None,
-        ids: t.Annotated[list[str] | None, Field(description="ids of the pairs (JSON requests, optional)")] = None,
-        # An optional upload has to be a list in BentoML 1.4: `Path | None` is not treated as a file (the
-        # upload fails validation) and `Optional[Path]` cannot even be declared (FileSchema is unhashable).
-        file: list[Path] = Field(default_factory=list, description="one course .npz: key x, optionally id, y"),  # noqa: B008
-        format: t.Annotated[t.Literal["json", "csv"], Field(description="csv: the submission file")] = "json",
-    ) -> BatchResult:
+    async def _read_batch(self, request: Request) -> BatchRequest:
+        """The JSON body or the multipart .npz upload -> BatchRequest (ClientError when unusable)."""
+        if self._parse_limiter is None:
+            self._parse_limiter = anyio.CapacityLimiter(LARGE_PARSES)
+        declared = request.headers.get("content-length", "")
+        large = not declared.isdigit() or int(declared) > LARGE_BODY_BYTES
+        async with self._parse_limiter if large else contextlib.nullcontext():
+            if request.headers.get("content-type", "").split(";")[0].strip().lower() == "application/json":
+                # One buffer, filled as the (already size-checked, spooled) body streams in, handed over to
+                # the parsing thread: nothing here keeps it once the parse is done.
+                body = bytearray()
+                async for chunk in request.stream():
+                    body += chunk
+                holder = [body]
+                del body
+                result = await anyio.to_thread.run_sync(_parse_json_body, holder)
+            else:  # multipart: FrontDoor checked the fields (one file 'file', an optional text 'format')
+                form = await request.form(max_files=1, max_fields=2)
+                try:
+                    fmt = parse_format(form.get("format", "json"))
+                    result = await anyio.to_thread.run_sync(_read_npz_upload, form["file"].file, fmt)  # type: ignore[union-attr]
+                finally:
+                    await form.close()
+        if isinstance(result, ClientError):
+            raise result
+        return result
+
+    async def compare_batch(self, request: Request) -> Response:
         """Many pairs at once: JSON `pairs` or an uploaded course `.npz` -> probabilities and labels."""
         try:
-            if bool(file) == (pairs is not None):
-                raise ClientError("send either JSON {\"pairs\": [...]} or a multipart .npz upload as field "
-                                  "'file'" + (", not both" if file else ""))
-            if len(file) > 1:
-                raise ClientError(f"file: send one .npz, got {len(file)}")
-            if file:
-                data = await self._in_thread(read_npz_upload, file[0])
-            else:
-                x = parse_pairs(pairs)
-                arrays = {"x": x} if ids is None else {"x": x, "id": np.asarray(ids, dtype=str)}
-                try:
-                    data = validate_course_arrays(arrays, "pairs")
-                except CourseDataError as err:
-                    raise ClientError(str(err)) from err
+            batch = await self._read_batch(request)
         except ClientError as err:
             return client_error(err)
-
-        rows = []
-        for start in range(0, len(data.x), BATCH_CHUNK):  # chunks: batched requests get a turn in between
-            rows.append(await anyio.to_thread.run_sync(self._predict_rows, data.x[start:start + BATCH_CHUNK]))
-        scores = np.concatenate(rows)
+        data = batch.data
+        try:
+            scores = await self._score_many(data.x)
+        except ScorerUnavailable as err:
+            return _unavailable(err)
         labels = scores[:, _LABEL].astype(np.int64)
-        if format == "csv":
+        if batch.format == "csv":
             return Response(format_submission_csv(data.ids_or_row_numbers(), labels), media_type="text/csv",
                             headers={"Content-Disposition": 'attachment; filename="submission.csv"'})
-        return BatchResult(
+        return JSONResponse(BatchResult(
             n=len(labels),
             probabilities=scores[:, _PROB].tolist(),
             labels=labels.tolist(),
             digits=scores[:, _LEFT:_RIGHT + 1].astype(np.int64).tolist(),
             ids=None if data.ids is None else data.ids.tolist(),
             accuracy=None if data.y is None else float((labels == data.y).mean()),
-        )
+        ).model_dump())
 
     # ----------------------------------------------------------------- info
 
-    def describe(self) -> dict[str, t.Any]:
+    async def describe(self) -> dict[str, t.Any]:
+        scorer = await self._call_scorer("describe")
         return {
-            **self.ensemble.info(),  # models, manifest version, artifact hashes, training data, metrics, provider
+            **scorer,  # models, manifest version, artifact hashes, training data, metrics, provider
             "device_setting": os.environ.get("DIGIT_COMPARE_DEVICE", "auto"),
             "batching": {"max_batch_size": MAX_BATCH_SIZE, "max_latency_ms": MAX_LATENCY_MS,
-                         "batch_endpoint_chunk": BATCH_CHUNK},
+                         "batch_endpoint_chunk": MAX_BATCH_SIZE, "batch_endpoint_chunks_in_flight": BATCH_IN_FLIGHT},
             "limits": {"max_pairs_per_request": MAX_PAIRS, "max_request_bytes": MAX_REQUEST_BYTES,
-                       "max_image_pixels": MAX_IMAGE_PIXELS, "max_image_bytes": MAX_IMAGE_BYTES},
-            "score_columns": [*SCORE_COLUMNS, *self.ensemble.names],
+                       "max_image_pixels": MAX_IMAGE_PIXELS, "max_image_bytes": MAX_IMAGE_BYTES,
+                       "body_idle_timeout_s": BODY_IDLE_TIMEOUT_S, "body_timeout_s": BODY_TIMEOUT_S,
+                       "request_timeout_s": REQUEST_TIMEOUT_S},
             "bentoml_version": bentoml.__version__,
         }
 
     @bentoml.api(route="/info")
-    def info(self) -> dict[str, t.Any]:
+    async def info(self) -> dict[str, t.Any]:
         """Models, manifest (version, hashes, training data, metrics), execution provider, batching, limits."""
-        return self.describe()
+        return await self.describe()
 
 
-DigitCompare.add_asgi_middleware(RequestGuard, rules=ROUTE_RULES, max_bytes=MAX_REQUEST_BYTES)
+def _parse_json_body(holder: list[bytearray]) -> BatchRequest | ClientError:
+    """In a worker thread: parse the body it is handed (and drops). A refusal comes back as a fresh
+    exception without a traceback: one with it would keep the parser's frames, and with them the body
+    and its text (120 MB for a 60 MiB body), alive for as long as anything holds the error."""
+    try:
+        text = decode_json_body(holder.pop())  # the bytes are freed here: the text is all the parse needs
+        return parse_batch_text(text)
+    except ClientError as err:
+        return ClientError(str(err), err.status, err.detail)
+
+
+def _read_npz_upload(fp: t.BinaryIO, fmt: str) -> BatchRequest | ClientError:
+    """In a worker thread, like _parse_json_body."""
+    try:
+        return BatchRequest(read_npz_upload(fp), fmt)
+    except ClientError as err:
+        return ClientError(str(err), err.status, err.detail)
+
+
+def _unavailable(err: Exception) -> Response:
+    logger.warning("answered 503: %s", err)
+    return error_response(str(err), 503, headers={"Retry-After": "1"})
+
+
+# --------------------------------------------------------------------------- the front door
+
+_MULTIPART_SLACK = 64 * 1024  # boundaries, part headers and a format field around the files
+ROUTE_RULES: dict[str, RouteRule] = {
+    "/compare": RouteRule(("POST",), ("multipart/form-data",), file_fields=("left", "right"),
+                          max_bytes=2 * MAX_IMAGE_BYTES + _MULTIPART_SLACK),
+    "/compare_pair": RouteRule(("POST",), ("multipart/form-data",), file_fields=("image",),
+                               max_bytes=MAX_IMAGE_BYTES + _MULTIPART_SLACK),
+    "/compare_batch": RouteRule(("POST",), ("application/json", "multipart/form-data"), file_fields=("file",),
+                                text_fields=("format",), max_bytes=MAX_REQUEST_BYTES),
+    "/info": RouteRule(("GET", "POST"), ("application/json", ""), max_bytes=_MULTIPART_SLACK),
+    **{path: RouteRule(("GET",)) for path in ("/healthz", "/livez", "/readyz", "/metrics", "/docs.json", "/")},
+}
+
+
+def _openapi() -> dict:
+    return build_openapi(version=str(MANIFEST.get("created") or MANIFEST["format_version"]), max_pairs=MAX_PAIRS,
+                         max_request_bytes=MAX_REQUEST_BYTES, max_image_bytes=MAX_IMAGE_BYTES,
+                         max_image_pixels=MAX_IMAGE_PIXELS, id_max_chars=MAX_ID_CHARS)
+
+
+DigitCompare.add_asgi_middleware(FrontDoor, rules=ROUTE_RULES, openapi=_openapi,
+                                 body_idle_timeout=BODY_IDLE_TIMEOUT_S, body_timeout=BODY_TIMEOUT_S)
+
+
+class _OneLineClientErrors(logging.Filter):
+    """BentoML logs a full traceback for every exception an API raises, 4xx included (``log_exception``).
+    A client's mistake is not the server's: log those as one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        client = isinstance(error, ValidationError) or (
+            isinstance(error, BentoMLException) and int(error.error_code) < 500)
+        if client:
+            record.msg = f"{record.getMessage()}: {type(error).__name__}: {' '.join(str(error).split())}"
+            record.args, record.exc_info, record.exc_text = (), None, None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+logging.getLogger("bentoml._internal.server.http_app").addFilter(_OneLineClientErrors())

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
+import typing as t
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +50,38 @@ class CourseData:
     def ids_or_row_numbers(self) -> np.ndarray:
         """The file's ids, or the row numbers as strings when it has none."""
         return self.ids if self.ids is not None else np.arange(len(self.x)).astype(str)
+
+
+@dataclass(frozen=True)
+class NpyHeader:
+    """What an ``.npy`` header declares, read without touching (or allocating) the data after it."""
+
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    fortran_order: bool
+    data_offset: int  # bytes from the start of the .npy to its data
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the data must have (Python ints: a forged shape cannot overflow this)."""
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+def read_npy_header(fp: t.BinaryIO) -> NpyHeader:
+    """Read an ``.npy`` header from ``fp`` (positioned at its start); ValueError when it is malformed.
+
+    Only the magic string and the header dict are read, so this is safe on untrusted input: a header
+    that declares ``(10**13,)`` elements costs nothing until someone allocates it.
+    """
+    start = fp.tell()
+    version = np.lib.format.read_magic(fp)
+    if version == (1, 0):
+        shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(fp)
+    elif version == (2, 0):
+        shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(fp)
+    else:  # 3.0 only exists for structured dtypes with non-latin-1 field names: never a course array
+        raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
+    return NpyHeader(np.dtype(dtype), tuple(int(n) for n in shape), bool(fortran_order), fp.tell() - start)
 
 
 def as_pairs_uint8(x: np.ndarray, source: str = "array") -> np.ndarray:
@@ -157,15 +191,25 @@ def load_course_npz(path: str | os.PathLike, require: tuple[str, ...] = ("x",)) 
                 if key in keys:
                     try:
                         arrays[key] = npz[key]
-                    except ValueError as err:  # object arrays need pickle, which we never allow
-                        raise CourseDataError(
-                            f"{path}: key {key!r} holds Python objects (a pickled array); refused"
-                        ) from err
+                    except ValueError as err:
+                        raise CourseDataError(f"{path}: key {key!r}: {_npy_read_problem(npz, key, err)}") from err
     except CourseDataError:
         raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
         raise CourseDataError(f"{path}: not a readable .npz file ({err})") from err
     return validate_course_arrays(arrays, str(path))
+
+
+def _npy_read_problem(npz: np.lib.npyio.NpzFile, key: str, err: ValueError) -> str:
+    """Say truthfully why numpy could not read a member: only an object dtype means a pickled array."""
+    try:
+        with npz.zip.open(f"{key}.npy") as member:
+            header = read_npy_header(member)
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as header_err:
+        return f"malformed .npy header ({header_err})"
+    if header.dtype.hasobject:
+        return "holds Python objects (a pickled array); refused"
+    return f"unreadable array data for shape {header.shape} of {header.dtype} ({err})"
 
 
 def save_course_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:

@@ -1,24 +1,33 @@
-"""HTTP input handling for the service: the service's limits, parsing of pair arrays and uploaded
-``.npz`` files into clear 4xx errors, and an ASGI middleware that refuses malformed requests before
-BentoML parses them. Kept out of ``service.py`` so that file reads as the API itself.
+"""HTTP input handling for the service: its limits, the one error shape, and the parsing of pair arrays
+(JSON) and uploaded ``.npz`` files into clear 4xx errors.
+
+Everything here runs on untrusted bytes, so every size is checked from what the input declares (a JSON
+body's length, an ``.npy`` header's dtype and shape, a zip member's size) before anything is allocated,
+and nothing is ever unpickled. Kept out of ``service.py`` so that file reads as the API itself.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import typing as t
 import zipfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-from starlette.datastructures import Headers, UploadFile
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ensemble.course_data import PAIR_SHAPE, CourseData, CourseDataError, as_pairs_uint8, load_course_npz
+from ensemble.course_data import (
+    PAIR_SHAPE,
+    CourseData,
+    CourseDataError,
+    NpyHeader,
+    as_pairs_uint8,
+    read_npy_header,
+    validate_course_arrays,
+)
 from ensemble.preprocess import ImageTooLargeError
 
 logger = logging.getLogger("bentoml.digit_compare")
@@ -37,32 +46,55 @@ def env_int(name: str, default: int) -> int:
     return number
 
 
+def env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    try:
+        number = float(value)
+    except ValueError as err:
+        raise ValueError(f"environment variable {name} must be a number, got {value!r}") from err
+    if not number > 0:
+        raise ValueError(f"environment variable {name} must be positive, got {number}")
+    return number
 
-#: At most this many pairs per compare_batch / score request (413 above).
+
+#: At most this many pairs per compare_batch request (413 above).
 MAX_PAIRS = env_int("DIGIT_COMPARE_MAX_PAIRS", 10_000)
-#: At most this many bytes per request body (413 above); 64 MiB fits 10,000 pairs as JSON.
+#: At most this many bytes per compare_batch request body (413 above); 64 MiB fits 10,000 pairs as JSON.
 MAX_REQUEST_BYTES = env_int("DIGIT_COMPARE_MAX_REQUEST_BYTES", 64 * 1024 * 1024)
 #: An uploaded .npz may unpack to at most this many bytes (float64 pairs at MAX_PAIRS, plus ids/labels).
 MAX_NPZ_UNPACKED_BYTES = MAX_PAIRS * PAIR_SHAPE[0] * PAIR_SHAPE[1] * 8 + 16 * 1024 * 1024
+#: Ids longer than this are refused (an .npz 'id' header could declare a dtype of gigabytes per string).
+MAX_ID_CHARS = 256
+#: The keys of a course .npz that are read; any other member is ignored, unread.
+NPZ_KEYS = ("x", "y", "id", "digits")
 
 
 class ClientError(Exception):
     """A request the service refuses; ``status`` is the 4xx answered with ``{"error": message}``."""
 
-    def __init__(self, message: str, status: int = 400):
+    def __init__(self, message: str, status: int = 400, detail: t.Any = None):
         super().__init__(message)
         self.status = status
+        self.detail = detail
 
 
-def error_response(message: str, status: int) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def error_body(message: str, detail: t.Any = None) -> dict[str, t.Any]:
+    """The one error shape of every route: ``{"error": "...", "detail": ...}`` (detail only when there is one)."""
+    return {"error": message} if detail is None else {"error": message, "detail": detail}
+
+
+def error_response(message: str, status: int, detail: t.Any = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error_body(message, detail), status_code=status, headers=headers)
 
 
 def client_error(err: Exception) -> JSONResponse:
-    """Map an input problem to its 4xx answer (413 for size limits, else 400)."""
+    """Map an input problem to its 4xx answer (413 for size limits, else 400), logged as one line."""
     status = getattr(err, "status", 413 if isinstance(err, ImageTooLargeError) else 400)
-    logger.info("refused request: %s (%d)", err, status)
-    return error_response(str(err), status)
+    logger.info("refused request: %s (%d)", str(err), status)  # str: a record must not keep the error's frames
+    return error_response(str(err), status, getattr(err, "detail", None))
 
 
 # --------------------------------------------------------------------------- array inputs
@@ -78,7 +110,7 @@ def parse_pairs(value: t.Any, source: str = "pairs") -> np.ndarray:
         raise ClientError(f"{source}: missing")
     try:
         array = np.asarray(value)
-    except (ValueError, TypeError, OverflowError) as err:
+    except (ValueError, TypeError, OverflowError, RecursionError) as err:
         raise ClientError(f"{source}: not a rectangular (N, 28, 56) array of numbers ({err})") from err
     if array.dtype.kind not in "iuf":
         kind = {"b": "booleans", "U": "strings", "S": "bytes", "O": "mixed or nested objects / ragged lists"}
@@ -99,7 +131,7 @@ def parse_pairs(value: t.Any, source: str = "pairs") -> np.ndarray:
 
 
 def validate_score_input(value: np.ndarray) -> np.ndarray:
-    """Pydantic validator of ``score``'s input: runs per request, BEFORE requests are merged into a batch,
+    """Pydantic validator of the scorer's input: runs per request, BEFORE requests are merged into a batch,
     so one bad request can never fail the others it would have been batched with."""
     try:
         return parse_pairs(value)
@@ -107,154 +139,269 @@ def validate_score_input(value: np.ndarray) -> np.ndarray:
         raise ValueError(str(err)) from err
 
 
-def _inspect_npz(path: Path) -> None:
-    """Refuse an .npz whose members would unpack to too much, before numpy reads any of it."""
-    if not zipfile.is_zipfile(path):
-        with path.open("rb") as f:
-            head = f.read(8)
-        if head.startswith(b"\x93NUMPY"):
-            return  # a bare .npy: load_course_npz explains that it wants an .npz
-        raise ClientError(f"file: not an .npz archive (a zip of .npy arrays); it starts with {head!r}")
+@dataclass
+class BatchRequest:
+    data: CourseData
+    format: str = "json"  # "json" | "csv"
+
+
+FORMATS = ("json", "csv")
+JSON_KEYS = ("pairs", "ids", "format")
+
+
+def parse_format(value: t.Any) -> str:
+    if value not in FORMATS:
+        raise ClientError(f"format: must be one of {', '.join(map(repr, FORMATS))}, got {value!r}")
+    return value
+
+
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+_DECODER = json.JSONDecoder()
+
+
+def _skip(text: str, pos: int) -> int:
+    return _WHITESPACE.match(text, pos).end()  # type: ignore[union-attr] - the pattern always matches
+
+
+def _json_value(text: str, pos: int) -> tuple[t.Any, int]:
+    """One JSON value starting at ``pos`` (after whitespace) -> (value, end)."""
     try:
-        with zipfile.ZipFile(path) as archive:
-            unpacked = sum(member.file_size for member in archive.infolist())
-            if unpacked > MAX_NPZ_UNPACKED_BYTES:
-                raise ClientError(
-                    f"file: the .npz unpacks to {unpacked} bytes, more than the limit of {MAX_NPZ_UNPACKED_BYTES}", 413
-                )
-            if "x.npy" in archive.namelist():
-                with archive.open("x.npy") as member:
-                    version = np.lib.format.read_magic(member)
-                    header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                              else np.lib.format.read_array_header_2_0)
-                    shape, _, _ = header(member)
-                if len(shape) == 3 and shape[0] > MAX_PAIRS:
-                    raise ClientError(f"file: {shape[0]} pairs is more than the limit of {MAX_PAIRS} per request", 413)
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
-        raise ClientError(f"file: not a readable .npz archive ({err})") from err
+        return _DECODER.raw_decode(text, _skip(text, pos))
+    except RecursionError as err:  # '[[[[...' nested thousands deep
+        raise ClientError("body: JSON nested too deeply") from err
+    except ValueError as err:
+        raise ClientError(f"body: not valid JSON ({err})") from err
 
 
-def read_npz_upload(path: Path) -> CourseData:
-    _inspect_npz(path)
+def _expect(text: str, pos: int, chars: str) -> tuple[str, int]:
+    pos = _skip(text, pos)
+    char = text[pos:pos + 1]
+    if not char or char not in chars:
+        found = repr(char) if char else "the end of the body"
+        raise ClientError(f"body: not valid JSON (expected {' or '.join(map(repr, chars))} at character {pos}, "
+                          f"found {found})")
+    return char, pos + 1
+
+
+def _pair_array(value: t.Any, index: int) -> np.ndarray:
+    """One decoded JSON pair -> (28, 56) uint8 (integers) or float64 (the course rule applies to all at the end)."""
     try:
-        data = load_course_npz(path)
-    except CourseDataError as err:  # its messages start with the (temporary, meaningless) path
-        raise ClientError("file: " + str(err).replace(str(path), "").lstrip(": ")) from err
-    return data
+        pair = np.asarray(value)
+    except (ValueError, TypeError, OverflowError, RecursionError) as err:
+        raise ClientError(f"pairs: not a rectangular (N, 28, 56) array of numbers (pair {index}: {err})") from err
+    if pair.dtype.kind not in "iuf":
+        kind = {"b": "booleans", "U": "strings", "S": "bytes", "O": "mixed or nested objects / ragged lists"}
+        raise ClientError(f"pairs: must hold pixel values (numbers), got {kind.get(pair.dtype.kind, pair.dtype)} "
+                          f"(pair {index})")
+    if pair.shape != PAIR_SHAPE:
+        raise ClientError(f"pairs: 'x' must have shape (N, 28, 56); pair {index} has shape {pair.shape}")
+    if pair.dtype.kind == "f":
+        return pair.astype(np.float64, copy=False)
+    low, high = int(pair.min()), int(pair.max())
+    if low < 0 or high > 255:
+        raise ClientError(f"pairs: integer pixel values must lie in [0, 255], got values in [{low}, {high}] "
+                          f"(pair {index})")
+    return pair.astype(np.uint8)
 
 
-# --------------------------------------------------------------------------- request guard (ASGI middleware)
+def _parse_pairs_stream(text: str, pos: int) -> tuple[np.ndarray, int]:
+    """The value of "pairs", decoded one pair at a time -> ((N, 28, 56) uint8, end).
 
-
-@dataclass(frozen=True)
-class RouteRule:
-    media_types: tuple[str, ...]
-    file_fields: tuple[str, ...] = ()  # multipart fields that must be file uploads
-
-
-
-
-class RequestGuard:
-    """Refuses malformed requests to the API routes with a clear 4xx before BentoML parses them.
-
-    BentoML answers some client mistakes with 500 (a multipart body it cannot parse, a text field where a
-    file is expected: it even tries to download it as a URL) and has no request size limit, so this
-    checks, per route: the content type (415), the body size (413; the body is buffered and replayed, at
-    most ``max_bytes``), that a multipart body parses (400) and that the file fields are files (400).
+    Never builds the nested lists of all pairs at once (a 64 MiB body would be ~15 million Python
+    numbers), stops at the first pair over MAX_PAIRS, and returns to Python between pairs, so a
+    parse in a worker thread lets the event loop run (one ``json.loads`` of the whole body holds the
+    GIL for seconds). Same rules and messages as ``parse_pairs``.
     """
-
-    def __init__(self, app: t.Any, rules: dict[str, RouteRule], max_bytes: int) -> None:
-        self.app = app
-        self.rules = rules
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: t.Any, receive: t.Any, send: t.Any) -> None:
-        rule = self.rules.get(scope.get("path", "")) if scope["type"] == "http" else None
-        if rule is None or scope.get("method") != "POST":
-            await self.app(scope, receive, send)
-            return
-        headers = Headers(scope=scope)
-        media_type = headers.get("content-type", "").split(";")[0].strip().lower()
-        if media_type not in rule.media_types:
-            accepted = " or ".join(m for m in rule.media_types if m) or "none"
-            message = f"{scope['path']}: content type {media_type or '(none)'!r} is not accepted; send {accepted}"
-            await self._refuse(scope, receive, send, 415, message)
-            return
-        declared = headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(scope, receive, send, 413, self._too_large(int(declared)),
-                               drain=min(int(declared), 2 * self.max_bytes))
-            return
-        body = bytearray()
+    pos = _skip(text, pos)
+    if text[pos:pos + 1] != "[":  # not an array: decode it whole and let parse_pairs say what is wrong
+        value, end = _json_value(text, pos)
+        return parse_pairs(value), end
+    pos = _skip(text, pos + 1)
+    if text[pos:pos + 1] == "]":
+        raise ClientError("pairs: no pairs given (N = 0)")
+    first, end = _json_value(text, pos)
+    if not (isinstance(first, list) and first and isinstance(first[0], list)):
+        # Not a list of pairs: one (28, 56) pair, or a wrong shape. Decode at most 28 rows, then let
+        # parse_pairs judge (a flat list of millions of numbers is not read to its end).
+        rows = [first]
         while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            if len(body) > self.max_bytes:
-                await self._refuse(scope, receive, send, 413, self._too_large(len(body)), drain=2 * self.max_bytes)
-                return
-            if not message.get("more_body", False):
+            char, end = _expect(text, end, ",]")
+            if char == "]":
+                return parse_pairs(rows), end
+            if len(rows) == PAIR_SHAPE[0]:
+                raise ClientError("pairs: 'x' must have shape (N, 28, 56) or (28, 56); got more than 28 rows")
+            row, end = _json_value(text, end)
+            rows.append(row)
+    arrays = [_pair_array(first, 0)]
+    while True:
+        char, end = _expect(text, end, ",]")
+        if char == "]":
+            break
+        if len(arrays) == MAX_PAIRS:
+            raise ClientError(f"pairs: more than the limit of {MAX_PAIRS} pairs per request", 413)
+        value, end = _json_value(text, end)
+        arrays.append(_pair_array(value, len(arrays)))
+        del value
+    if any(a.dtype.kind == "f" for a in arrays):  # the course rule for floats is over all values at once
+        x = np.stack([a.astype(np.float64, copy=False) for a in arrays])
+        del arrays
+        try:
+            return as_pairs_uint8(x, "pairs"), end
+        except CourseDataError as err:
+            raise ClientError(str(err)) from err
+    return np.stack(arrays), end
+
+
+def decode_json_body(body: bytes | bytearray) -> str:
+    """A JSON body's bytes -> text (UTF-8, or UTF-16/32 with their marks, as ``json.loads`` accepts)."""
+    try:
+        return body.decode(json.detect_encoding(body))
+    except (UnicodeDecodeError, LookupError) as err:
+        raise ClientError(f"body: not valid JSON (not UTF-8 text: {err})") from None
+
+
+def parse_batch_json(body: bytes | bytearray) -> BatchRequest:
+    """compare_batch's JSON body ``{"pairs": [...], "ids": [...]?, "format": "json"|"csv"?}`` -> BatchRequest."""
+    return parse_batch_text(decode_json_body(body))
+
+
+def parse_batch_text(text: str) -> BatchRequest:
+    """``parse_batch_json`` on the decoded text.
+
+    The top-level object is walked here and "pairs" decoded one pair at a time (``_parse_pairs_stream``),
+    so memory stays near the size of the uint8 pixels and the event loop keeps answering; the service
+    still runs this in a thread, one large body at a time. JSON semantics as ``json.loads`` (NaN and
+    Infinity literals parse, and are then refused; a repeated key: the last one wins).
+    """
+    pos = _skip(text, 0)
+    if text[pos:pos + 1] != "{":
+        value, _ = _json_value(text, pos)
+        raise ClientError(f"body: must be a JSON object with key 'pairs', got {type(value).__name__}")
+    fields: dict[str, t.Any] = {}
+    pos = _skip(text, pos + 1)
+    if text[pos:pos + 1] == "}":
+        pos += 1
+    else:
+        while True:
+            pos = _skip(text, pos)
+            if text[pos:pos + 1] != '"':
+                raise ClientError(f"body: not valid JSON (expected a key in double quotes at character {pos})")
+            key, pos = _json_value(text, pos)
+            if key not in JSON_KEYS:
+                raise ClientError(f"body: unknown key {key!r}; this route takes {', '.join(map(repr, JSON_KEYS))}")
+            _, pos = _expect(text, pos, ":")
+            fields[key], pos = _parse_pairs_stream(text, pos) if key == "pairs" else _json_value(text, pos)
+            char, pos = _expect(text, pos, ",}")
+            if char == "}":
                 break
-        replay = self._replay(bytes(body), receive)
-        if media_type == "multipart/form-data":
-            problem = await self._check_multipart(scope, self._replay(bytes(body), receive), rule)
-            if problem is not None:
-                await error_response(problem, 400)(scope, replay, send)
-                return
-        await self.app(scope, replay, send)
+    if _skip(text, pos) != len(text):
+        raise ClientError(f"body: not valid JSON (extra data after the object at character {_skip(text, pos)})")
+    if "pairs" not in fields:
+        raise ClientError("send either JSON {\"pairs\": [...]} or a multipart .npz upload as field 'file'")
+    fmt = parse_format(fields.get("format", "json"))
+    arrays: dict[str, np.ndarray] = {"x": fields["pairs"]}
+    ids = fields.get("ids")
+    if ids is not None:
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise ClientError("ids: must be a list of strings")
+        if any(len(i) > MAX_ID_CHARS for i in ids):
+            raise ClientError(f"ids: an id is longer than {MAX_ID_CHARS} characters")
+        arrays["id"] = np.asarray(ids, dtype=str) if ids else np.zeros(0, dtype="<U1")
+    try:
+        return BatchRequest(validate_course_arrays(arrays, "pairs"), fmt)
+    except CourseDataError as err:
+        raise ClientError(str(err)) from err
 
-    def _too_large(self, size: int) -> str:
-        return f"request body of {size} bytes is more than the limit of {self.max_bytes} bytes"
 
-    @staticmethod
-    def _replay(body: bytes, receive: t.Any) -> t.Any:
-        sent = False
+# --------------------------------------------------------------------------- .npz uploads
 
-        async def replay() -> dict[str, t.Any]:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()  # after the body: wait for the disconnect, as a real receive would
 
-        return replay
+def _check_member_header(key: str, header: NpyHeader, n: int | None) -> None:
+    """Refuse a member from its header alone: wrong dtype, wrong or oversized shape (before any allocation)."""
+    dtype, shape = header.dtype, header.shape
+    where = f"file: key {key!r}"
+    if dtype.hasobject:
+        raise ClientError(f"{where} holds Python objects (a pickled array); refused")
+    if key == "x":
+        if not (len(shape) == 3 and shape[1:] == PAIR_SHAPE) and shape != PAIR_SHAPE:
+            raise ClientError(f"file: 'x' must have shape (N, 28, 56), got {shape}")
+        if len(shape) == 3 and shape[0] > MAX_PAIRS:
+            raise ClientError(f"file: {shape[0]} pairs is more than the limit of {MAX_PAIRS} per request", 413)
+        if dtype != np.uint8 and dtype.kind != "f":
+            raise ClientError(f"file: 'x' must be uint8 (or float in [0, 1] / [0, 255]), got dtype {dtype}")
+        return
+    expected = {"y": (n,), "id": (n,), "digits": (n, 2)}[key]
+    if shape != expected:
+        raise ClientError(f"{where} must have shape {expected} to match 'x', got {shape}")
+    if key == "id":
+        if dtype.kind not in "US":
+            raise ClientError(f"{where} must hold strings, got dtype {dtype}")
+        chars = dtype.itemsize // (4 if dtype.kind == "U" else 1)
+        if chars > MAX_ID_CHARS:
+            raise ClientError(f"{where}: ids of up to {chars} characters; the limit is {MAX_ID_CHARS}")
+    elif dtype.kind not in "biuf" or dtype.itemsize > 8:
+        raise ClientError(f"{where} must hold integers, got dtype {dtype}")
 
-    @staticmethod
-    async def _check_multipart(scope: t.Any, receive: t.Any, rule: RouteRule) -> str | None:
-        request = Request(scope, receive)
-        try:
-            form = await request.form(max_files=8, max_fields=16)
-        except HTTPException as err:  # starlette wraps MultiPartException in a 400 HTTPException
-            return f"{scope['path']}: malformed multipart body ({err.detail})"
-        except Exception as err:  # noqa: BLE001 - any parser failure means a malformed body
-            return f"{scope['path']}: malformed multipart body ({type(err).__name__}: {err})"
-        try:
-            for name in rule.file_fields:
-                values = form.getlist(name)
-                if not values:
-                    if scope["path"] == "/compare_batch":
-                        return "/compare_batch: a multipart request must carry the .npz as file field 'file'"
-                    return f"{scope['path']}: missing file field {name!r} (send it as a file upload)"
-                if len(values) > 1:
-                    return f"{scope['path']}: field {name!r} was sent {len(values)} times; send one file"
-                if not isinstance(values[0], UploadFile):
-                    return f"{scope['path']}: field {name!r} must be a file upload, got a text value"
-        finally:
-            await form.close()
-        return None
 
-    async def _refuse(self, scope: t.Any, receive: t.Any, send: t.Any, status: int, message: str,
-                      drain: int = 0) -> None:
-        # Read (and drop) a moderately sized body first: a client still sending would otherwise see a
-        # reset connection instead of this answer. Bodies beyond `drain` are cut off.
-        received = 0
-        more = drain > 0
-        while more and received <= drain:
-            incoming = await receive()
-            if incoming["type"] == "http.disconnect":
-                return
-            received += len(incoming.get("body", b""))
-            more = incoming.get("more_body", False)
-        logger.info("refused %s: %s (%d)", scope.get("path"), message, status)
-        await error_response(message, status)(scope, receive, send)
+def read_npz_upload(fp: t.BinaryIO) -> CourseData:
+    """An uploaded course ``.npz`` (a binary file object) -> validated CourseData, or a ClientError.
+
+    Nothing is allocated before it is checked: the zip's declared sizes bound what unpacks (zip bombs),
+    and each member's ``.npy`` header (dtype, full shape) must be acceptable and agree exactly with the
+    member's size before its data is read. Errors say what is wrong: not a zip, a pickled (object)
+    array, a truncated member, a header that does not match the data, a corrupt (CRC) member.
+    """
+    head = fp.read(8)
+    fp.seek(0)
+    if head.startswith(b"\x93NUMPY"):
+        raise ClientError("file: a single .npy array, not an .npz archive with keys x, y/id")
+    if not head:
+        raise ClientError("file: empty upload (0 bytes); send the .npz file's content")
+    try:
+        archive = zipfile.ZipFile(fp)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError) as err:
+        raise ClientError(f"file: not an .npz archive (a zip of .npy arrays); it starts with {head!r} ({err})") from err
+    with archive:
+        members = {info.filename: info for info in archive.infolist()}
+        unpacked = sum(info.file_size for info in members.values())
+        if unpacked > MAX_NPZ_UNPACKED_BYTES:
+            raise ClientError(
+                f"file: the .npz unpacks to {unpacked} bytes, more than the limit of {MAX_NPZ_UNPACKED_BYTES}", 413
+            )
+        keys = [k for k in NPZ_KEYS if f"{k}.npy" in members]
+        if "x" not in keys:
+            found = sorted(name.removesuffix(".npy") for name in members)
+            raise ClientError(f"file: missing key 'x' (found keys: {found or 'none'})")
+        arrays: dict[str, np.ndarray] = {}
+        n: int | None = None
+        for key in keys:  # x first, so the others are checked against its N
+            info = members[f"{key}.npy"]
+            try:
+                with archive.open(info) as member:
+                    try:
+                        header = read_npy_header(member)
+                    except (ValueError, EOFError) as err:
+                        raise ClientError(f"file: key {key!r}: malformed .npy header ({err})") from err
+                    _check_member_header(key, header, n)
+                    stored = info.file_size - header.data_offset
+                    if stored < header.nbytes:
+                        raise ClientError(f"file: key {key!r} is truncated: its header declares {header.dtype} of "
+                                          f"shape {header.shape} ({header.nbytes} bytes), the member holds {stored}")
+                    if stored > header.nbytes:
+                        raise ClientError(f"file: key {key!r} does not match its header: {header.dtype} of shape "
+                                          f"{header.shape} is {header.nbytes} bytes, the member holds {stored}")
+                    member.seek(0)  # read_array reads the header again
+                    arrays[key] = np.lib.format.read_array(member, allow_pickle=False)
+            except ClientError:
+                raise
+            except zipfile.BadZipFile as err:  # a CRC mismatch, a member cut short inside the zip
+                raise ClientError(f"file: key {key!r} is corrupt ({err})") from err
+            except (ValueError, OSError, EOFError, NotImplementedError, RuntimeError) as err:
+                # NotImplementedError / RuntimeError: a compression method or encryption zipfile cannot read
+                raise ClientError(f"file: key {key!r} could not be read ({type(err).__name__}: {err})") from err
+            if key == "x":
+                n = 1 if header.shape == PAIR_SHAPE else header.shape[0]
+    try:
+        return validate_course_arrays(arrays, "file")
+    except CourseDataError as err:
+        raise ClientError(str(err)) from err

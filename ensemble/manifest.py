@@ -83,3 +83,15 @@ def write_manifest(models_dir: str | os.PathLike, manifest: dict) -> Path:
     path = Path(models_dir) / MANIFEST
     atomic_write_text(path, json.dumps({"format_version": FORMAT_VERSION, **manifest}, indent=2, default=str) + "\n")
     return path
+
+
+def verify_serving_artifacts(models_dir: str | os.PathLike) -> dict:
+    """The manifest, once every artifact serving needs exists and matches its sha256 (ManifestError if not).
+
+    Cheap (hashes a few files, opens nothing), so the service runs it when its module is imported: a
+    refused model then stops ``bentoml serve`` at once, before any worker starts (and restarts forever).
+    """
+    manifest = read_manifest(models_dir)
+    for role in SERVING_ROLES:
+        verify_artifact(models_dir, manifest, role)
+    return manifest

@@ -1,0 +1,203 @@
+"""The service's answers (pydantic models) and its OpenAPI description, written to match what it serves.
+
+BentoML generates a description from the API signatures, but for this service it was wrong in ways
+that matter to any client generator or fuzzer: internal routes listed, a JSON body described as a flat
+array, ``compare_batch``'s JSON body and ``GET /info`` missing, and none of the 4xx answers declared. So
+the description is built here, by hand for the requests and from the same pydantic models the service
+answers with; ``tests/test_schemathesis.py`` fuzzes a real server against it.
+
+The image routes carry explicit examples: real MNIST digits written as plain-text PGM (``P2``), an
+image format that Pillow reads and that fits in a JSON string, so a fuzzer's example phase reaches a
+200 on every route.
+"""
+
+from __future__ import annotations
+
+import base64
+import typing as t
+import zlib
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+# --------------------------------------------------------------------------- answers
+
+
+class Digits(BaseModel):
+    left: int = Field(description="most likely class of the left digit (mean of the ten digit heads)")
+    right: int = Field(description="most likely class of the right digit")
+
+
+class Comparison(BaseModel):
+    greater: bool = Field(description="is the left digit greater than the right one?")
+    probability: float = Field(description="stacked ensemble probability that left > right")
+    digits: Digits
+    models: dict[str, float] = Field(description="each base model's probability that left > right")
+    batch_size: int = Field(description="pairs in the inference call that served this request (adaptive batching)")
+
+
+class BatchResult(BaseModel):
+    n: int
+    probabilities: list[float]
+    labels: list[int]
+    digits: list[list[int]] = Field(description="[left, right] most likely classes per pair")
+    ids: list[str] | None = None
+    accuracy: float | None = Field(default=None, description="against the file's labels 'y', when it has them")
+
+
+# --------------------------------------------------------------------------- examples
+
+# Two held-out MNIST digits (samples/digit_8_light_on_dark.png and digit_3_light_on_dark.png), 28x28
+# uint8, zlib-compressed and base64-encoded.
+_EIGHT = (
+    "eNpjYBgwIDX7/4P9TdFMmDJMMdf+goE2plQuRObvNTVmNCmJ+SDxN52Zp37+XZIqiWJuP1DmR6cskNUIUqSIbCJI2yUgg7ttP0ju"
+    "CBtCjvvV37/fixgYFBeCjb5UhmbmpxDlrhcgqUxDVLeA7Pv4DCTzOp4bzZ0GTyA+eBOnh+l1c4jc2wQ+TDm2AKjfLyZwY0g2/4WB"
+    "LC40Kc69f/9e0fbcB5JczokqJwkUO8PAwOX5Gshww5S7DwqzCUDGFFQ55kKgmBdD4OmfQDoRzUKhq3//bnkDkvmbjRG9GTB3Ykox"
+    "MEpDIn6a8EAlSgDkXrDT"
+)
+_THREE = (
+    "eNpjYBh0gNN2wtl/e7ZszhTAkDK/9+8vEACJ20poUvO//f3RGamgqhd59e99aVS593+3KUNYUlf+1qDKJUfzwJg+fz9K43TVg/8+"
+    "uKS4d/9bw4JDju/sv1ts6IIS2gx8erWH3v/9Nx9dn/v73w9egD15QBhdm/vPf//+/Qfif7GYFpmXl3vr6upO/vvTHJc7mdf+u8SG"
+    "S1Lj319+nJ6/9Dcdp9yWf0twSQnd/jsJ1QX8/MzACOY3L934+d9PIRQ567//zhw69BTs96vWqAb5/AULf93U5CrHSdPEBwB45GjB"
+)
+
+
+def _digit(encoded: str) -> np.ndarray:
+    return np.frombuffer(zlib.decompress(base64.b64decode(encoded)), dtype=np.uint8).reshape(28, 28)
+
+
+def plain_pgm(pixels: np.ndarray) -> str:
+    """A grayscale uint8 image as plain-text PGM (P2): readable by Pillow, and valid JSON string content."""
+    height, width = pixels.shape
+    rows = "\n".join(" ".join(str(int(v)) for v in row) for row in pixels)
+    return f"P2\n{width} {height}\n255\n{rows}\n"
+
+
+EXAMPLE_LEFT = plain_pgm(_digit(_EIGHT))
+EXAMPLE_RIGHT = plain_pgm(_digit(_THREE))
+EXAMPLE_PAIR = np.concatenate([_digit(_EIGHT), _digit(_THREE)], axis=1)  # 8 | 3: left is greater
+
+
+# --------------------------------------------------------------------------- the description
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+_ERRORS = {
+    "400": "the request is malformed or its content is unusable (the message says what is wrong)",
+    "408": "the request body did not arrive in time",
+    "413": "the request, an image or the number of pairs is over a limit",
+    "415": "the request's content type is not accepted here",
+    "503": "overloaded; retry after the Retry-After seconds",
+}
+
+
+def _json(schema: dict) -> dict:
+    return {"application/json": {"schema": schema}}
+
+
+def _responses(ok: dict, *errors: str) -> dict:
+    answers = {"200": ok}
+    for code in errors:
+        answers[code] = {"description": _ERRORS[code], "content": _json(_ERROR)}
+    return answers
+
+
+def _schemas() -> dict:
+    """Component schemas from the pydantic models (nested models become their own components)."""
+    schemas: dict[str, t.Any] = {}
+    for model in (Comparison, BatchResult):
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    schemas["Error"] = {
+        "type": "object", "required": ["error"], "additionalProperties": False,
+        "properties": {"error": {"type": "string", "description": "what is wrong, for a person"},
+                       "detail": {"description": "structured detail, when there is any"}},
+    }
+    return schemas
+
+
+def build_openapi(*, version: str, max_pairs: int, max_request_bytes: int, max_image_bytes: int,
+                  max_image_pixels: int, id_max_chars: int) -> dict:
+    """The OpenAPI 3.0 description of every route the service answers."""
+    pixel = {"type": "number", "minimum": 0, "maximum": 255,
+             "description": "a pixel: integers 0-255, or floats (all in [0, 1]: scaled by 255; else [0, 255])"}
+    pair = {"type": "array", "minItems": 28, "maxItems": 28,
+            "items": {"type": "array", "minItems": 56, "maxItems": 56, "items": pixel}}
+    image = {"type": "string", "format": "binary",
+             "description": f"a picture in any format Pillow reads; at most {max_image_bytes} bytes and "
+                          f"{max_image_pixels} pixels"}
+    text = {"text/plain": {"schema": {"type": "string"}}}
+    pair_pgm = plain_pgm(EXAMPLE_PAIR)
+    batch_json = {
+        "type": "object", "required": ["pairs"], "additionalProperties": False,
+        "properties": {
+            "pairs": {"oneOf": [{"type": "array", "minItems": 1, "maxItems": max_pairs, "items": pair}, pair],
+                      "description": f"(N, 28, 56) course pairs (left digit in columns 0-27), N <= {max_pairs}, "
+                                     "or one (28, 56) pair"},
+            "ids": {"type": "array", "nullable": True, "uniqueItems": True,
+                    "items": {"type": "string", "minLength": 1, "maxLength": id_max_chars},
+                    "description": "one unique id per pair (optional; row numbers stand in)"},
+            "format": {"type": "string", "enum": ["json", "csv"], "default": "json",
+                       "description": "csv: the course submission file id,label"},
+        },
+    }
+    batch_multipart = {
+        "type": "object", "required": ["file"], "additionalProperties": False,
+        "properties": {
+            "file": {"type": "string", "format": "binary",
+                     "description": "a course .npz: key x (N, 28, 56) uint8 (or float), optionally id and y"},
+            "format": {"type": "string", "enum": ["json", "csv"], "default": "json"},
+        },
+    }
+    comparison = {"description": "the comparison", "content": _json({"$ref": "#/components/schemas/Comparison"})}
+    info = {"type": "object", "required": ["models", "provider", "format_version", "artifacts", "batching", "limits"],
+            "properties": {"models": {"type": "array", "items": {"type": "string"}},
+                           "provider": {"type": "string"}, "format_version": {"type": "integer"},
+                           "artifacts": {"type": "object"}, "batching": {"type": "object"},
+                           "limits": {"type": "object"}}}
+    info_ok = {"description": "models, manifest, provider, batching and limits", "content": _json(info)}
+    probe = {"200": {"description": "OK", "content": text}}
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "digit_compare", "version": version,
+                 "description": "Is the left handwritten digit greater than the right one? Ten Siamese CNNs "
+                                "stacked by LightGBM. Every error answers {\"error\": \"...\", \"detail\": ...}."},
+        "paths": {
+            "/compare": {"post": {
+                "summary": "two pictures of single digits: is left > right?",
+                "requestBody": {"required": True, "content": {"multipart/form-data": {
+                    "schema": {"type": "object", "required": ["left", "right"], "additionalProperties": False,
+                               "properties": {"left": image, "right": image}},
+                    "example": {"left": EXAMPLE_LEFT, "right": EXAMPLE_RIGHT}}}},
+                "responses": _responses(comparison, "400", "408", "413", "415", "503")}},
+            "/compare_pair": {"post": {
+                "summary": "one course-style 28x56 pair picture (other sizes are resized): is left > right?",
+                "requestBody": {"required": True, "content": {"multipart/form-data": {
+                    "schema": {"type": "object", "required": ["image"], "additionalProperties": False,
+                               "properties": {"image": image}},
+                    "example": {"image": pair_pgm}}}},
+                "responses": _responses(comparison, "400", "408", "413", "415", "503")}},
+            "/compare_batch": {"post": {
+                "summary": f"many pairs at once: JSON pairs or a course .npz upload (at most {max_request_bytes} "
+                           "bytes)",
+                "requestBody": {"required": True, "content": {
+                    "application/json": {"schema": batch_json,
+                                         "example": {"pairs": [EXAMPLE_PAIR.tolist()], "ids": ["PAIR_0"]}},
+                    "multipart/form-data": {"schema": batch_multipart}}},
+                "responses": _responses(
+                    {"description": "probabilities, labels and digits (format=csv: the submission file)",
+                     "content": {**_json({"$ref": "#/components/schemas/BatchResult"}),
+                                 "text/csv": {"schema": {"type": "string"}}}},
+                    "400", "408", "413", "415", "503")}},
+            "/info": {
+                "get": {"summary": "models, manifest, provider, batching and limits", "responses": {"200": info_ok}},
+                "post": {"summary": "the same as GET (for BentoML's clients)",
+                         "responses": _responses(info_ok, "400", "415")}},
+            "/healthz": {"get": {"summary": "liveness", "responses": probe}},
+            "/livez": {"get": {"summary": "liveness", "responses": probe}},
+            "/readyz": {"get": {"summary": "readiness (200 once the models are loaded)", "responses": probe}},
+            "/metrics": {"get": {"summary": "Prometheus metrics: requests and latency per route, batch sizes",
+                                 "responses": probe}},
+        },
+        "components": {"schemas": _schemas()},
+    }

@@ -1,0 +1,62 @@
+"""A refused model stops `bentoml serve` at once, non-zero, with a message naming the file.
+
+It used to fail each worker's start instead, which BentoML's process manager restarted every ~10 s,
+forever (61 restarts in 10 minutes), while the server never became ready.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.server_process import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVING_FILES = ("manifest.json", "ensemble.onnx", "stacker_lightgbm.txt", "stacker_logreg.json")
+pytestmark = pytest.mark.slow
+
+
+def _serving_copy(tmp_path: Path) -> Path:
+    models = tmp_path / "models"
+    models.mkdir()
+    for name in SERVING_FILES:
+        shutil.copy2(ROOT / "models" / name, models / name)
+    return models
+
+
+def _serve(models: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "true",
+           "DIGIT_COMPARE_MODELS": str(models), "DIGIT_COMPARE_DEVICE": "cpu"}
+    command = [sys.executable, "-m", "bentoml", "serve", "service:DigitCompare", "--host", "127.0.0.1",
+               "--port", str(free_port())]
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=90)
+    except subprocess.TimeoutExpired:  # still running: it is restarting its workers
+        os.killpg(process.pid, signal.SIGKILL)  # its whole session: the CLI, the arbiter's workers
+        output, _ = process.communicate(timeout=30)
+        pytest.fail(f"bentoml serve did not exit within 90 s:\n{output[-3000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, output, "")
+
+
+@pytest.mark.parametrize("damage", ["tampered", "missing"])
+def test_refused_model_makes_serve_exit_naming_the_file(tmp_path, damage):
+    models = _serving_copy(tmp_path)
+    target = models / "stacker_logreg.json"
+    if damage == "tampered":
+        target.write_text(target.read_text().replace("0", "1", 1))
+    else:
+        target.unlink()
+    done = _serve(models, tmp_path)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output[-3000:]
+    assert str(target) in output, output[-3000:]
+    assert ("does not match the manifest" if damage == "tampered" else "missing") in output
+    assert output.count("Traceback") == 0, output[-3000:]  # a message, not a crash dump
