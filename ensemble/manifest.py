@@ -92,6 +92,8 @@ def verify_serving_artifacts(models_dir: str | os.PathLike) -> dict:
     refused model then stops ``bentoml serve`` at once, before any worker starts (and restarts forever).
     """
     manifest = read_manifest(models_dir)
-    for role in SERVING_ROLES:
+    # Every fused graph the manifest lists too (the int8 one where shipped): Ensemble.load may pick it.
+    fused = [role for role in manifest["artifacts"] if role.startswith("fused") and role not in SERVING_ROLES]
+    for role in (*SERVING_ROLES, *fused):
         verify_artifact(models_dir, manifest, role)
     return manifest

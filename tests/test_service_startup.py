@@ -18,15 +18,16 @@ import pytest
 from tests.server_process import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-SERVING_FILES = ("manifest.json", "ensemble.onnx", "stacker_lightgbm.txt", "stacker_logreg.json")
 pytestmark = pytest.mark.slow
 
 
 def _serving_copy(tmp_path: Path) -> Path:
+    """What the Bento ships from models/: the manifest, the fused graph(s) and the stackers."""
     models = tmp_path / "models"
     models.mkdir()
-    for name in SERVING_FILES:
-        shutil.copy2(ROOT / "models" / name, models / name)
+    for path in (ROOT / "models").iterdir():
+        if path.name == "manifest.json" or path.suffix == ".onnx" or path.name.startswith("stacker_"):
+            shutil.copy2(path, models / path.name)
     return models
 
 
