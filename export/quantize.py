@@ -4,14 +4,17 @@
 
 Convolutions carry nearly all the work, and this CPU's AVX-512 VNNI units run int8 convolutions
 several times faster than fp32 ones; so the convolutions are quantized (QDQ format: weights int8 per
-output channel, activations uint8 per tensor, calibrated with min/max on validation pairs), and
+output channel, activations uint8 per tensor, calibrated on validation pairs), and
 everything else stays fp32.
 
 What stays fp32, chosen by measurement (one convolution quantized at a time, sign flips of the pair
 logit over 1,000 validation pairs, ``resnet_deep`` at the default profile): each tower's first two
 convolutions flipped 4.5% and 6.6% of the signs on their own, every later one 0.0-0.5%. They see
 the raw, faint, noisy picture, where an 8-bit grid loses what separates a 3 from an 8, and they hold
-about a sixth of the multiply-adds. The comparison and digit heads (Gemm) stay fp32 too: the pair
+about a sixth of the multiply-adds. With them in fp32, all the rest quantized: 0.9% flips and a
+mean |logit error| of 0.040 with min/max calibration, 0.8% and 0.026 with the 99.999th percentile
+(a few extreme activations no longer stretch the 8-bit grid), so the percentile it is; keeping a
+third convolution in fp32 as well only went to 0.5% and 0.019. The comparison and digit heads (Gemm) stay fp32 too: the pair
 logit is a difference h(a, b) - h(b, a) of two close numbers, and they cost next to nothing.
 
 The stackers were fitted on fp32 features; the parity check scores the same validation pairs
@@ -28,7 +31,13 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from ensemble.atomic import atomic_path
@@ -39,6 +48,7 @@ from ensemble.runtime import FUSED_INT8, Ensemble
 CALIBRATION_PAIRS = 1024
 PARITY_PAIRS = 2000
 FP32_LEADING_CONVS = 2  # per base model; see the module docstring
+CALIBRATION_PERCENTILE = 99.999
 # The parity bar: stacked probabilities within MAX_PROBABILITY_DIFF of fp32, the label agreeing on
 # at least MIN_LABEL_AGREEMENT of the pairs, accuracy within MAX_ACCURACY_DROP.
 MAX_PROBABILITY_DIFF = 0.02
@@ -81,7 +91,9 @@ def quantize_fused(fused: Path, out: Path, calibration: np.ndarray, model_names:
         quantized = Path(tmp) / "int8.onnx"
         quantize_static(str(prepared), str(quantized), _PairsReader(calibration), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        op_types_to_quantize=["Conv"], nodes_to_exclude=keep)
+                        op_types_to_quantize=["Conv"], nodes_to_exclude=keep,
+                        calibrate_method=CalibrationMethod.Percentile,
+                        extra_options={"CalibPercentile": CALIBRATION_PERCENTILE})
         proto = onnx.load(quantized)
         onnx.checker.check_model(proto)
         with atomic_path(out) as target:
