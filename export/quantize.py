@@ -14,8 +14,9 @@ the raw, faint, noisy picture, where an 8-bit grid loses what separates a 3 from
 about a sixth of the multiply-adds. With them in fp32, all the rest quantized: 0.9% flips and a
 mean |logit error| of 0.040 with min/max calibration, 0.8% and 0.026 with the 99.999th percentile
 (a few extreme activations no longer stretch the 8-bit grid), so the percentile it is; keeping a
-third convolution in fp32 as well only went to 0.5% and 0.019. The comparison and digit heads (Gemm) stay fp32 too: the pair
-logit is a difference h(a, b) - h(b, a) of two close numbers, and they cost next to nothing.
+third convolution in fp32 as well only went to 0.5% and 0.019. The comparison and digit heads
+(Gemm) stay fp32 too: the pair logit is a difference h(a, b) - h(b, a) of two close numbers, and
+they cost next to nothing.
 
 The stackers were fitted on fp32 features; the parity check scores the same validation pairs
 through both graphs and the stackers, and an int8 graph that misses it is not listed in the manifest

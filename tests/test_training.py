@@ -102,7 +102,8 @@ def test_rerun_skips_and_force_retrains_only_the_named_model(smoke_run, data_dir
     out = smoke_run
     # Export and stacking are tested elsewhere (tests/test_ensemble.py); here they would only cost time.
     exported: list[list[dict]] = []
-    monkeypatch.setattr(run_all, "export_and_stack", lambda out, data_dir, profile, rows, score_files=(): exported.append(rows))
+    monkeypatch.setattr(run_all, "export_and_stack",
+                        lambda out, data_dir, profile, rows, score_files=(): exported.append(rows))
     args = ["--profile", "smoke", "--data", str(data_dir), "--out", str(out)]
     before = {name: _stamp(_weights(out, name)) for name in MODEL_NAMES}
 
