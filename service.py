@@ -8,9 +8,11 @@ shape ``{"error": "...", "detail": ...}``, ``detail`` only when there is one; de
   ``ensemble.preprocess.prepare_digit`` and the two are put side by side as one 28x56 pair.
 - ``POST /compare_pair`` (multipart: file ``image``): one course-style pair (left digit in columns 0-27);
   other sizes are resized to 28x56 (``ensemble.preprocess.prepare_pair``).
-  Both answer ``{greater, probability, digits: {left, right}, models: {name: probability}, batch_size}``
-  where ``batch_size`` is the number of pairs in the inference call that served the request. A blank
-  picture (or a blank half of a pair) is refused on both, by the same test (``require_ink``).
+  Both answer ``{greater, probability, digits: {left, right}, models: {name: probability}, batch_size,
+  digit_probabilities: {left: [10], right: [10]}, elapsed_ms, inputs}`` where ``batch_size`` is the number of
+  pairs in the inference call that served the request, and ``inputs`` holds the preprocessed 28x28 halves as
+  base64 PNG when the request has the text field ``include_inputs=true`` (else null). A blank picture (or a
+  blank half of a pair) is refused on both, by the same test (``require_ink``).
 - ``POST /compare_batch``: JSON ``{"pairs": [[[...28x56...]], ...], "ids": [...]?, "format": "json"|"csv"}``
   or multipart with a course ``.npz`` as field ``file`` (keys ``x`` and optionally ``id``, ``y``) and an
   optional field ``format``. Answers probabilities, labels and digits for all pairs (plus ``accuracy``
@@ -18,6 +20,8 @@ shape ``{"error": "...", "detail": ...}``, ``detail`` only when there is one; de
   ``id,label`` (row numbers stand in for missing ids).
 - ``GET /info`` (also ``POST /info``): model names, manifest version and artifact hashes, training data,
   metrics, the execution provider, batching settings and input limits.
+- ``GET /ui``: a web page to try the service (``ui/``: draw or drop two digits, or load a sample pair from
+  ``samples/``), with its ``/ui/style.css``, ``/ui/app.js`` and ``/ui/samples.json`` (``ensemble/webui.py``).
 - BentoML's ``/healthz``, ``/livez``, ``/readyz``, ``/metrics`` (request counts and latency histograms per
   route, adaptive batch sizes) and the OpenAPI page at ``/``.
 
@@ -45,6 +49,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 import typing as t
 from pathlib import Path
 
@@ -54,7 +59,7 @@ import anyio.to_thread
 import bentoml
 import numpy as np
 from bentoml.exceptions import BentoMLException, ServiceUnavailable
-from pydantic import AfterValidator, ValidationError
+from pydantic import AfterValidator, Field, Strict, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -80,7 +85,7 @@ from ensemble.http_inputs import (
     validate_score_input,
 )
 from ensemble.manifest import ManifestError, verify_serving_artifacts
-from ensemble.openapi import BatchResult, Comparison, Digits, build_openapi
+from ensemble.openapi import BatchResult, Comparison, DigitProbabilities, Digits, PreparedInputs, build_openapi
 from ensemble.preprocess import (  # MAX_IMAGE_PIXELS: 25 MP, checked from the header before decoding
     MAX_IMAGE_BYTES,
     MAX_IMAGE_PIXELS,
@@ -90,6 +95,8 @@ from ensemble.preprocess import (  # MAX_IMAGE_PIXELS: 25 MP, checked from the h
     prepare_digit,
     prepare_pair,
 )
+from ensemble.webui import UI_PATHS, UIError, png_base64
+from ensemble.webui import routes as ui_routes
 
 logger = logging.getLogger("bentoml.digit_compare")
 
@@ -102,6 +109,8 @@ try:
 except ManifestError as _err:
     raise SystemExit(f"digit_compare: refusing to serve the models in {MODELS_DIR}: {_err}") from None
 MODEL_NAMES: tuple[str, ...] = tuple(m["name"] for m in MANIFEST["models"])
+UI_DIR = Path(__file__).resolve().parent / "ui"
+SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
 
 #: Adaptive batching of single-pair requests: at most this many pairs per inference call ...
 MAX_BATCH_SIZE = env_int("DIGIT_COMPARE_MAX_BATCH_SIZE", 64)
@@ -131,10 +140,14 @@ SCORER_ATTEMPTS = 3
 #: A chunk of compare_batch that the scorer sheds (overload) is tried this many times in all.
 CHUNK_ATTEMPTS = 3
 
-#: Columns of the array ``score`` returns, one row per pair; then one column per base model, in
+#: Columns of the array ``score`` returns, one row per pair: the answer, then each half's ten digit
+#: probabilities (the digit heads averaged over the models), then one column per base model, in
 #: ``Ensemble.names`` order (``/info`` lists them all as ``score_columns``).
-SCORE_COLUMNS = ("probability", "label", "left_digit", "right_digit", "batch_size")
-_PROB, _LABEL, _LEFT, _RIGHT, _BATCH, _BASE = 0, 1, 2, 3, 4, 5
+SCORE_COLUMNS = ("probability", "label", "left_digit", "right_digit", "batch_size",
+                 *(f"{side}_p{d}" for side in ("left", "right") for d in range(10)))
+_PROB, _LABEL, _LEFT, _RIGHT, _BATCH = 0, 1, 2, 3, 4
+_LEFT_P, _RIGHT_P, _BASE = 5, 15, 25
+assert len(SCORE_COLUMNS) == _BASE
 
 # Why the scorer's client never recycles its session: BentoML 1.4.40's internal client
 # (_bentoml_impl/client/proxy2.py, SessionManager.get_session) replaces its aiohttp session every
@@ -169,8 +182,8 @@ class Scorer:
 
     @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)
     def score(self, pairs: t.Annotated[np.ndarray, AfterValidator(validate_score_input)]) -> np.ndarray:
-        """(N, 28, 56) uint8 pairs -> (N, 15) rows of SCORE_COLUMNS (probability, label, left digit,
-        right digit, batch size, the ten base model probabilities)."""
+        """(N, 28, 56) uint8 pairs -> (N, 35) rows of SCORE_COLUMNS (probability, label, left digit,
+        right digit, batch size, both halves' digit probabilities) then the ten base model probabilities."""
         with self._lock:
             prediction = self.ensemble.predict(pairs)
         rows = np.empty((len(pairs), len(SCORE_COLUMNS) + len(self.ensemble.names)), dtype=np.float64)
@@ -178,6 +191,7 @@ class Scorer:
         rows[:, _LABEL] = prediction.label
         rows[:, _LEFT:_RIGHT + 1] = prediction.digits
         rows[:, _BATCH] = len(pairs)
+        rows[:, _LEFT_P:_BASE] = prediction.digit_probs.mean(axis=1).reshape(len(pairs), 20)  # (N, M, 2, 10)
         rows[:, _BASE:] = prediction.base_probabilities
         return rows
 
@@ -198,10 +212,23 @@ async def _compare_batch(request: Request) -> Response:
     return await bentoml.get_current_service().compare_batch(request)
 
 
+# The page's files are read here, once: a Bento built without them fails at start, with a message, like
+# one without its models.
+try:
+    _UI_ROUTES = ui_routes(UI_DIR, SAMPLES_DIR)
+except UIError as _err:
+    raise SystemExit(f"digit_compare: {_err}") from None
+
 # compare_batch is a plain route: its JSON body is parsed here, off the event loop and one large body at a
-# time (BentoML would parse it on the event loop, into pydantic, whatever its size).
+# time (BentoML would parse it on the event loop, into pydantic, whatever its size). The page (/ui) lives
+# here too: same Bento, same port.
 extra_app = Starlette(routes=[Route("/info", _get_info, methods=["GET"]),
-                              Route("/compare_batch", _compare_batch, methods=["POST"])])
+                              Route("/compare_batch", _compare_batch, methods=["POST"]),
+                              *_UI_ROUTES])
+
+#: The image routes' optional text field. Strict: only JSON's true/false (which BentoML decodes from the form
+#: field), so "1", "yes" or a number is a 400 rather than a guess.
+IncludeInputs = t.Annotated[bool, Strict(), Field(description="answer the preprocessed halves as base64 PNG")]
 
 
 # --------------------------------------------------------------------------- the public service
@@ -241,18 +268,26 @@ class DigitCompare:
     async def _score(self, pairs: np.ndarray) -> np.ndarray:
         return np.asarray(await self._call_scorer("score", pairs), dtype=np.float64)
 
-    async def _score_one(self, pair: np.ndarray) -> Comparison | Response:
-        """One pair through the scorer's adaptive batching."""
+    async def _score_one(self, pair: np.ndarray, started: float, include_inputs: bool) -> Comparison | Response:
+        """One pair through the scorer's adaptive batching; ``started``: the request's perf_counter()."""
         try:
             row = (await self._score(pair[None]))[0]
         except ScorerUnavailable as err:
             return _unavailable(err)
+        # Asked for by the web page only: two small PNGs, but no reason to put them in every answer.
+        inputs = None
+        if include_inputs:
+            inputs = PreparedInputs(left=png_base64(pair[:, :28]), right=png_base64(pair[:, 28:]))
         return Comparison(
             greater=bool(row[_LABEL] == 1),
             probability=float(row[_PROB]),
             digits=Digits(left=int(row[_LEFT]), right=int(row[_RIGHT])),
             models={name: float(p) for name, p in zip(MODEL_NAMES, row[_BASE:], strict=True)},
             batch_size=int(row[_BATCH]),
+            digit_probabilities=DigitProbabilities(left=row[_LEFT_P:_RIGHT_P].tolist(),
+                                                   right=row[_RIGHT_P:_BASE].tolist()),
+            elapsed_ms=(time.perf_counter() - started) * 1000.0,
+            inputs=inputs,
         )
 
     async def _score_chunk(self, chunk: np.ndarray) -> np.ndarray:
@@ -305,23 +340,25 @@ class DigitCompare:
             raise BlankImageError(f"image: {err}") from err
 
     @bentoml.api
-    async def compare(self, left: Path, right: Path) -> Comparison:
+    async def compare(self, left: Path, right: Path, include_inputs: IncludeInputs = False) -> Comparison:
         """Two pictures of single digits (multipart files `left` and `right`): is left > right?"""
+        started = time.perf_counter()
         try:
             pair = np.concatenate([await self._in_thread(self._digit, left, "left"),
                                    await self._in_thread(self._digit, right, "right")], axis=1)
         except InvalidImageError as err:
             return client_error(err)
-        return await self._score_one(pair)
+        return await self._score_one(pair, started, include_inputs)
 
     @bentoml.api
-    async def compare_pair(self, image: Path) -> Comparison:
+    async def compare_pair(self, image: Path, include_inputs: IncludeInputs = False) -> Comparison:
         """One course-style 28x56 pair picture (multipart file `image`; other sizes are resized)."""
+        started = time.perf_counter()
         try:
             pair = await self._in_thread(self._pair, image)
         except InvalidImageError as err:
             return client_error(err)
-        return await self._score_one(pair)
+        return await self._score_one(pair, started, include_inputs)
 
     # ----------------------------------------------------------------- batch endpoint (a Starlette route)
 
@@ -427,13 +464,14 @@ def _unavailable(err: Exception) -> Response:
 _MULTIPART_SLACK = 64 * 1024  # boundaries, part headers and a format field around the files
 ROUTE_RULES: dict[str, RouteRule] = {
     "/compare": RouteRule(("POST",), ("multipart/form-data",), file_fields=("left", "right"),
-                          max_bytes=2 * MAX_IMAGE_BYTES + _MULTIPART_SLACK),
+                          text_fields=("include_inputs",), max_bytes=2 * MAX_IMAGE_BYTES + _MULTIPART_SLACK),
     "/compare_pair": RouteRule(("POST",), ("multipart/form-data",), file_fields=("image",),
-                               max_bytes=MAX_IMAGE_BYTES + _MULTIPART_SLACK),
+                               text_fields=("include_inputs",), max_bytes=MAX_IMAGE_BYTES + _MULTIPART_SLACK),
     "/compare_batch": RouteRule(("POST",), ("application/json", "multipart/form-data"), file_fields=("file",),
                                 text_fields=("format",), max_bytes=MAX_REQUEST_BYTES),
     "/info": RouteRule(("GET", "POST"), ("application/json", ""), max_bytes=_MULTIPART_SLACK),
-    **{path: RouteRule(("GET",)) for path in ("/healthz", "/livez", "/readyz", "/metrics", "/docs.json", "/")},
+    **{path: RouteRule(("GET",)) for path in ("/healthz", "/livez", "/readyz", "/metrics", "/docs.json", "/",
+                                              *UI_PATHS)},
 }
 
 

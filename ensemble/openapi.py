@@ -28,12 +28,30 @@ class Digits(BaseModel):
     right: int = Field(description="most likely class of the right digit")
 
 
+class DigitProbabilities(BaseModel):
+    left: list[float] = Field(min_length=10, max_length=10,
+                              description="P(the left digit is 0..9), the ten digit heads averaged; "
+                                          "digits.left is its most likely class")
+    right: list[float] = Field(min_length=10, max_length=10, description="the same for the right digit")
+
+
+class PreparedInputs(BaseModel):
+    left: str = Field(description="the left 28x28 half the models saw, as a base64 grayscale PNG (light ink on black)")
+    right: str = Field(description="the right 28x28 half, the same way")
+
+
 class Comparison(BaseModel):
     greater: bool = Field(description="is the left digit greater than the right one?")
     probability: float = Field(description="stacked ensemble probability that left > right")
     digits: Digits
     models: dict[str, float] = Field(description="each base model's probability that left > right")
     batch_size: int = Field(description="pairs in the inference call that served this request (adaptive batching)")
+    # Added for the web page (issue 11); the fields above are unchanged, so older clients read answers as before.
+    digit_probabilities: DigitProbabilities
+    elapsed_ms: float = Field(description="milliseconds the service spent on this request, from the received "
+                                          "upload to the answer (decoding, preprocessing, queueing, inference)")
+    inputs: PreparedInputs | None = Field(default=None, description="the preprocessed halves; only when the "
+                                                                    "request asks with include_inputs=true")
 
 
 class BatchResult(BaseModel):
@@ -126,6 +144,9 @@ def build_openapi(*, version: str, max_pairs: int, max_request_bytes: int, max_i
     image = {"type": "string", "format": "binary",
              "description": f"a picture in any format Pillow reads; at most {max_image_bytes} bytes and "
                           f"{max_image_pixels} pixels"}
+    include_inputs = {"type": "boolean", "default": False,
+                      "description": "true: the answer's 'inputs' holds the preprocessed 28x28 halves as base64 "
+                                     "PNG (JSON spelling: true or false)"}
     text = {"text/plain": {"schema": {"type": "string"}}}
     pair_pgm = plain_pgm(EXAMPLE_PAIR)
     batch_json = {
@@ -157,6 +178,27 @@ def build_openapi(*, version: str, max_pairs: int, max_request_bytes: int, max_i
                            "limits": {"type": "object"}}}
     info_ok = {"description": "models, manifest, provider, batching and limits", "content": _json(info)}
     probe = {"200": {"description": "OK", "content": text}}
+    png = {"type": "string", "format": "byte", "description": "a base64 PNG"}
+    samples = {"type": "object", "required": ["pairs"], "properties": {"pairs": {"type": "array", "items": {
+        "type": "object", "required": ["id", "label", "digits", "pair", "left", "right"],
+        "properties": {
+            "id": {"type": "string", "description": "pair.png, or the pair's id in samples/batch.npz"},
+            "label": {"type": "integer", "enum": [0, 1], "nullable": True,
+                      "description": "the truth, 1: left > right (null where samples/expected.json does not say)"},
+            "digits": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 9}, "nullable": True,
+                       "minItems": 2, "maxItems": 2, "description": "the two digits, where known"},
+            "pair": {**png, "description": "the 28x56 course picture (base64 PNG)"},
+            "left": {**png, "description": "its left 28x28 half"}, "right": {**png, "description": "its right half"},
+        }}}}}
+
+    def page_file(summary: str, media_type: str) -> dict:
+        # ETag + Cache-Control: no-cache on every page file, so a browser may revalidate with If-None-Match.
+        return {"get": {"summary": summary, "responses": {
+            "200": {"description": "OK", "content": {media_type: {"schema": {"type": "string"}}}},
+            "304": {"description": "not modified (the If-None-Match ETag is current)"}}}}
+
+    ui_samples = page_file("the sample course pairs the page offers (samples/), as PNG", "application/json")
+    ui_samples["get"]["responses"]["200"]["content"]["application/json"]["schema"] = samples
     return {
         "openapi": "3.0.3",
         "info": {"title": "digit_compare", "version": version,
@@ -167,14 +209,15 @@ def build_openapi(*, version: str, max_pairs: int, max_request_bytes: int, max_i
                 "summary": "two pictures of single digits: is left > right?",
                 "requestBody": {"required": True, "content": {"multipart/form-data": {
                     "schema": {"type": "object", "required": ["left", "right"], "additionalProperties": False,
-                               "properties": {"left": image, "right": image}},
+                               "properties": {"left": image, "right": image,
+                                              "include_inputs": include_inputs}},
                     "example": {"left": EXAMPLE_LEFT, "right": EXAMPLE_RIGHT}}}},
                 "responses": _responses(comparison, "400", "408", "413", "415", "503")}},
             "/compare_pair": {"post": {
                 "summary": "one course-style 28x56 pair picture (other sizes are resized): is left > right?",
                 "requestBody": {"required": True, "content": {"multipart/form-data": {
                     "schema": {"type": "object", "required": ["image"], "additionalProperties": False,
-                               "properties": {"image": image}},
+                               "properties": {"image": image, "include_inputs": include_inputs}},
                     "example": {"image": pair_pgm}}}},
                 "responses": _responses(comparison, "400", "408", "413", "415", "503")}},
             "/compare_batch": {"post": {
@@ -198,6 +241,10 @@ def build_openapi(*, version: str, max_pairs: int, max_request_bytes: int, max_i
             "/readyz": {"get": {"summary": "readiness (200 once the models are loaded)", "responses": probe}},
             "/metrics": {"get": {"summary": "Prometheus metrics: requests and latency per route, batch sizes",
                                  "responses": probe}},
+            "/ui": page_file("a web page to try the service: draw or drop two digits, see the answer", "text/html"),
+            "/ui/style.css": page_file("the page's style sheet", "text/css"),
+            "/ui/app.js": page_file("the page's script", "text/javascript"),
+            "/ui/samples.json": ui_samples,
         },
         "components": {"schemas": _schemas()},
     }

@@ -14,6 +14,7 @@ import pytest
 
 from ensemble import Ensemble
 from ensemble.course_data import load_course_npz
+from ensemble.webui import UI_FILES
 from tests.server_process import bentoml_serve
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,6 +45,10 @@ def test_bento_holds_only_what_serving_needs(bento_home):
     assert sorted(f for f in files if f.startswith("models/")) == [
         "models/ensemble.onnx", "models/manifest.json", "models/stacker_lightgbm.txt", "models/stacker_logreg.json"]
     assert not any(f.startswith(("training/", "export/", "tests/")) for f in files)
+    # the web page (plain files, no build step) and the sample pairs it offers; nothing else from samples/
+    assert sorted(f for f in files if f.startswith("ui/")) == sorted(f"ui/{name}" for name, _ in UI_FILES.values())
+    assert sorted(f for f in files if f.startswith("samples/")) == [
+        "samples/batch.npz", "samples/expected.json", "samples/pair.png"]
     requirements = (built_bento_dir(bento_home) / "env" / "python" / "requirements.txt").read_text()
     assert "onnxruntime-gpu" in requirements and "lightgbm" in requirements
     assert "torch" not in requirements
@@ -63,3 +68,9 @@ def test_built_bento_serves(bento_home):
         info = httpx.get(f"{server.url}/info", timeout=30).json()
         manifest = json.loads((ROOT / "models" / "manifest.json").read_text())
         assert info["artifacts"]["fused"]["sha256"] == manifest["artifacts"]["fused"]["sha256"]
+        # the web page, from the Bento's own copy of ui/ and samples/
+        for path, (name, _) in UI_FILES.items():
+            page = httpx.get(f"{server.url}{path}", timeout=30)
+            assert page.status_code == 200 and page.content == (ROOT / "ui" / name).read_bytes(), path
+        samples = httpx.get(f"{server.url}/ui/samples.json", timeout=30).json()["pairs"]
+        assert [p["id"] for p in samples] == ["pair.png", *load_course_npz(ROOT / "samples" / "batch.npz").ids]

@@ -18,6 +18,7 @@ read digits" checks. Concurrency, large bodies and memory are in test_service_lo
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import io
 import itertools
@@ -126,10 +127,12 @@ def _png_header_only(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
 
 
-def _assert_matches(result: dict, ensemble: Ensemble, pair: np.ndarray) -> None:
-    """A compare / compare_pair answer equals the in-process ensemble on the same 28x56 pair."""
+def _assert_matches(result: dict, ensemble: Ensemble, pair: np.ndarray, inputs: bool = False) -> None:
+    """A compare / compare_pair answer equals the in-process ensemble on the same 28x56 pair (``inputs``: the
+    request asked for the preprocessed halves)."""
     expected = ensemble.predict(pair[None])
-    assert set(result) == {"greater", "probability", "digits", "models", "batch_size"}
+    assert set(result) == {"greater", "probability", "digits", "models", "batch_size", "digit_probabilities",
+                           "elapsed_ms", "inputs"}
     assert result["probability"] == pytest.approx(float(expected.probability[0]), abs=PROB_TOL)
     if abs(float(expected.probability[0]) - 0.5) > PROB_TOL:
         assert result["greater"] is bool(expected.label[0])
@@ -137,6 +140,21 @@ def _assert_matches(result: dict, ensemble: Ensemble, pair: np.ndarray) -> None:
     assert list(result["models"]) == list(ensemble.names)
     np.testing.assert_allclose(list(result["models"].values()), expected.base_probabilities[0], atol=PROB_TOL)
     assert result["batch_size"] >= 1
+    # the digits read come with their probabilities: the ten digit heads averaged, per half
+    digit_probs = expected.digit_probs[0].mean(axis=0)  # (2, 10)
+    np.testing.assert_allclose([result["digit_probabilities"]["left"], result["digit_probabilities"]["right"]],
+                               digit_probs, atol=PROB_TOL)
+    for side, probs in result["digit_probabilities"].items():
+        assert int(np.argmax(probs)) == result["digits"][side]
+    assert 0 < result["elapsed_ms"] < 120_000
+    if not inputs:
+        assert result["inputs"] is None  # only when asked: they cost bytes on every answer
+        return
+    # the preprocessed halves, as base64 PNG, are exactly what the models saw
+    for side, half in (("left", pair[:, :28]), ("right", pair[:, 28:])):
+        shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(result["inputs"][side]))))
+        assert shown.dtype == np.uint8
+        np.testing.assert_array_equal(shown, half)
 
 
 def _is_error_shape(body: object) -> bool:
@@ -194,7 +212,8 @@ def test_bentoml_routes_stay_on(client, path):
     assert client.get(path).status_code == 200
 
 
-PUBLIC_PATHS = {"/compare", "/compare_pair", "/compare_batch", "/info", "/healthz", "/livez", "/readyz", "/metrics"}
+PUBLIC_PATHS = {"/compare", "/compare_pair", "/compare_batch", "/info", "/healthz", "/livez", "/readyz", "/metrics",
+                "/ui", "/ui/style.css", "/ui/app.js", "/ui/samples.json"}
 
 
 def test_openapi_describes_the_service(client):
@@ -209,6 +228,13 @@ def test_openapi_describes_the_service(client):
     assert pairs[0]["maxItems"] == MAX_PAIRS and pairs[0]["items"]["minItems"] == 28  # (N, 28, 56), not flat
     for path in ("/compare", "/compare_pair", "/compare_batch"):
         assert {"200", "400", "408", "413", "415"} <= set(paths[path]["post"]["responses"]), path
+    for path in ("/compare", "/compare_pair"):  # the page's option, and the answer's fields, are described
+        form = paths[path]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+        assert form["properties"]["include_inputs"]["type"] == "boolean"
+    comparison = spec["components"]["schemas"]["Comparison"]
+    assert {"digit_probabilities", "elapsed_ms", "inputs"} <= set(comparison["properties"])
+    assert {"digit_probabilities", "elapsed_ms"} <= set(comparison["required"])  # always there; inputs when asked
+    assert set(paths["/ui"]["get"]["responses"]["200"]["content"]) == {"text/html"}
 
 
 @pytest.mark.parametrize("content_type", ["application/json", "application/vnd.bentoml+pickle"])
@@ -252,6 +278,22 @@ def test_compare_two_photos(client, ensemble):
     assert response.status_code == 200, response.text
     pair = np.concatenate([prepare_digit(left), prepare_digit(right)], axis=1)
     _assert_matches(response.json(), ensemble, pair)
+
+
+@pytest.mark.parametrize("path", ["/compare", "/compare_pair"])
+def test_preprocessed_inputs_come_back_only_when_asked(client, ensemble, path):
+    """include_inputs=true (the web page asks for it): the 28x28 halves the models saw, as base64 PNG."""
+    left, right = _drawn_digit(21), _drawn_digit(22, dark_on_light=False)
+    if path == "/compare":
+        files = {"left": ("l.png", _encode(left)), "right": ("r.png", _encode(right))}
+        pair = np.concatenate([prepare_digit(left), prepare_digit(right)], axis=1)
+    else:
+        pair = _pairs(1, seed=23)[0]
+        files = {"image": ("p.png", _encode(Image.fromarray(pair)))}
+    for value, inputs in (("true", True), ("false", False), (None, False)):
+        response = client.post(path, files=files, data={} if value is None else {"include_inputs": value})
+        assert response.status_code == 200, (value, response.text)
+        _assert_matches(response.json(), ensemble, pair, inputs=inputs)
 
 
 def test_compare_keeps_left_and_right_apart(client, ensemble):
@@ -462,6 +504,18 @@ BAD_REQUESTS = {
                                         400, "unexpected field(s) 'other'"),
     "extra text field": ("/compare_pair", {"files": {"image": ("p.png", PAIR_PNG)}, "data": {"mode": "fast"}},
                          400, "unexpected field(s) 'mode'"),
+    # JSON's true / false only: a guess at "1" or "yes" would make a typo pass unnoticed
+    "include_inputs not a boolean": ("/compare_pair", {"files": {"image": ("p.png", PAIR_PNG)},
+                                                       "data": {"include_inputs": "yes"}},
+                                     400, "include_inputs: Input should be a valid boolean"),
+    "include_inputs as a number": ("/compare", {"files": {"left": ("l.png", GOOD), "right": ("r.png", GOOD)},
+                                                "data": {"include_inputs": "1"}}, 400, "include_inputs"),
+    "include_inputs twice": ("/compare_pair", {"files": {"image": ("p.png", PAIR_PNG)},
+                                               "data": {"include_inputs": ["true", "false"]}},
+                             400, "'include_inputs' was sent 2 times"),
+    "include_inputs as a file": ("/compare_pair", {"files": {"image": ("p.png", PAIR_PNG),
+                                                             "include_inputs": ("t.txt", b"true")}},
+                                 400, "'include_inputs' must be a text value"),
     "format sent as a file": ("/compare_batch", {"files": {"file": ("x.npz", GOOD_NPZ), "format": ("f", NON_UTF8)}},
                               400, "'format' must be a text value"),
     "json to an image endpoint": ("/compare", {"json": {"left": "x", "right": "y"}}, 415, "multipart/form-data"),
@@ -697,7 +751,7 @@ def test_openapi_description_survives_schemathesis(server, tmp_path):
     assert done.returncode == 0, done.stdout[-8000:] + done.stderr[-2000:]
     # and the fuzzer reached a 200 on every operation (it used not to on three)
     log = server.log_text()[log_before:]
-    for path in ("/compare", "/compare_pair", "/compare_batch", "/info"):
+    for path in ("/compare", "/compare_pair", "/compare_batch", "/info", "/ui", "/ui/app.js", "/ui/samples.json"):
         assert re.search(rf"path={re.escape(path)},.*status=200", log), f"no 200 on {path} while fuzzing"
 
 
