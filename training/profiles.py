@@ -2,6 +2,7 @@
 
 - ``smoke``: all ten models in a few minutes on 2 CPU cores, for tests; accuracy does not matter.
 - ``default``: the committed models; all ten within 100 minutes on 2 CPU cores (``--jobs 2``).
+- ``long``: the default profile for 16 epochs instead of 10; ``--resume`` extends a default run.
 - ``compare``: one model trained on the course's own files or on fresh pairs, same budget
   (``python -m training.compare_sources``).
 - ``full``: for a GPU: wider models, more pairs, more epochs.
@@ -14,8 +15,11 @@ PROFILES: dict[str, dict] = {
                   max_train_pairs=256, max_val_pairs=128),
     "default": dict(width=16, feat_dim=64, epochs=10, pairs_per_epoch=32_000, batch_size=128, patience=5,
                     max_train_pairs=None, max_val_pairs=5_000),
+    # The default run extended from its checkpoints (``--resume``: the run key leaves epochs out).
+    "long": dict(width=16, feat_dim=64, epochs=16, pairs_per_epoch=32_000, batch_size=128, patience=5,
+                 max_train_pairs=None, max_val_pairs=5_000),
     # One model on the course's 50,000 fixed pairs vs 50,000 fresh pairs per epoch: the same budget.
-    "compare": dict(width=16, feat_dim=64, epochs=6, pairs_per_epoch=50_000, batch_size=128, patience=6,
+    "compare": dict(width=16, feat_dim=64, epochs=4, pairs_per_epoch=50_000, batch_size=128, patience=6,
                     max_train_pairs=None, max_val_pairs=5_000),
     "full": dict(width=48, feat_dim=192, epochs=60, pairs_per_epoch=100_000, batch_size=256, patience=8,
                  max_train_pairs=None, max_val_pairs=None),
