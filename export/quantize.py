@@ -62,8 +62,13 @@ class Int8ParityError(RuntimeError):
 
 
 class _PairsReader(CalibrationDataReader):
+    """Calibration batches of one size: ONNX Runtime's histogram calibrator stacks the batches'
+    outputs and fails on a short last batch, so the remainder is dropped (or one batch of all)."""
+
     def __init__(self, pairs: np.ndarray, batch: int = 128):
-        self._batches = iter([{"pairs": pairs[i:i + batch]} for i in range(0, len(pairs), batch)])
+        batch = min(batch, len(pairs))
+        usable = len(pairs) // batch * batch
+        self._batches = iter([{"pairs": pairs[i:i + batch]} for i in range(0, usable, batch)])
 
     def get_next(self) -> dict | None:
         return next(self._batches, None)

@@ -1,0 +1,275 @@
+"""Benchmark the served product, torch-free: in process, then over HTTP against a real server.
+
+    python -m ensemble.bench [--models models] [--duration 10] [--concurrency 1,4,16,64]
+                             [--batches 1,8,32,64,256] [--repeats 7] [--out docs] [--url URL]
+
+1. **In process**: pairs/s of ``Ensemble.predict`` (fused graph + stacker) with the fp32 and the int8
+   graph at each batch size, median of ``--repeats``, the two precisions interleaved so that a noisy
+   machine slows both alike.
+2. **Over HTTP**: starts ``bentoml serve service:DigitCompare`` itself (or uses ``--url``), then a
+   closed loop of ``compare_pair`` requests (one course pair each) at each concurrency for
+   ``--duration`` seconds: answers/s, p50/p95/p99 latency, errors, and the batch sizes the server
+   formed (every answer says how many pairs shared its inference call); then ``compare_batch`` with
+   256 pairs per request.
+3. Writes ``OUT/bench.md`` (the tables), ``OUT/bench.json`` (the numbers) and ``OUT/bench.png``
+   (throughput and p99 against concurrency), as Triton's perf_analyzer reports do.
+
+The load generator is asyncio + aiohttp (a BentoML dependency, so this runs in the run-time
+environment): one Python thread driving 64 connections costs the 2-core server far less CPU than
+64 client threads would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+from PIL import Image
+from tabulate import tabulate
+
+from ensemble.atomic import atomic_path, atomic_write_text
+from ensemble.runtime import Ensemble
+
+ROOT = Path(__file__).resolve().parent.parent
+CONCURRENCY = (1, 4, 16, 64)
+BATCHES = (1, 8, 32, 64, 256)
+BATCH_REQUEST_PAIRS = 256
+
+
+# --------------------------------------------------------------------------- in process
+
+def in_process(models: Path, pairs: np.ndarray, batches: tuple[int, ...], repeats: int) -> list[dict]:
+    """Pairs/s per precision and batch size (median over repeats; precisions interleaved)."""
+    ensembles = {"fp32": Ensemble.load(models, device="cpu", precision="fp32")}
+    if "fused_int8" in ensembles["fp32"].manifest["artifacts"]:
+        ensembles["int8"] = Ensemble.load(models, device="cpu", precision="int8")
+    rows = []
+    for batch in batches:
+        x = pairs[:batch]
+        calls = max(1, 512 // batch)  # about 512 pairs per timing, so small batches are not all noise
+        times: dict[str, list[float]] = {name: [] for name in ensembles}
+        for ens in ensembles.values():
+            ens.predict(x)  # warm-up
+        for _ in range(repeats):
+            for name, ens in ensembles.items():
+                start = time.perf_counter()
+                for _ in range(calls):
+                    ens.predict(x)
+                times[name].append((time.perf_counter() - start) / calls)
+        row = {"batch": batch}
+        for name, seconds in times.items():
+            median = statistics.median(seconds)
+            row[f"{name} pairs/s"] = batch / median
+            row[f"{name} ms"] = 1000 * median
+        if "int8" in ensembles:
+            row["int8 / fp32"] = row["int8 pairs/s"] / row["fp32 pairs/s"]
+        rows.append(row)
+    return rows
+
+
+# --------------------------------------------------------------------------- over HTTP
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(models: Path, env: dict[str, str] | None = None, timeout: float = 180) -> Iterator[str]:
+    """``bentoml serve service:DigitCompare`` on a free loopback port; yields its URL once ready."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "bentoml", "serve", "service:DigitCompare", "--host", "127.0.0.1",
+               "--port", str(port)]
+    environment = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "DIGIT_COMPARE_MODELS": str(models.resolve()),
+                   **(env or {})}
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        try:
+            deadline = time.monotonic() + timeout
+            while not _ready(url):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    raise RuntimeError(f"bentoml serve did not come up:\n{log.read().decode(errors='replace')[-3000:]}")
+                time.sleep(0.5)
+            yield url
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+
+
+def _ready(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=2) as answer:
+            return answer.status == 200
+    except OSError:
+        return False
+
+
+def _png(pair: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pair).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _npz(pairs: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, x=pairs)
+    return buffer.getvalue()
+
+
+async def _closed_loop(url: str, route: str, field: str, filename: str, payloads: list[bytes], clients: int,
+                       duration: float) -> dict:
+    """``clients`` workers, each sending its next request as soon as the last answer came back."""
+    latencies: list[float] = []
+    batch_sizes: list[int] = []
+    errors = 0
+    stop = time.monotonic() + duration
+    connector = aiohttp.TCPConnector(limit=clients)
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        async def worker(k: int) -> None:
+            nonlocal errors
+            i = k
+            while time.monotonic() < stop:
+                form = aiohttp.FormData()
+                form.add_field(field, payloads[i % len(payloads)], filename=filename)
+                i += clients
+                start = time.perf_counter()
+                try:
+                    async with session.post(f"{url}/{route}", data=form) as answer:
+                        body = await answer.json(content_type=None)
+                        ok = answer.status == 200
+                except (TimeoutError, aiohttp.ClientError):
+                    ok, body = False, {}
+                if ok:
+                    latencies.append(time.perf_counter() - start)
+                    if isinstance(body, dict) and "batch_size" in body:
+                        batch_sizes.append(int(body["batch_size"]))
+                else:
+                    errors += 1
+
+        began = time.perf_counter()
+        await asyncio.gather(*(worker(k) for k in range(clients)))
+        elapsed = time.perf_counter() - began
+    ms = np.array(latencies) * 1000 if latencies else np.array([np.nan])
+    return {"clients": clients, "answers": len(latencies), "errors": errors, "answers/s": len(latencies) / elapsed,
+            "p50 ms": float(np.percentile(ms, 50)), "p95 ms": float(np.percentile(ms, 95)),
+            "p99 ms": float(np.percentile(ms, 99)),
+            "mean batch": float(np.mean(batch_sizes)) if batch_sizes else float("nan"),
+            "max batch": max(batch_sizes, default=0)}
+
+
+def over_http(url: str, pairs: np.ndarray, concurrency: tuple[int, ...], duration: float) -> tuple[list[dict], dict]:
+    """The compare_pair concurrency sweep and the compare_batch run (256 pairs per request)."""
+    images = [_png(p) for p in pairs[:256]]
+    sweep = [asyncio.run(_closed_loop(url, "compare_pair", "image", "pair.png", images, c, duration))
+             for c in concurrency]
+    uploads = [_npz(pairs[i:i + BATCH_REQUEST_PAIRS]) for i in range(0, len(pairs) - BATCH_REQUEST_PAIRS + 1,
+                                                                     BATCH_REQUEST_PAIRS)] or [_npz(pairs)]
+    batch = asyncio.run(_closed_loop(url, "compare_batch", "file", "pairs.npz", uploads, 1, duration))
+    batch["pairs/s"] = batch["answers/s"] * min(BATCH_REQUEST_PAIRS, len(pairs))
+    return sweep, batch
+
+
+# --------------------------------------------------------------------------- report
+
+def _table(rows: list[dict], digits: int = 1) -> str:
+    return tabulate([[f"{v:.{digits}f}" if isinstance(v, float) else v for v in r.values()] for r in rows],
+                    headers=list(rows[0]), tablefmt="github")
+
+
+def plot(sweep: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    clients = [r["clients"] for r in sweep]
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    ax.plot(clients, [r["answers/s"] for r in sweep], "o-", color="tab:blue", label="answers/s")
+    ax.set(xscale="log", xlabel="concurrent clients (closed loop, compare_pair)", ylabel="answers / s")
+    ax.set_xticks(clients, [str(c) for c in clients])
+    ax.grid(alpha=0.3)
+    right = ax.twinx()
+    right.plot(clients, [r["p99 ms"] for r in sweep], "s--", color="tab:red", label="p99 latency")
+    right.set_ylabel("p99 latency (ms)")
+    fig.legend(loc="upper left", bbox_to_anchor=(0.12, 0.88), fontsize=8)
+    fig.suptitle("digit-compare over HTTP: throughput and tail latency")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+
+
+def course_like_pairs(n: int) -> np.ndarray:
+    """Pairs to send: the course-format sample batch, tiled (no training data needed to benchmark)."""
+    with np.load(ROOT / "samples" / "batch.npz", allow_pickle=False) as npz:
+        x = npz["x"]
+    return np.ascontiguousarray(np.resize(x, (n, *x.shape[1:])))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ensemble.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default=str(ROOT / "models"))
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per concurrency level")
+    parser.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)))
+    parser.add_argument("--batches", default=",".join(map(str, BATCHES)))
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--url", help="benchmark this running server instead of starting one")
+    parser.add_argument("--out", default=str(ROOT / "docs"), help="where bench.md and bench.png go")
+    args = parser.parse_args(argv)
+    concurrency = tuple(int(c) for c in args.concurrency.split(","))
+    batches = tuple(int(b) for b in args.batches.split(","))
+    models, out = Path(args.models), Path(args.out)
+    pairs = course_like_pairs(max(max(batches), 2 * BATCH_REQUEST_PAIRS))
+
+    print(f"in process: batches {batches}, {args.repeats} repeats", file=sys.stderr)
+    local = in_process(models, pairs, batches, args.repeats)
+    print(_table(local))
+    print(f"over HTTP: {concurrency} clients, {args.duration:g} s each", file=sys.stderr)
+    with contextlib.nullcontext(args.url) if args.url else serving(models) as url:
+        sweep, batch = over_http(url, pairs, concurrency, args.duration)
+    print(_table(sweep))
+    print(_table([batch]))
+
+    best = max(local, key=lambda r: r["fp32 pairs/s"])
+    text = ["## In process (`Ensemble.predict`: fused graph + stacker)", "", _table(local), "",
+            f"Best fp32 batch: {best['batch']} ({best['fp32 pairs/s']:.0f} pairs/s).", "",
+            "## Over HTTP: `compare_pair`, closed loop", "", _table(sweep), "",
+            f"## Over HTTP: `compare_batch`, {BATCH_REQUEST_PAIRS} pairs per request, one client", "",
+            _table([batch]), "", "![throughput and p99 against concurrency](bench.png)", ""]
+    atomic_write_text(out / "bench.md", "\n".join(text))
+    atomic_write_text(out / "bench.json", json.dumps({"in_process": local, "compare_pair": sweep,
+                                                      "compare_batch": batch}, indent=2) + "\n")
+    plot(sweep, out / "bench.png")
+    print(f"wrote {out / 'bench.md'} and {out / 'bench.png'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
