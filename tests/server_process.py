@@ -65,3 +65,15 @@ def bentoml_serve(target: str, cwd: Path, env: dict[str, str], ready_timeout: fl
                 except subprocess.TimeoutExpired:
                     os.killpg(process.pid, signal.SIGKILL)
                     process.wait(10)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def serve_repository(bentoml_home: Path, **env: str) -> Iterator[Server]:
+    """This checkout's ``service:DigitCompare`` on the CPU, with a private BentoML home (never the
+    user's bento store) and any extra environment the test needs."""
+    with bentoml_serve("service:DigitCompare", ROOT, {"BENTOML_HOME": str(bentoml_home), "DIGIT_COMPARE_DEVICE": "cpu",
+                                                      **env}) as server:
+        yield server

@@ -43,7 +43,7 @@ from PIL import Image, ImageDraw
 from ensemble import Ensemble
 from ensemble.course_data import read_labels_csv
 from ensemble.preprocess import prepare_digit, prepare_pair
-from tests.server_process import bentoml_serve
+from tests.server_process import serve_repository
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"  # real held-out digits written by `python -m training.samples` (README examples)
@@ -60,14 +60,10 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    env = {
-        "BENTOML_HOME": str(tmp_path_factory.mktemp("bentoml")),  # never touch the user's bento store
-        "DIGIT_COMPARE_MAX_REQUEST_BYTES": str(MAX_BODY),
-        "DIGIT_COMPARE_MAX_PAIRS": str(MAX_PAIRS),
-        "DIGIT_COMPARE_BODY_IDLE_TIMEOUT_S": str(BODY_IDLE_TIMEOUT_S),
-        "DIGIT_COMPARE_DEVICE": "cpu",  # compared with the in-process ensemble on the CPU to 1e-5
-    }
-    with bentoml_serve("service:DigitCompare", ROOT, env) as srv:
+    # On the CPU: answers are compared with the in-process ensemble on the CPU to 1e-5.
+    with serve_repository(tmp_path_factory.mktemp("bentoml"), DIGIT_COMPARE_MAX_REQUEST_BYTES=str(MAX_BODY),
+                          DIGIT_COMPARE_MAX_PAIRS=str(MAX_PAIRS),
+                          DIGIT_COMPARE_BODY_IDLE_TIMEOUT_S=str(BODY_IDLE_TIMEOUT_S)) as srv:
         yield srv
 
 

@@ -25,7 +25,7 @@ import pytest
 from PIL import Image
 
 from ensemble import Ensemble
-from tests.server_process import bentoml_serve
+from tests.server_process import serve_repository
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_PAIRS = 10_000  # the service's defaults
@@ -35,8 +35,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    env = {"BENTOML_HOME": str(tmp_path_factory.mktemp("bentoml")), "DIGIT_COMPARE_DEVICE": "cpu"}
-    with bentoml_serve("service:DigitCompare", ROOT, env) as srv:
+    with serve_repository(tmp_path_factory.mktemp("bentoml")) as srv:
         yield srv
 
 

@@ -34,7 +34,7 @@ from PIL import Image
 
 from ensemble.course_data import load_course_npz
 from ensemble.preprocess import prepare_digit
-from tests.server_process import bentoml_serve
+from tests.server_process import serve_repository
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"
@@ -66,8 +66,7 @@ def _require_browser() -> None:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    env = {"BENTOML_HOME": str(tmp_path_factory.mktemp("bentoml")), "DIGIT_COMPARE_DEVICE": "cpu"}
-    with bentoml_serve("service:DigitCompare", ROOT, env) as srv:
+    with serve_repository(tmp_path_factory.mktemp("bentoml")) as srv:
         yield srv
 
 
