@@ -28,6 +28,8 @@ PROFILES: dict[str, dict] = {
 # Fresh training pairs are drawn at the course's severity: the generator is the course's own process,
 # so the judged data comes from this very distribution. A spread > 0 draws each digit's severity from
 # 6 +- spread (domain randomisation); at 0.5 already half the digits lose a rectangle (s // 2 = 2).
+# The price of 0: the models never see a clean digit, and misread some clean photos on /compare
+# (README, "The service"); a spread reaching clean digits is the next thing to train with.
 TRAIN_SEVERITY = 6.0
 TRAIN_SEVERITY_SPREAD = 0.0
 AUX_DIGIT_WEIGHT = 0.5  # weight of the digit cross-entropy next to the pair loss
