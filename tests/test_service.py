@@ -320,7 +320,7 @@ def test_compare_accepts_formats_and_modes(client, ensemble, fmt, mode, dark_on_
     "known regression of the models retrained on the course's process at severity 6 only: clean, "
     "centred photos lie outside what they saw (no noise, no blur) and 3 of the 12 ordered pairs are "
     "misread (the 7 'photo' is read as 2 or 7). Training with a severity spread that reaches clean "
-    "digits is the fix; README 'Results' says so."))
+    "digits is the fix; README, 'The service', says so."))
 def test_sample_photos_are_read_correctly(client):
     """Real held-out MNIST digits, two as 28x28 light-on-dark and two as enlarged dark-on-light RGB
     'photos': every ordered pair must be read as the right two digits and compared correctly."""
