@@ -51,9 +51,12 @@ def resolve_device(device: str | None = None) -> str:
     device = (device or os.environ.get(DEVICE_ENV, "auto")).lower()
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"{DEVICE_ENV} must be auto, cpu or cuda, got {device!r}")
-    if device == "cuda" and not gpu_usable():
+    if device == "cpu":
+        return "cpu"
+    usable = gpu_usable()  # asks the CUDA driver: once, not per check
+    if device == "cuda" and not usable:
         raise RuntimeError(f"{DEVICE_ENV}=cuda, but no usable GPU (or no onnxruntime CUDA provider) was found")
-    return "cuda" if device == "cuda" or (device == "auto" and gpu_usable()) else "cpu"
+    return "cuda" if usable else "cpu"
 
 
 def resolve_precision(precision: str | None, device: str, has_int8: bool) -> str:
@@ -201,10 +204,11 @@ class Ensemble:
         except lgb.basic.LightGBMError as err:
             raise ManifestError(f"{lightgbm_path}: not a LightGBM text model ({err})") from err
         try:
-            logreg = LogisticStacker(json.loads(logreg_path.read_text()))
+            logreg_spec = json.loads(logreg_path.read_text())
+            logreg = LogisticStacker(logreg_spec)
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
             raise ManifestError(f"{logreg_path}: malformed logistic-regression stacker ({err})") from err
-        _check_features(models_dir, manifest, booster, json.loads(logreg_path.read_text()).get("features"))
+        _check_features(models_dir, manifest, booster, logreg_spec.get("features"))
         session = open_session(fused, device)
         return cls(models_dir, manifest, session, booster, logreg, precision)
 
