@@ -21,7 +21,7 @@ shape ``{"error": "...", "detail": ...}``, ``detail`` only when there is one; de
 - ``GET /info`` (also ``POST /info``): model names, manifest version and artifact hashes, training data,
   metrics, the execution provider, batching settings and input limits.
 - ``GET /ui``: a web page to try the service (``ui/``: draw or drop two digits, or load a sample pair from
-  ``samples/``), with its ``/ui/style.css``, ``/ui/app.js`` and ``/ui/samples.json`` (``ensemble/webui.py``).
+  ``samples/``), with its ``/ui/style.css``, ``/ui/app.js`` and ``/ui/samples.json`` (``serving/webui.py``).
 - BentoML's ``/healthz``, ``/livez``, ``/readyz``, ``/metrics`` (request counts and latency histograms per
   route, adaptive batch sizes) and the OpenAPI page at ``/``.
 
@@ -67,8 +67,18 @@ from starlette.routing import Route
 
 from ensemble import Ensemble
 from ensemble.course_data import format_submission_csv
-from ensemble.http_guard import FrontDoor, RouteRule
-from ensemble.http_inputs import (
+from ensemble.manifest import ManifestError, verify_serving_artifacts
+from ensemble.preprocess import (  # MAX_IMAGE_PIXELS: 25 MP, checked from the header before decoding
+    MAX_IMAGE_BYTES,
+    MAX_IMAGE_PIXELS,
+    BlankImageError,
+    InvalidImageError,
+    open_image,
+    prepare_digit,
+    prepare_pair,
+)
+from serving.guard import FrontDoor, RouteRule
+from serving.inputs import (
     MAX_ID_CHARS,
     MAX_PAIRS,
     MAX_REQUEST_BYTES,
@@ -84,19 +94,9 @@ from ensemble.http_inputs import (
     read_npz_upload,
     validate_score_input,
 )
-from ensemble.manifest import ManifestError, verify_serving_artifacts
-from ensemble.openapi import BatchResult, Comparison, DigitProbabilities, Digits, PreparedInputs, build_openapi
-from ensemble.preprocess import (  # MAX_IMAGE_PIXELS: 25 MP, checked from the header before decoding
-    MAX_IMAGE_BYTES,
-    MAX_IMAGE_PIXELS,
-    BlankImageError,
-    InvalidImageError,
-    open_image,
-    prepare_digit,
-    prepare_pair,
-)
-from ensemble.webui import UI_PATHS, UIError, png_base64
-from ensemble.webui import routes as ui_routes
+from serving.openapi import BatchResult, Comparison, DigitProbabilities, Digits, PreparedInputs, build_openapi
+from serving.webui import UI_PATHS, UIError, png_base64
+from serving.webui import routes as ui_routes
 
 logger = logging.getLogger("bentoml.digit_compare")
 

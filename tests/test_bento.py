@@ -14,7 +14,7 @@ import pytest
 
 from ensemble import Ensemble
 from ensemble.course_data import load_course_npz
-from ensemble.webui import UI_FILES
+from serving.webui import UI_FILES
 from tests.server_process import bentoml_serve
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +42,8 @@ def test_bento_holds_only_what_serving_needs(bento_home):
     files = sorted(p.relative_to(src).as_posix() for p in src.rglob("*")
                    if p.is_file() and "__pycache__" not in p.parts)
     assert "service.py" in files and "ensemble/runtime.py" in files
+    assert {"serving/__init__.py", "serving/guard.py", "serving/inputs.py", "serving/openapi.py",
+            "serving/webui.py"} <= set(files)  # the HTTP layer beside service.py
     assert sorted(f for f in files if f.startswith("models/")) == [
         "models/ensemble.onnx", "models/manifest.json", "models/stacker_lightgbm.txt", "models/stacker_logreg.json"]
     assert not any(f.startswith(("training/", "export/", "tests/")) for f in files)

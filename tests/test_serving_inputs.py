@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from ensemble.course_data import CourseDataError, load_course_npz
-from ensemble.http_guard import normalize_error
-from ensemble.http_inputs import MAX_PAIRS, ClientError, parse_batch_json, parse_pairs, read_npz_upload
 from ensemble.preprocess import BlankImageError, prepare_digit, prepare_pair, require_ink
+from serving.guard import normalize_error
+from serving.inputs import MAX_PAIRS, ClientError, parse_batch_json, parse_pairs, read_npz_upload
 
 
 def _pairs(n: int, seed: int = 0) -> np.ndarray:

@@ -38,7 +38,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ensemble.http_inputs import error_body, error_response
+from serving.inputs import error_body, error_response
 
 logger = logging.getLogger("bentoml.digit_compare")
 
