@@ -462,6 +462,8 @@ def _unavailable(err: Exception) -> Response:
 # --------------------------------------------------------------------------- the front door
 
 _MULTIPART_SLACK = 64 * 1024  # boundaries, part headers and a format field around the files
+#: The routes' own rules: they loosen (image and batch bodies) or tighten (methods, content types) FrontDoor's
+#: DEFAULT_RULE, which every other path gets (at most 64 KiB of JSON, form or no body; the app answers 404).
 ROUTE_RULES: dict[str, RouteRule] = {
     "/compare": RouteRule(("POST",), ("multipart/form-data",), file_fields=("left", "right"),
                           text_fields=("include_inputs",), max_bytes=2 * MAX_IMAGE_BYTES + _MULTIPART_SLACK),

@@ -10,11 +10,14 @@ BentoML 1.4.40 answers several client mistakes badly, and has no request limits 
 - a request body is read into memory whatever its size, and a client that stops sending halfway holds the
   request until the traffic timeout (504).
 
-So, per documented route (``RouteRule``), this door: answers undocumented methods with 405 and an
+So this door guards every path. A documented route has its own ``RouteRule``; every other path (BentoML's
+own pages and assets, an unknown path that will be a 404) gets ``DEFAULT_RULE``: a small body of the
+content types a JSON or form endpoint takes, any method (the application answers 404 or 405). Explicit
+rules only loosen or tighten that. Per rule, the door: answers undocumented methods with 405 and an
 ``Allow`` header; checks the content type (415) and the declared size (413) before reading; streams the
 body into a temporary file past 1 MiB (memory stays bounded whatever the size), answering 408 when the
 client stalls (no byte for ``body_idle_timeout`` s, or the whole body not in within ``body_timeout`` s)
-and 413 when it is larger than the route allows; parses a multipart body once to refuse missing,
+and 413 when it is larger than the rule allows; parses a multipart body once to refuse missing,
 repeated, unexpected or wrongly typed fields (400) before BentoML sees them; then replays the body.
 Every error answer that leaves the service, BentoML's included, is rewritten into the one shape
 ``{"error": "...", "detail": ...}`` (``detail`` only when there is one). ``/docs.json`` answers the
@@ -33,7 +36,7 @@ from http import HTTPStatus
 
 import anyio
 import anyio.to_thread
-from starlette.datastructures import Headers, UploadFile
+from starlette.datastructures import FormData, Headers, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -102,14 +105,24 @@ class BodySpool:
 
 @dataclass(frozen=True)
 class RouteRule:
-    """What one documented path accepts."""
+    """What one path accepts."""
 
-    methods: tuple[str, ...]  # documented methods; HEAD comes with GET; anything else is a 405
+    methods: tuple[str, ...]  # documented methods; HEAD comes with GET; anything else is a 405; () = any
     media_types: tuple[str, ...] = ()  # request content types a POST may carry ("" = no body); () = no check
     file_fields: tuple[str, ...] = ()  # multipart: required file fields, each exactly once
     text_fields: tuple[str, ...] = ()  # multipart: optional text fields; any other field is refused
     max_bytes: int = 0  # request body limit (413 above)
     check_multipart: bool = True  # False: the route parses its multipart body itself
+
+
+#: Methods whose body the door reads and checks; GET, HEAD and OPTIONS requests pass without (the routes
+#: never read a body on them).
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+#: The rule of every path without its own entry: any method (the application answers 404 or 405), at most
+#: 64 KiB of a body a JSON or form endpoint would take, or none; multipart fields are left to the route.
+DEFAULT_RULE = RouteRule(methods=(), media_types=("application/json", "application/x-www-form-urlencoded",
+                                                  "multipart/form-data", ""),
+                         max_bytes=64 * 1024, check_multipart=False)
 
 
 class RequestRefused(Exception):
@@ -179,12 +192,14 @@ class _ErrorShapeSend:
 
 
 class FrontDoor:
-    """ASGI middleware; see the module docstring. ``openapi`` builds the ``/docs.json`` answer."""
+    """ASGI middleware; see the module docstring. ``rules``: path -> its own RouteRule; every other path
+    gets ``default_rule``. ``openapi`` builds the ``/docs.json`` answer."""
 
     def __init__(self, app: t.Any, rules: dict[str, RouteRule], openapi: t.Callable[[], dict],
-                 body_idle_timeout: float, body_timeout: float) -> None:
+                 body_idle_timeout: float, body_timeout: float, default_rule: RouteRule = DEFAULT_RULE) -> None:
         self.app = app
         self.rules = rules
+        self.default_rule = default_rule
         self.openapi = openapi
         self.body_idle_timeout = body_idle_timeout
         self.body_timeout = body_timeout
@@ -197,31 +212,28 @@ class FrontDoor:
         method, path = scope["method"], scope["path"]
         if method != "HEAD":  # a HEAD answer has no body to rewrite
             send = _ErrorShapeSend(send, method, path)
-        rule = self.rules.get(path)
-        if rule is None:  # BentoML's own pages and assets, or a 404 (rewritten into the error shape)
-            await self.app(scope, receive, send)
-            return
-        allowed = (*rule.methods, "HEAD") if "GET" in rule.methods else rule.methods
-        if method not in allowed:
-            await self._refuse(scope, send, RequestRefused(
-                405, f"{path} answers {' and '.join(rule.methods)}, not {method}",
-                headers={"Allow": ", ".join(rule.methods)}))
-            return
-        if path == "/docs.json" and method in ("GET", "HEAD"):
+        rule = self.rules.get(path, self.default_rule)
+        refused = _method_refused(rule, method, path)
+        if refused is not None:
+            await self._refuse(scope, send, refused)
+        elif path == "/docs.json" and method in ("GET", "HEAD"):
             if self._spec is None:
                 self._spec = self.openapi()
             await JSONResponse(self._spec)(scope, receive, send)
-            return
-        if method != "POST" or not rule.media_types:
+        elif method in BODY_METHODS and rule.media_types:
+            await self._pass_checked_body(scope, receive, send, rule)
+        else:
             await self.app(scope, receive, send)
-            return
+
+    async def _pass_checked_body(self, scope: Scope, receive: Receive, send: Send, rule: RouteRule) -> None:
+        """Read the body into a spool, checking it against ``rule``, then hand it to the application (or
+        answer the refusal)."""
         spool = BodySpool()
         try:
             try:
                 if not await self._read_body(scope, receive, rule, spool):
                     return  # the client went away: nobody to answer
-                headers = Headers(scope=scope)
-                if rule.check_multipart and _media_type(headers) == "multipart/form-data":
+                if rule.check_multipart and _media_type(Headers(scope=scope)) == "multipart/form-data":
                     await self._check_multipart(scope, self._replay(spool, receive), rule)
             except RequestRefused as refused:
                 await self._refuse(scope, send, refused)
@@ -312,25 +324,7 @@ class FrontDoor:
         except Exception as err:  # noqa: BLE001 - any parser failure on these bytes means a malformed body
             raise RequestRefused(400, f"{path}: malformed multipart body ({type(err).__name__}: {err})") from err
         try:
-            known = (*rule.file_fields, *rule.text_fields)
-            unexpected = sorted({name for name in form.keys() if name not in known})
-            if unexpected:
-                raise RequestRefused(400, f"{path}: unexpected field(s) {', '.join(map(repr, unexpected))}; "
-                                          f"this route takes {', '.join(map(repr, known))}")
-            for name in rule.file_fields:
-                values = form.getlist(name)
-                if not values:
-                    raise RequestRefused(400, f"{path}: missing file field {name!r} (send it as a file upload)")
-                if len(values) > 1:
-                    raise RequestRefused(400, f"{path}: field {name!r} was sent {len(values)} times; send one file")
-                if not isinstance(values[0], UploadFile):
-                    raise RequestRefused(400, f"{path}: field {name!r} must be a file upload, got a text value")
-            for name in rule.text_fields:
-                values = form.getlist(name)
-                if len(values) > 1:
-                    raise RequestRefused(400, f"{path}: field {name!r} was sent {len(values)} times")
-                if values and isinstance(values[0], UploadFile):
-                    raise RequestRefused(400, f"{path}: field {name!r} must be a text value, got a file upload")
+            _check_form_fields(path, form, rule)
         finally:
             await form.close()
 
@@ -343,6 +337,49 @@ class FrontDoor:
             return {"type": "http.disconnect"}
 
         await response(scope, no_body, send)
+
+
+def _method_refused(rule: RouteRule, method: str, path: str) -> RequestRefused | None:
+    """The 405 for a method ``rule`` does not document (HEAD comes with GET; a rule without methods takes any)."""
+    if not rule.methods:
+        return None
+    allowed = (*rule.methods, "HEAD") if "GET" in rule.methods else rule.methods
+    if method in allowed:
+        return None
+    return RequestRefused(405, f"{path} answers {' and '.join(rule.methods)}, not {method}",
+                          headers={"Allow": ", ".join(rule.methods)})
+
+
+def _check_form_fields(path: str, form: FormData, rule: RouteRule) -> None:
+    """Refuse unexpected fields, missing, repeated or text-valued file fields, and repeated or file-valued
+    text fields (RequestRefused, 400)."""
+    known = (*rule.file_fields, *rule.text_fields)
+    unexpected = sorted({name for name in form.keys() if name not in known})
+    if unexpected:
+        raise RequestRefused(400, f"{path}: unexpected field(s) {', '.join(map(repr, unexpected))}; "
+                                  f"this route takes {', '.join(map(repr, known))}")
+    for name in rule.file_fields:
+        _check_file_field(path, name, form.getlist(name))
+    for name in rule.text_fields:
+        _check_text_field(path, name, form.getlist(name))
+
+
+def _check_file_field(path: str, name: str, values: list[t.Any]) -> None:
+    """A required file field: exactly once, and a file upload."""
+    if not values:
+        raise RequestRefused(400, f"{path}: missing file field {name!r} (send it as a file upload)")
+    if len(values) > 1:
+        raise RequestRefused(400, f"{path}: field {name!r} was sent {len(values)} times; send one file")
+    if not isinstance(values[0], UploadFile):
+        raise RequestRefused(400, f"{path}: field {name!r} must be a file upload, got a text value")
+
+
+def _check_text_field(path: str, name: str, values: list[t.Any]) -> None:
+    """An optional text field: at most once, and a text value."""
+    if len(values) > 1:
+        raise RequestRefused(400, f"{path}: field {name!r} was sent {len(values)} times")
+    if values and isinstance(values[0], UploadFile):
+        raise RequestRefused(400, f"{path}: field {name!r} must be a text value, got a file upload")
 
 
 def _media_type(headers: Headers) -> str:

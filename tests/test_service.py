@@ -233,12 +233,13 @@ def test_openapi_describes_the_service(client):
     assert set(paths["/ui"]["get"]["responses"]["200"]["content"]) == {"text/html"}
 
 
-@pytest.mark.parametrize("content_type", ["application/json", "application/vnd.bentoml+pickle"])
-def test_internal_batch_route_is_not_public(client, content_type):
-    """The batchable inference method lives in the internal scorer service, not on the public port."""
+@pytest.mark.parametrize("content_type, status", [("application/json", 404), ("application/vnd.bentoml+pickle", 415)])
+def test_internal_batch_route_is_not_public(client, content_type, status):
+    """The batchable inference method lives in the internal scorer service, not on the public port; BentoML's
+    pickle format does not even pass the front door (the default rule of paths without their own)."""
     response = client.post("/score", content=json.dumps({"pairs": _pairs(1).tolist()}),
                            headers={"content-type": content_type})
-    assert response.status_code == 404
+    assert response.status_code == status
     assert _is_error_shape(response.json()) and "/score" in response.json()["error"]
 
 
@@ -591,6 +592,10 @@ BAD_REQUESTS = {
                                              413, "more than the limit"),
     "internal route": ("/score", {"json": {"pairs": [PAIR]}}, 404, "no route POST /score"),
     "unknown route": ("/predict", {"json": {}}, 404, "no route POST /predict"),
+    "unknown route, body over the default limit": ("/predict", {"content": b" " * (64 * 1024 + 1), "headers": JSON},
+                                                   413, "more than the limit of 65536 bytes"),
+    "unknown route, content type no route takes": ("/predict", {"content": b"x", "headers": {
+        "content-type": "application/xml"}}, 415, "'application/xml' is not accepted"),
     "pydantic validation (POST /info)": ("/info", {"json": [1]}, 400, "Input should be an object"),
 }
 
