@@ -66,6 +66,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ensemble import Ensemble
+from ensemble.contract import join_pair, split_pair
 from ensemble.course_data import format_submission_csv
 from ensemble.manifest import ManifestError, verify_serving_artifacts
 from ensemble.preprocess import (  # MAX_IMAGE_PIXELS: 25 MP, checked from the header before decoding
@@ -277,7 +278,8 @@ class DigitCompare:
         # Asked for by the web page only: two small PNGs, but no reason to put them in every answer.
         inputs = None
         if include_inputs:
-            inputs = PreparedInputs(left=png_base64(pair[:, :28]), right=png_base64(pair[:, 28:]))
+            left, right = split_pair(pair)
+            inputs = PreparedInputs(left=png_base64(left), right=png_base64(right))
         return Comparison(
             greater=bool(row[_LABEL] == 1),
             probability=float(row[_PROB]),
@@ -344,8 +346,8 @@ class DigitCompare:
         """Two pictures of single digits (multipart files `left` and `right`): is left > right?"""
         started = time.perf_counter()
         try:
-            pair = np.concatenate([await self._in_thread(self._digit, left, "left"),
-                                   await self._in_thread(self._digit, right, "right")], axis=1)
+            pair = join_pair(await self._in_thread(self._digit, left, "left"),
+                             await self._in_thread(self._digit, right, "right"))
         except InvalidImageError as err:
             return client_error(err)
         return await self._score_one(pair, started, include_inputs)

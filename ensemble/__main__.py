@@ -3,6 +3,8 @@
     python -m ensemble predict IN.npz --out pred.csv [--proba]
     python -m ensemble evaluate IN.npz [--labels LABELS.csv] [--json OUT.json]
     python -m ensemble check-submission PRED.csv --data IN.npz
+
+IN.npz is a course file (``ensemble.course_data``): ``x`` holds the pairs (``ensemble.contract``).
 """
 
 from __future__ import annotations
@@ -18,12 +20,15 @@ import numpy as np
 from tqdm import tqdm
 
 from ensemble.atomic import atomic_write_text
+from ensemble.contract import PAIRS_SHAPE_TEXT, PIXEL_DTYPE
 from ensemble.course_data import CourseDataError, labels_for_ids, load_course_npz, read_labels_csv, write_submission_csv
 from ensemble.evaluation import evaluation_rows, format_rows
 from ensemble.manifest import ManifestError
 from ensemble.runtime import Ensemble
 
 DEFAULT_MODELS = Path(__file__).resolve().parent.parent / "models"
+#: What the input arguments' help says a course file holds.
+COURSE_FILE_HELP = f"a course-format .npz: x {PAIRS_SHAPE_TEXT} {PIXEL_DTYPE} pairs, optionally y (0/1) and id"
 
 
 def predict(args: argparse.Namespace) -> int:
@@ -97,18 +102,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=str(DEFAULT_MODELS), help="models folder (default: the committed one)")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("predict", help="write a submission CSV for a course-format .npz")
-    p.add_argument("input")
+    p.add_argument("input", help=COURSE_FILE_HELP)
     p.add_argument("--out", required=True, help="CSV to write (id,label)")
     p.add_argument("--proba", action="store_true", help="add a third column, probability")
     p.set_defaults(run=predict)
     e = sub.add_parser("evaluate", help="compare every base model, baseline and stacker on a labelled file")
-    e.add_argument("input")
+    e.add_argument("input", help=f"{COURSE_FILE_HELP}; labelled by its y or --labels")
     e.add_argument("--labels", help="id,label CSV (for test files without 'y')")
     e.add_argument("--json", help="also write the table as JSON")
     e.set_defaults(run=evaluate)
     c = sub.add_parser("check-submission", help="validate a submission CSV against a test file")
     c.add_argument("submission")
-    c.add_argument("--data", required=True, help="the course-format .npz the submission answers")
+    c.add_argument("--data", required=True, help=f"the course file the submission answers ({COURSE_FILE_HELP})")
     c.set_defaults(run=check_submission)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

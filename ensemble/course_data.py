@@ -2,7 +2,8 @@
 
 A course file is an ``.npz`` with
 
-- ``x``: (N, 28, 56) uint8, two 28x28 digits side by side (left = columns 0-27);
+- ``x``: (N, 28, 56) uint8, two 28x28 digits side by side (left = columns 0-27): pairs as
+  ``ensemble.contract`` defines them;
 - ``y``: (N,) 0/1, 1 when the left digit is greater (train/val files);
 - ``id``: (N,) unique strings such as ``PUB_0000000`` (test files);
 - ``digits``: (N, 2) digit classes, an extra key only our own generated files carry.
@@ -26,9 +27,11 @@ from pathlib import Path
 import numpy as np
 
 from ensemble.atomic import atomic_write_bytes, atomic_write_text
+from ensemble.contract import DIGIT_SIZE, PAIR_SHAPE, PAIRS_SHAPE_TEXT, PIXEL_DTYPE, PIXEL_MAX
 
-HEIGHT, WIDTH, HALF = 28, 56, 28
-PAIR_SHAPE = (HEIGHT, WIDTH)
+#: The width of one digit: an alias of ``ensemble.contract.DIGIT_SIZE`` kept while training/ still imports it
+#: from here (the pair shape, PAIR_SHAPE, is the contract's too).
+HALF = DIGIT_SIZE
 
 
 class CourseDataError(ValueError):
@@ -39,7 +42,7 @@ class CourseDataError(ValueError):
 class CourseData:
     """The validated content of one course file."""
 
-    x: np.ndarray  # (N, 28, 56) uint8
+    x: np.ndarray  # (N, 28, 56) uint8: PAIR_SHAPE pairs
     y: np.ndarray | None = None  # (N,) int64 0/1
     ids: np.ndarray | None = None  # (N,) str
     digits: np.ndarray | None = None  # (N, 2) int64 0-9
@@ -85,7 +88,7 @@ def read_npy_header(fp: t.BinaryIO) -> NpyHeader:
 
 
 def as_pairs_uint8(x: np.ndarray, source: str = "array") -> np.ndarray:
-    """Validate an array of pairs and return it as (N, 28, 56) uint8.
+    """Validate an array of pairs and return it as (N, 28, 56) uint8 (``ensemble.contract``).
 
     The conversion rule for floats is explicit: a float array whose values all lie in [0, 1] is
     scaled by 255, one in [0, 255] is taken as pixel values; both are rounded. Anything else
@@ -95,23 +98,23 @@ def as_pairs_uint8(x: np.ndarray, source: str = "array") -> np.ndarray:
     if x.ndim == 2 and x.shape == PAIR_SHAPE:
         x = x[None]
     if x.ndim != 3 or x.shape[1:] != PAIR_SHAPE:
-        raise CourseDataError(f"{source}: 'x' must have shape (N, 28, 56), got {x.shape}")
+        raise CourseDataError(f"{source}: 'x' must have shape {PAIRS_SHAPE_TEXT}, got {x.shape}")
     if x.shape[0] == 0:
         raise CourseDataError(f"{source}: 'x' holds no pairs (N = 0)")
-    if x.dtype == np.uint8:
+    if x.dtype == PIXEL_DTYPE:
         return np.ascontiguousarray(x)
     if np.issubdtype(x.dtype, np.floating):
         if not np.isfinite(x).all():
             raise CourseDataError(f"{source}: 'x' contains NaN or infinite values")
         lo, hi = float(x.min()), float(x.max())
-        if lo < 0 or hi > 255:
+        if lo < 0 or hi > PIXEL_MAX:
             raise CourseDataError(
-                f"{source}: float 'x' must lie in [0, 1] or [0, 255], got values in [{lo:g}, {hi:g}]"
+                f"{source}: float 'x' must lie in [0, 1] or [0, {PIXEL_MAX}], got values in [{lo:g}, {hi:g}]"
             )
-        scale = 255.0 if hi <= 1.0 else 1.0
-        return np.rint(x * scale).astype(np.uint8)
+        scale = float(PIXEL_MAX) if hi <= 1.0 else 1.0
+        return np.rint(x * scale).astype(PIXEL_DTYPE)
     raise CourseDataError(
-        f"{source}: 'x' must be uint8 (or float in [0, 1] / [0, 255]), got dtype {x.dtype}"
+        f"{source}: 'x' must be {PIXEL_DTYPE} (or float in [0, 1] / [0, {PIXEL_MAX}]), got dtype {x.dtype}"
     )
 
 

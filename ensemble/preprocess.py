@@ -26,12 +26,13 @@ import math
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-DIGIT_SIZE = 28  # MNIST frame
+from ensemble.contract import DIGIT_SIZE, PAIR_SHAPE, PIXEL_DTYPE, PIXEL_MAX
+
+# DIGIT_SIZE (the MNIST frame) and PAIR_SHAPE (one course pair) are the input contract's (ensemble.contract).
 BOX_SIZE = 20  # the ink is fitted into BOX_SIZE x BOX_SIZE, as in MNIST
 #: Where the centre of mass goes, in pixel-index coordinates (row, col). MNIST digits have theirs at
 #: 14.0 on average (measured on data/sources.npz: 13.97, 14.03), not at the grid centre 13.5.
 CENTRE = 14.0
-PAIR_SHAPE = (28, 56)
 
 #: Refuse images above this many pixels (width x height, read from the header before decoding).
 #: 25 MP covers ordinary phone photos (12 MP = 4032 x 3024) with room to spare.
@@ -104,8 +105,26 @@ def open_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS, max_bytes: int =
         raise EmptyUploadError(f"{name}: empty upload (0 bytes); send the image file's content")
     if len(data) > max_bytes:
         raise ImageTooLargeError(f"{name}: {len(data)} bytes is more than the limit of {max_bytes} bytes")
+    image = _open_header(data, max_pixels, name)
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise DegenerateImageError(f"{name}: the image is {width}x{height} pixels; it has no area")
+    if width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"{name}: {width}x{height} = {width * height} pixels is more than the limit of {max_pixels} pixels"
+        )
+    _decode(image, name)
     try:
-        image = Image.open(io.BytesIO(data), formats=_allowed_formats())
+        image = ImageOps.exif_transpose(image)
+    except Exception:  # a malformed EXIF block only costs the orientation
+        pass
+    return image
+
+
+def _open_header(data: bytes, max_pixels: int, name: str) -> Image.Image:
+    """Pillow's lazy open: the format and size from the header, no pixel decoded yet."""
+    try:
+        return Image.open(io.BytesIO(data), formats=_allowed_formats())
     except Image.DecompressionBombError as err:  # Pillow's own guard fired first (over 2x its limit)
         raise ImageTooLargeError(
             f"{name}: more than the limit of {max_pixels} pixels, refused before decoding ({err})"
@@ -116,13 +135,10 @@ def open_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS, max_bytes: int =
         ) from err
     except Exception as err:  # any parser failure on untrusted bytes is the client's problem
         raise UnreadableImageError(f"{name}: unreadable image header ({type(err).__name__}: {err})") from err
-    width, height = image.size
-    if width <= 0 or height <= 0:
-        raise DegenerateImageError(f"{name}: the image is {width}x{height} pixels; it has no area")
-    if width * height > max_pixels:
-        raise ImageTooLargeError(
-            f"{name}: {width}x{height} = {width * height} pixels is more than the limit of {max_pixels} pixels"
-        )
+
+
+def _decode(image: Image.Image, name: str) -> None:
+    """Decode the pixels of an image whose size was accepted (a large JPEG at a reduced scale)."""
     if image.format == "JPEG":
         # Decode a large JPEG at a reduced scale (1/2 .. 1/8) that still has >= WORK_MAX_SIDE pixels.
         image.draft(image.mode, (WORK_MAX_SIDE, WORK_MAX_SIDE))
@@ -133,11 +149,6 @@ def open_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS, max_bytes: int =
     except Exception as err:  # truncated data, bad chunks, unsupported codecs, ...
         raise UnreadableImageError(f"{name}: corrupt or truncated {image.format} data ({type(err).__name__}: {err})"
                                    ) from err
-    try:
-        image = ImageOps.exif_transpose(image)
-    except Exception:  # a malformed EXIF block only costs the orientation
-        pass
-    return image
 
 
 def _reduce(image: Image.Image) -> Image.Image:
@@ -209,7 +220,7 @@ def _light_on_dark(gray: np.ndarray) -> np.ndarray:
 
 
 def _to_uint8(values: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(values * 255.0), 0, 255).astype(np.uint8)
+    return np.clip(np.rint(values * PIXEL_MAX), 0, PIXEL_MAX).astype(PIXEL_DTYPE)
 
 
 def _centre_of_mass(values: np.ndarray) -> tuple[float, float]:
@@ -260,7 +271,7 @@ def prepare_digit(image: Image.Image) -> np.ndarray:
     box = np.clip(box, 0.0, None)
     box_peak = float(box.max())
     if box_peak <= 0.0:  # cannot happen with a non-empty crop, but never divide by zero
-        raise BlankImageError("no digit found: the ink vanished when fitted into 20x20")
+        raise BlankImageError(f"no digit found: the ink vanished when fitted into {BOX_SIZE}x{BOX_SIZE}")
     box /= box_peak
 
     com_row, com_col = _centre_of_mass(box)

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from starlette.responses import JSONResponse
 
+from ensemble.contract import PAIR_SHAPE, PAIR_SHAPE_TEXT, PAIRS_SHAPE_TEXT, PIXEL_DTYPE, PIXEL_MAX
 from ensemble.course_data import (
-    PAIR_SHAPE,
     CourseData,
     CourseDataError,
     NpyHeader,
@@ -99,6 +99,18 @@ def client_error(err: Exception) -> JSONResponse:
 
 # --------------------------------------------------------------------------- array inputs
 
+#: How a message names what a non-numeric array holds, by numpy dtype kind.
+_KINDS = {"b": "booleans", "U": "strings", "S": "bytes", "O": "mixed or nested objects / ragged lists"}
+
+
+def _integer_pixels(array: np.ndarray, source: str, which: str = "") -> np.ndarray:
+    """Integer pixel values -> PIXEL_DTYPE, refusing any outside [0, PIXEL_MAX]."""
+    low, high = int(array.min()), int(array.max())
+    if low < 0 or high > PIXEL_MAX:
+        raise ClientError(f"{source}: integer pixel values must lie in [0, {PIXEL_MAX}], got values in "
+                          f"[{low}, {high}]{which}")
+    return array.astype(PIXEL_DTYPE)
+
 
 def parse_pairs(value: t.Any, source: str = "pairs") -> np.ndarray:
     """A JSON value (nested lists) or array -> (N, 28, 56) uint8, with a message for every way it can be wrong.
@@ -111,19 +123,16 @@ def parse_pairs(value: t.Any, source: str = "pairs") -> np.ndarray:
     try:
         array = np.asarray(value)
     except (ValueError, TypeError, OverflowError, RecursionError) as err:
-        raise ClientError(f"{source}: not a rectangular (N, 28, 56) array of numbers ({err})") from err
+        raise ClientError(f"{source}: not a rectangular {PAIRS_SHAPE_TEXT} array of numbers ({err})") from err
     if array.dtype.kind not in "iuf":
-        kind = {"b": "booleans", "U": "strings", "S": "bytes", "O": "mixed or nested objects / ragged lists"}
-        raise ClientError(f"{source}: must hold pixel values (numbers), got {kind.get(array.dtype.kind, array.dtype)}")
+        kind = _KINDS.get(array.dtype.kind, array.dtype)
+        raise ClientError(f"{source}: must hold pixel values (numbers), got {kind}")
     if array.size == 0:
         raise ClientError(f"{source}: no pairs given (N = 0)")
     if array.ndim == 3 and len(array) > MAX_PAIRS:
         raise ClientError(f"{source}: {len(array)} pairs is more than the limit of {MAX_PAIRS} per request", 413)
-    if array.dtype.kind in "iu" and array.dtype != np.uint8:
-        low, high = int(array.min()), int(array.max())
-        if low < 0 or high > 255:
-            raise ClientError(f"{source}: integer pixel values must lie in [0, 255], got values in [{low}, {high}]")
-        array = array.astype(np.uint8)
+    if array.dtype.kind in "iu" and array.dtype != PIXEL_DTYPE:
+        array = _integer_pixels(array, source)
     try:
         return as_pairs_uint8(array, source)
     except CourseDataError as err:
@@ -188,20 +197,47 @@ def _pair_array(value: t.Any, index: int) -> np.ndarray:
     try:
         pair = np.asarray(value)
     except (ValueError, TypeError, OverflowError, RecursionError) as err:
-        raise ClientError(f"pairs: not a rectangular (N, 28, 56) array of numbers (pair {index}: {err})") from err
+        raise ClientError(f"pairs: not a rectangular {PAIRS_SHAPE_TEXT} array of numbers (pair {index}: {err})"
+                          ) from err
     if pair.dtype.kind not in "iuf":
-        kind = {"b": "booleans", "U": "strings", "S": "bytes", "O": "mixed or nested objects / ragged lists"}
-        raise ClientError(f"pairs: must hold pixel values (numbers), got {kind.get(pair.dtype.kind, pair.dtype)} "
+        raise ClientError(f"pairs: must hold pixel values (numbers), got {_KINDS.get(pair.dtype.kind, pair.dtype)} "
                           f"(pair {index})")
     if pair.shape != PAIR_SHAPE:
-        raise ClientError(f"pairs: 'x' must have shape (N, 28, 56); pair {index} has shape {pair.shape}")
+        raise ClientError(f"pairs: 'x' must have shape {PAIRS_SHAPE_TEXT}; pair {index} has shape {pair.shape}")
     if pair.dtype.kind == "f":
         return pair.astype(np.float64, copy=False)
-    low, high = int(pair.min()), int(pair.max())
-    if low < 0 or high > 255:
-        raise ClientError(f"pairs: integer pixel values must lie in [0, 255], got values in [{low}, {high}] "
-                          f"(pair {index})")
-    return pair.astype(np.uint8)
+    return _integer_pixels(pair, "pairs", f" (pair {index})")
+
+
+def _one_pair_rows(text: str, first: t.Any, end: int) -> tuple[np.ndarray, int]:
+    """"pairs" that is not a list of pairs: one (28, 56) pair, or a wrong shape. Decodes at most 28 rows, then
+    lets parse_pairs judge (a flat list of millions of numbers is not read to its end)."""
+    rows = [first]
+    while True:
+        char, end = _expect(text, end, ",]")
+        if char == "]":
+            return parse_pairs(rows), end
+        if len(rows) == PAIR_SHAPE[0]:
+            raise ClientError(f"pairs: 'x' must have shape {PAIRS_SHAPE_TEXT} or {PAIR_SHAPE_TEXT}; got more than "
+                              f"{PAIR_SHAPE[0]} rows")
+        row, end = _json_value(text, end)
+        rows.append(row)
+
+
+def _stack_pairs(arrays: list[np.ndarray]) -> np.ndarray:
+    """The decoded pairs (uint8 or float64 each) -> (N, 28, 56) uint8. The list is emptied as soon as the
+    stack holds its pairs (the caller's reference would otherwise keep them alive through the conversion)."""
+    if all(a.dtype == PIXEL_DTYPE for a in arrays):
+        x = np.stack(arrays)
+        arrays.clear()
+        return x
+    # The course rule for floats is over all values at once.
+    x = np.stack([a.astype(np.float64, copy=False) for a in arrays])
+    arrays.clear()
+    try:
+        return as_pairs_uint8(x, "pairs")
+    except CourseDataError as err:
+        raise ClientError(str(err)) from err
 
 
 def _parse_pairs_stream(text: str, pos: int) -> tuple[np.ndarray, int]:
@@ -221,35 +257,17 @@ def _parse_pairs_stream(text: str, pos: int) -> tuple[np.ndarray, int]:
         raise ClientError("pairs: no pairs given (N = 0)")
     first, end = _json_value(text, pos)
     if not (isinstance(first, list) and first and isinstance(first[0], list)):
-        # Not a list of pairs: one (28, 56) pair, or a wrong shape. Decode at most 28 rows, then let
-        # parse_pairs judge (a flat list of millions of numbers is not read to its end).
-        rows = [first]
-        while True:
-            char, end = _expect(text, end, ",]")
-            if char == "]":
-                return parse_pairs(rows), end
-            if len(rows) == PAIR_SHAPE[0]:
-                raise ClientError("pairs: 'x' must have shape (N, 28, 56) or (28, 56); got more than 28 rows")
-            row, end = _json_value(text, end)
-            rows.append(row)
+        return _one_pair_rows(text, first, end)
     arrays = [_pair_array(first, 0)]
     while True:
         char, end = _expect(text, end, ",]")
         if char == "]":
-            break
+            return _stack_pairs(arrays), end
         if len(arrays) == MAX_PAIRS:
             raise ClientError(f"pairs: more than the limit of {MAX_PAIRS} pairs per request", 413)
         value, end = _json_value(text, end)
         arrays.append(_pair_array(value, len(arrays)))
         del value
-    if any(a.dtype.kind == "f" for a in arrays):  # the course rule for floats is over all values at once
-        x = np.stack([a.astype(np.float64, copy=False) for a in arrays])
-        del arrays
-        try:
-            return as_pairs_uint8(x, "pairs"), end
-        except CourseDataError as err:
-            raise ClientError(str(err)) from err
-    return np.stack(arrays), end
 
 
 def decode_json_body(body: bytes | bytearray) -> str:
@@ -273,44 +291,56 @@ def parse_batch_text(text: str) -> BatchRequest:
     still runs this in a thread, one large body at a time. JSON semantics as ``json.loads`` (NaN and
     Infinity literals parse, and are then refused; a repeated key: the last one wins).
     """
+    fields = _batch_fields(text)
+    if "pairs" not in fields:
+        raise ClientError("send either JSON {\"pairs\": [...]} or a multipart .npz upload as field 'file'")
+    fmt = parse_format(fields.get("format", "json"))
+    arrays: dict[str, np.ndarray] = {"x": fields["pairs"]}
+    if fields.get("ids") is not None:
+        arrays["id"] = _ids_array(fields["ids"])
+    try:
+        return BatchRequest(validate_course_arrays(arrays, "pairs"), fmt)
+    except CourseDataError as err:
+        raise ClientError(str(err)) from err
+
+
+def _batch_fields(text: str) -> dict[str, t.Any]:
+    """The top-level JSON object -> its fields (of JSON_KEYS; "pairs" already an array), nothing after it."""
     pos = _skip(text, 0)
     if text[pos:pos + 1] != "{":
         value, _ = _json_value(text, pos)
         raise ClientError(f"body: must be a JSON object with key 'pairs', got {type(value).__name__}")
     fields: dict[str, t.Any] = {}
     pos = _skip(text, pos + 1)
-    if text[pos:pos + 1] == "}":
-        pos += 1
-    else:
-        while True:
-            pos = _skip(text, pos)
-            if text[pos:pos + 1] != '"':
-                raise ClientError(f"body: not valid JSON (expected a key in double quotes at character {pos})")
-            key, pos = _json_value(text, pos)
-            if key not in JSON_KEYS:
-                raise ClientError(f"body: unknown key {key!r}; this route takes {', '.join(map(repr, JSON_KEYS))}")
-            _, pos = _expect(text, pos, ":")
-            fields[key], pos = _parse_pairs_stream(text, pos) if key == "pairs" else _json_value(text, pos)
-            char, pos = _expect(text, pos, ",}")
-            if char == "}":
-                break
+    pos = pos + 1 if text[pos:pos + 1] == "}" else _object_members(text, pos, fields)
     if _skip(text, pos) != len(text):
         raise ClientError(f"body: not valid JSON (extra data after the object at character {_skip(text, pos)})")
-    if "pairs" not in fields:
-        raise ClientError("send either JSON {\"pairs\": [...]} or a multipart .npz upload as field 'file'")
-    fmt = parse_format(fields.get("format", "json"))
-    arrays: dict[str, np.ndarray] = {"x": fields["pairs"]}
-    ids = fields.get("ids")
-    if ids is not None:
-        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-            raise ClientError("ids: must be a list of strings")
-        if any(len(i) > MAX_ID_CHARS for i in ids):
-            raise ClientError(f"ids: an id is longer than {MAX_ID_CHARS} characters")
-        arrays["id"] = np.asarray(ids, dtype=str) if ids else np.zeros(0, dtype="<U1")
-    try:
-        return BatchRequest(validate_course_arrays(arrays, "pairs"), fmt)
-    except CourseDataError as err:
-        raise ClientError(str(err)) from err
+    return fields
+
+
+def _object_members(text: str, pos: int, fields: dict[str, t.Any]) -> int:
+    """The members of a non-empty object starting at ``pos`` into ``fields`` -> the position after its '}'."""
+    while True:
+        pos = _skip(text, pos)
+        if text[pos:pos + 1] != '"':
+            raise ClientError(f"body: not valid JSON (expected a key in double quotes at character {pos})")
+        key, pos = _json_value(text, pos)
+        if key not in JSON_KEYS:
+            raise ClientError(f"body: unknown key {key!r}; this route takes {', '.join(map(repr, JSON_KEYS))}")
+        _, pos = _expect(text, pos, ":")
+        fields[key], pos = _parse_pairs_stream(text, pos) if key == "pairs" else _json_value(text, pos)
+        char, pos = _expect(text, pos, ",}")
+        if char == "}":
+            return pos
+
+
+def _ids_array(ids: t.Any) -> np.ndarray:
+    """The JSON "ids" -> an array of strings (uniqueness and count are checked with the pairs)."""
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise ClientError("ids: must be a list of strings")
+    if any(len(i) > MAX_ID_CHARS for i in ids):
+        raise ClientError(f"ids: an id is longer than {MAX_ID_CHARS} characters")
+    return np.asarray(ids, dtype=str) if ids else np.zeros(0, dtype="<U1")
 
 
 # --------------------------------------------------------------------------- .npz uploads
@@ -323,24 +353,35 @@ def _check_member_header(key: str, header: NpyHeader, n: int | None) -> None:
     if dtype.hasobject:
         raise ClientError(f"{where} holds Python objects (a pickled array); refused")
     if key == "x":
-        if not (len(shape) == 3 and shape[1:] == PAIR_SHAPE) and shape != PAIR_SHAPE:
-            raise ClientError(f"file: 'x' must have shape (N, 28, 56), got {shape}")
-        if len(shape) == 3 and shape[0] > MAX_PAIRS:
-            raise ClientError(f"file: {shape[0]} pairs is more than the limit of {MAX_PAIRS} per request", 413)
-        if dtype != np.uint8 and dtype.kind != "f":
-            raise ClientError(f"file: 'x' must be uint8 (or float in [0, 1] / [0, 255]), got dtype {dtype}")
+        _check_pairs_header(dtype, shape)
         return
     expected = {"y": (n,), "id": (n,), "digits": (n, 2)}[key]
     if shape != expected:
         raise ClientError(f"{where} must have shape {expected} to match 'x', got {shape}")
     if key == "id":
-        if dtype.kind not in "US":
-            raise ClientError(f"{where} must hold strings, got dtype {dtype}")
-        chars = dtype.itemsize // (4 if dtype.kind == "U" else 1)
-        if chars > MAX_ID_CHARS:
-            raise ClientError(f"{where}: ids of up to {chars} characters; the limit is {MAX_ID_CHARS}")
+        _check_ids_dtype(where, dtype)
     elif dtype.kind not in "biuf" or dtype.itemsize > 8:
         raise ClientError(f"{where} must hold integers, got dtype {dtype}")
+
+
+def _check_pairs_header(dtype: np.dtype, shape: tuple[int, ...]) -> None:
+    """'x': (N, 28, 56) or one (28, 56) pair, at most MAX_PAIRS, uint8 or float."""
+    if not (len(shape) == 3 and shape[1:] == PAIR_SHAPE) and shape != PAIR_SHAPE:
+        raise ClientError(f"file: 'x' must have shape {PAIRS_SHAPE_TEXT}, got {shape}")
+    if len(shape) == 3 and shape[0] > MAX_PAIRS:
+        raise ClientError(f"file: {shape[0]} pairs is more than the limit of {MAX_PAIRS} per request", 413)
+    if dtype != PIXEL_DTYPE and dtype.kind != "f":
+        raise ClientError(f"file: 'x' must be {PIXEL_DTYPE} (or float in [0, 1] / [0, {PIXEL_MAX}]), "
+                          f"got dtype {dtype}")
+
+
+def _check_ids_dtype(where: str, dtype: np.dtype) -> None:
+    """'id': strings of at most MAX_ID_CHARS characters (a header could declare gigabytes per string)."""
+    if dtype.kind not in "US":
+        raise ClientError(f"{where} must hold strings, got dtype {dtype}")
+    chars = dtype.itemsize // (4 if dtype.kind == "U" else 1)
+    if chars > MAX_ID_CHARS:
+        raise ClientError(f"{where}: ids of up to {chars} characters; the limit is {MAX_ID_CHARS}")
 
 
 def read_npz_upload(fp: t.BinaryIO) -> CourseData:
@@ -351,6 +392,22 @@ def read_npz_upload(fp: t.BinaryIO) -> CourseData:
     member's size before its data is read. Errors say what is wrong: not a zip, a pickled (object)
     array, a truncated member, a header that does not match the data, a corrupt (CRC) member.
     """
+    with _open_npz(fp) as archive:
+        members = {info.filename: info for info in archive.infolist()}
+        arrays: dict[str, np.ndarray] = {}
+        n: int | None = None
+        for key in _npz_keys(members):  # x first, so the others are checked against its N
+            arrays[key], header = _read_member(archive, members[f"{key}.npy"], key, n)
+            if key == "x":
+                n = 1 if header.shape == PAIR_SHAPE else header.shape[0]
+    try:
+        return validate_course_arrays(arrays, "file")
+    except CourseDataError as err:
+        raise ClientError(str(err)) from err
+
+
+def _open_npz(fp: t.BinaryIO) -> zipfile.ZipFile:
+    """The upload as a zip archive; a single .npy, an empty upload or anything not a zip is refused."""
     head = fp.read(8)
     fp.seek(0)
     if head.startswith(b"\x93NUMPY"):
@@ -358,50 +415,52 @@ def read_npz_upload(fp: t.BinaryIO) -> CourseData:
     if not head:
         raise ClientError("file: empty upload (0 bytes); send the .npz file's content")
     try:
-        archive = zipfile.ZipFile(fp)
+        return zipfile.ZipFile(fp)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError) as err:
         raise ClientError(f"file: not an .npz archive (a zip of .npy arrays); it starts with {head!r} ({err})") from err
-    with archive:
-        members = {info.filename: info for info in archive.infolist()}
-        unpacked = sum(info.file_size for info in members.values())
-        if unpacked > MAX_NPZ_UNPACKED_BYTES:
-            raise ClientError(
-                f"file: the .npz unpacks to {unpacked} bytes, more than the limit of {MAX_NPZ_UNPACKED_BYTES}", 413
-            )
-        keys = [k for k in NPZ_KEYS if f"{k}.npy" in members]
-        if "x" not in keys:
-            found = sorted(name.removesuffix(".npy") for name in members)
-            raise ClientError(f"file: missing key 'x' (found keys: {found or 'none'})")
-        arrays: dict[str, np.ndarray] = {}
-        n: int | None = None
-        for key in keys:  # x first, so the others are checked against its N
-            info = members[f"{key}.npy"]
-            try:
-                with archive.open(info) as member:
-                    try:
-                        header = read_npy_header(member)
-                    except (ValueError, EOFError) as err:
-                        raise ClientError(f"file: key {key!r}: malformed .npy header ({err})") from err
-                    _check_member_header(key, header, n)
-                    stored = info.file_size - header.data_offset
-                    if stored < header.nbytes:
-                        raise ClientError(f"file: key {key!r} is truncated: its header declares {header.dtype} of "
-                                          f"shape {header.shape} ({header.nbytes} bytes), the member holds {stored}")
-                    if stored > header.nbytes:
-                        raise ClientError(f"file: key {key!r} does not match its header: {header.dtype} of shape "
-                                          f"{header.shape} is {header.nbytes} bytes, the member holds {stored}")
-                    member.seek(0)  # read_array reads the header again
-                    arrays[key] = np.lib.format.read_array(member, allow_pickle=False)
-            except ClientError:
-                raise
-            except zipfile.BadZipFile as err:  # a CRC mismatch, a member cut short inside the zip
-                raise ClientError(f"file: key {key!r} is corrupt ({err})") from err
-            except (ValueError, OSError, EOFError, NotImplementedError, RuntimeError) as err:
-                # NotImplementedError / RuntimeError: a compression method or encryption zipfile cannot read
-                raise ClientError(f"file: key {key!r} could not be read ({type(err).__name__}: {err})") from err
-            if key == "x":
-                n = 1 if header.shape == PAIR_SHAPE else header.shape[0]
+
+
+def _npz_keys(members: dict[str, zipfile.ZipInfo]) -> list[str]:
+    """The NPZ_KEYS the archive holds, 'x' first; refuses an archive that unpacks too large or has no 'x'."""
+    unpacked = sum(info.file_size for info in members.values())
+    if unpacked > MAX_NPZ_UNPACKED_BYTES:
+        raise ClientError(
+            f"file: the .npz unpacks to {unpacked} bytes, more than the limit of {MAX_NPZ_UNPACKED_BYTES}", 413
+        )
+    keys = [k for k in NPZ_KEYS if f"{k}.npy" in members]
+    if "x" not in keys:
+        found = sorted(name.removesuffix(".npy") for name in members)
+        raise ClientError(f"file: missing key 'x' (found keys: {found or 'none'})")
+    return keys
+
+
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, key: str,
+                 n: int | None) -> tuple[np.ndarray, NpyHeader]:
+    """One member's array and header, read only once its header and size are acceptable."""
     try:
-        return validate_course_arrays(arrays, "file")
-    except CourseDataError as err:
-        raise ClientError(str(err)) from err
+        with archive.open(info) as member:
+            try:
+                header = read_npy_header(member)
+            except (ValueError, EOFError) as err:
+                raise ClientError(f"file: key {key!r}: malformed .npy header ({err})") from err
+            _check_member_header(key, header, n)
+            _check_member_size(key, header, info.file_size - header.data_offset)
+            member.seek(0)  # read_array reads the header again
+            return np.lib.format.read_array(member, allow_pickle=False), header
+    except ClientError:
+        raise
+    except zipfile.BadZipFile as err:  # a CRC mismatch, a member cut short inside the zip
+        raise ClientError(f"file: key {key!r} is corrupt ({err})") from err
+    except (ValueError, OSError, EOFError, NotImplementedError, RuntimeError) as err:
+        # NotImplementedError / RuntimeError: a compression method or encryption zipfile cannot read
+        raise ClientError(f"file: key {key!r} could not be read ({type(err).__name__}: {err})") from err
+
+
+def _check_member_size(key: str, header: NpyHeader, stored: int) -> None:
+    """The member must hold exactly the bytes its header declares."""
+    if stored < header.nbytes:
+        raise ClientError(f"file: key {key!r} is truncated: its header declares {header.dtype} of "
+                          f"shape {header.shape} ({header.nbytes} bytes), the member holds {stored}")
+    if stored > header.nbytes:
+        raise ClientError(f"file: key {key!r} does not match its header: {header.dtype} of shape "
+                          f"{header.shape} is {header.nbytes} bytes, the member holds {stored}")

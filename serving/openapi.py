@@ -20,6 +20,20 @@ import zlib
 import numpy as np
 from pydantic import BaseModel, Field
 
+from ensemble.contract import (
+    DIGIT_SIZE,
+    PAIR_SHAPE,
+    PAIR_SHAPE_TEXT,
+    PAIRS_SHAPE_TEXT,
+    PIXEL_DTYPE,
+    PIXEL_MAX,
+    join_pair,
+)
+
+#: How descriptions write one digit and one pair picture: "28x28" and "28x56" (height x width).
+_DIGIT_TEXT = f"{DIGIT_SIZE}x{DIGIT_SIZE}"
+_PAIR_TEXT = f"{PAIR_SHAPE[0]}x{PAIR_SHAPE[1]}"
+
 # --------------------------------------------------------------------------- answers
 
 
@@ -36,8 +50,9 @@ class DigitProbabilities(BaseModel):
 
 
 class PreparedInputs(BaseModel):
-    left: str = Field(description="the left 28x28 half the models saw, as a base64 grayscale PNG (light ink on black)")
-    right: str = Field(description="the right 28x28 half, the same way")
+    left: str = Field(description=f"the left {_DIGIT_TEXT} half the models saw, as a base64 grayscale PNG "
+                                  "(light ink on black)")
+    right: str = Field(description=f"the right {_DIGIT_TEXT} half, the same way")
 
 
 class Comparison(BaseModel):
@@ -81,19 +96,19 @@ _THREE = (
 
 
 def _digit(encoded: str) -> np.ndarray:
-    return np.frombuffer(zlib.decompress(base64.b64decode(encoded)), dtype=np.uint8).reshape(28, 28)
+    return np.frombuffer(zlib.decompress(base64.b64decode(encoded)), dtype=PIXEL_DTYPE).reshape(DIGIT_SIZE, DIGIT_SIZE)
 
 
 def plain_pgm(pixels: np.ndarray) -> str:
     """A grayscale uint8 image as plain-text PGM (P2): readable by Pillow, and valid JSON string content."""
     height, width = pixels.shape
     rows = "\n".join(" ".join(str(int(v)) for v in row) for row in pixels)
-    return f"P2\n{width} {height}\n255\n{rows}\n"
+    return f"P2\n{width} {height}\n{PIXEL_MAX}\n{rows}\n"
 
 
 EXAMPLE_LEFT = plain_pgm(_digit(_EIGHT))
 EXAMPLE_RIGHT = plain_pgm(_digit(_THREE))
-EXAMPLE_PAIR = np.concatenate([_digit(_EIGHT), _digit(_THREE)], axis=1)  # 8 | 3: left is greater
+EXAMPLE_PAIR = join_pair(_digit(_EIGHT), _digit(_THREE))  # 8 | 3: left is greater
 
 
 # --------------------------------------------------------------------------- the description
@@ -137,24 +152,26 @@ def _schemas() -> dict:
 def build_openapi(*, version: str, max_pairs: int, max_request_bytes: int, max_image_bytes: int,
                   max_image_pixels: int, id_max_chars: int) -> dict:
     """The OpenAPI 3.0 description of every route the service answers."""
-    pixel = {"type": "number", "minimum": 0, "maximum": 255,
-             "description": "a pixel: integers 0-255, or floats (all in [0, 1]: scaled by 255; else [0, 255])"}
-    pair = {"type": "array", "minItems": 28, "maxItems": 28,
-            "items": {"type": "array", "minItems": 56, "maxItems": 56, "items": pixel}}
+    pixel = {"type": "number", "minimum": 0, "maximum": PIXEL_MAX,
+             "description": f"a pixel: integers 0-{PIXEL_MAX}, or floats (all in [0, 1]: scaled by {PIXEL_MAX}; "
+                            f"else [0, {PIXEL_MAX}])"}
+    height, width = PAIR_SHAPE
+    pair = {"type": "array", "minItems": height, "maxItems": height,
+            "items": {"type": "array", "minItems": width, "maxItems": width, "items": pixel}}
     image = {"type": "string", "format": "binary",
              "description": f"a picture in any format Pillow reads; at most {max_image_bytes} bytes and "
                           f"{max_image_pixels} pixels"}
     include_inputs = {"type": "boolean", "default": False,
-                      "description": "true: the answer's 'inputs' holds the preprocessed 28x28 halves as base64 "
-                                     "PNG (JSON spelling: true or false)"}
+                      "description": f"true: the answer's 'inputs' holds the preprocessed {_DIGIT_TEXT} halves as "
+                                     "base64 PNG (JSON spelling: true or false)"}
     text = {"text/plain": {"schema": {"type": "string"}}}
     pair_pgm = plain_pgm(EXAMPLE_PAIR)
     batch_json = {
         "type": "object", "required": ["pairs"], "additionalProperties": False,
         "properties": {
             "pairs": {"oneOf": [{"type": "array", "minItems": 1, "maxItems": max_pairs, "items": pair}, pair],
-                      "description": f"(N, 28, 56) course pairs (left digit in columns 0-27), N <= {max_pairs}, "
-                                     "or one (28, 56) pair"},
+                      "description": f"{PAIRS_SHAPE_TEXT} course pairs (left digit in columns 0-{DIGIT_SIZE - 1}), "
+                                     f"N <= {max_pairs}, or one {PAIR_SHAPE_TEXT} pair"},
             "ids": {"type": "array", "nullable": True, "uniqueItems": True,
                     "items": {"type": "string", "minLength": 1, "maxLength": id_max_chars},
                     "description": "one unique id per pair (optional; row numbers stand in)"},
@@ -166,7 +183,8 @@ def build_openapi(*, version: str, max_pairs: int, max_request_bytes: int, max_i
         "type": "object", "required": ["file"], "additionalProperties": False,
         "properties": {
             "file": {"type": "string", "format": "binary",
-                     "description": "a course .npz: key x (N, 28, 56) uint8 (or float), optionally id and y"},
+                     "description": f"a course .npz: key x {PAIRS_SHAPE_TEXT} {PIXEL_DTYPE} (or float), "
+                                    "optionally id and y"},
             "format": {"type": "string", "enum": ["json", "csv"], "default": "json"},
         },
     }
@@ -187,8 +205,9 @@ def build_openapi(*, version: str, max_pairs: int, max_request_bytes: int, max_i
                       "description": "the truth, 1: left > right (null where samples/expected.json does not say)"},
             "digits": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 9}, "nullable": True,
                        "minItems": 2, "maxItems": 2, "description": "the two digits, where known"},
-            "pair": {**png, "description": "the 28x56 course picture (base64 PNG)"},
-            "left": {**png, "description": "its left 28x28 half"}, "right": {**png, "description": "its right half"},
+            "pair": {**png, "description": f"the {_PAIR_TEXT} course picture (base64 PNG)"},
+            "left": {**png, "description": f"its left {_DIGIT_TEXT} half"},
+            "right": {**png, "description": "its right half"},
         }}}}}
 
     def page_file(summary: str, media_type: str) -> dict:
@@ -214,7 +233,7 @@ def build_openapi(*, version: str, max_pairs: int, max_request_bytes: int, max_i
                     "example": {"left": EXAMPLE_LEFT, "right": EXAMPLE_RIGHT}}}},
                 "responses": _responses(comparison, "400", "408", "413", "415", "503")}},
             "/compare_pair": {"post": {
-                "summary": "one course-style 28x56 pair picture (other sizes are resized): is left > right?",
+                "summary": f"one course-style {_PAIR_TEXT} pair picture (other sizes are resized): is left > right?",
                 "requestBody": {"required": True, "content": {"multipart/form-data": {
                     "schema": {"type": "object", "required": ["image"], "additionalProperties": False,
                                "properties": {"image": image, "include_inputs": include_inputs}},

@@ -28,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ensemble.contract import PIXEL_DTYPE, split_pair
 from ensemble.course_data import load_course_npz
 
 #: path -> (file in ui/, media type). The page is /ui itself; its assets are referenced relative to it.
@@ -78,7 +79,7 @@ def load_assets(ui_dir: Path) -> dict[str, Asset]:
 def png_base64(pixels: np.ndarray) -> str:
     """A grayscale uint8 image as a base64 PNG (what the page shows with a data: URL)."""
     buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8), mode="L").save(buffer, format="PNG")
+    Image.fromarray(np.ascontiguousarray(pixels, dtype=PIXEL_DTYPE), mode="L").save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
@@ -94,7 +95,7 @@ def sample_pairs(samples_dir: Path) -> dict[str, t.Any]:
     pairs: list[tuple[str, np.ndarray, int | None, list[int] | None]] = []
     if (samples_dir / "pair.png").is_file():
         with Image.open(samples_dir / "pair.png") as image:
-            pixels = np.asarray(image.convert("L"), dtype=np.uint8)
+            pixels = np.asarray(image.convert("L"), dtype=PIXEL_DTYPE)
         truth = expected.get("pair.png", {})
         pairs.append(("pair.png", pixels, truth.get("label"), truth.get("digits")))
     if (samples_dir / "batch.npz").is_file():
@@ -105,10 +106,13 @@ def sample_pairs(samples_dir: Path) -> dict[str, t.Any]:
             label = labels.get(str(pid), None if data.y is None else int(data.y[i]))
             digits = None if data.digits is None else [int(d) for d in data.digits[i]]
             pairs.append((str(pid), data.x[i], label, digits))
-    return {"pairs": [
-        {"id": pid, "label": label, "digits": digits, "pair": png_base64(x), "left": png_base64(x[:, :28]),
-         "right": png_base64(x[:, 28:])}
-        for pid, x, label, digits in pairs]}
+    return {"pairs": [_sample(pid, x, label, digits) for pid, x, label, digits in pairs]}
+
+
+def _sample(pid: str, pair: np.ndarray, label: int | None, digits: list[int] | None) -> dict[str, t.Any]:
+    left, right = split_pair(pair)
+    return {"id": pid, "label": label, "digits": digits, "pair": png_base64(pair), "left": png_base64(left),
+            "right": png_base64(right)}
 
 
 def asset_response(request: Request, asset: Asset) -> Response:

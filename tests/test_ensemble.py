@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -241,16 +243,75 @@ def test_cli_refuses_malformed_input_cleanly(smoke_models, tmp_path, capsys):
 
 # --------------------------------------------------------------------------- layering and metrics
 
+def _python(code: str) -> str:
+    """Run ``code`` in a fresh interpreter at the repository root; its last line of output."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGIT_COMPARE_")}  # the committed models/
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
+_NO_TORCH = ("bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.')]\n"
+             "assert not bad, bad\n")
+
+
 def test_no_ensemble_module_imports_torch():
     code = ("import pkgutil, importlib, sys, ensemble\n"
             "for m in pkgutil.walk_packages(ensemble.__path__, 'ensemble.'):\n"
             "    importlib.import_module(m.name)\n"
-            "bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.')]\n"
-            "assert not bad, bad\n"
+            + _NO_TORCH +
             "print(len([m for m in sys.modules if m.startswith('ensemble')]))\n")
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert int(done.stdout) >= 8  # every module really was imported
+    assert int(_python(code)) >= 8  # every module really was imported
+
+
+def test_neither_the_service_nor_the_http_layer_imports_torch():
+    """service.py (which verifies the committed models/ when imported) and every serving.* module."""
+    code = ("import pkgutil, importlib, sys, serving, service\n"
+            "names = [m.name for m in pkgutil.walk_packages(serving.__path__, 'serving.')]\n"
+            "for name in names:\n"
+            "    importlib.import_module(name)\n"
+            + _NO_TORCH +
+            "assert 'bentoml' in sys.modules and service.DigitCompare\n"
+            "print(len(names))\n")
+    assert int(_python(code)) >= 4  # guard, inputs, openapi, webui
+
+
+def test_the_course_format_does_not_import_the_model_run_time():
+    """``import ensemble.course_data`` (training's and the tools' way in) loads neither onnxruntime nor lightgbm;
+    ``from ensemble import Ensemble`` still works, and does load them."""
+    code = ("import sys\n"
+            "import ensemble.course_data, ensemble.contract\n"
+            "heavy = [m for m in ('onnxruntime', 'lightgbm', 'torch') if m in sys.modules]\n"
+            "assert not heavy, heavy\n"
+            "from ensemble import Ensemble\n"
+            "assert Ensemble.__module__ == 'ensemble.runtime'\n"
+            "print(sorted(m for m in ('onnxruntime', 'lightgbm') if m in sys.modules))\n")
+    assert _python(code) == "['lightgbm', 'onnxruntime']"
+
+
+#: Top-level packages no module of ensemble/ may import: the torch side, and the HTTP layer that sits on top.
+FORBIDDEN_IN_ENSEMBLE = {"torch", "training", "export", "serving", "service", "bentoml", "_bentoml_impl", "starlette"}
+
+
+def _imported_packages(path: Path) -> set[str]:
+    """The top-level packages a module imports, anywhere in it (functions included); relative imports as ''."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            names.add("" if node.level else (node.module or "").split(".")[0])
+    return names
+
+
+def test_no_ensemble_module_imports_the_http_layer_or_training():
+    modules = sorted((ROOT / "ensemble").rglob("*.py"))
+    assert len(modules) >= 8
+    found = {path.relative_to(ROOT).as_posix(): sorted(_imported_packages(path) & FORBIDDEN_IN_ENSEMBLE)
+             for path in modules}
+    assert not {name: bad for name, bad in found.items() if bad}
+    assert _imported_packages(ROOT / "service.py") >= {"serving", "bentoml"}  # the scan does see imports
 
 
 def test_metrics_match_scikit_learn():
