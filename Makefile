@@ -1,6 +1,7 @@
 # One command each: `make test`, `make data`, `make serve`.
+# `make test PYTHON=python3.12` (or 3.13) checks another interpreter in its own venv, .venv-python3.12.
 PYTHON ?= python3.11
-VENV := .venv
+VENV := $(if $(filter python3.11,$(PYTHON)),.venv,.venv-$(PYTHON))
 PY := $(VENV)/bin/python
 PORT ?= 3000
 

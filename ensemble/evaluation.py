@@ -6,8 +6,7 @@ import numpy as np
 
 from ensemble.metrics import binary_metrics
 from ensemble.runtime import Ensemble, Prediction
-
-METRICS = ("accuracy", "f1", "roc_auc", "log_loss")
+from ensemble.tables import markdown_table
 
 
 def evaluation_rows(ensemble: Ensemble, pred: Prediction, y: np.ndarray) -> list[dict]:
@@ -18,8 +17,5 @@ def evaluation_rows(ensemble: Ensemble, pred: Prediction, y: np.ndarray) -> list
 
 def format_rows(rows: list[dict]) -> str:
     """The rows as a markdown table."""
-    lines = ["| method | kind | accuracy | F1 | ROC-AUC | log-loss |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['name']} | {r['kind']} | {r['accuracy']:.4f} | {r['f1']:.4f} | {r['roc_auc']:.4f} "
-                     f"| {r['log_loss']:.4f} |")
-    return "\n".join(lines)
+    return markdown_table([[r["name"], r["kind"], *(f"{r[k]:.4f}" for k in ("accuracy", "f1", "roc_auc", "log_loss"))]
+                           for r in rows], ["method", "kind", "accuracy", "F1", "ROC-AUC", "log-loss"])

@@ -9,9 +9,15 @@ from __future__ import annotations
 
 import numpy as np
 
-FEATURE_SET_VERSION = 2  # 2: adds the course pair prior features
+# 2: adds the course pair prior features; 3: "kind.model" names (LightGBM refuses ":" in feature names,
+# and its text model now records them too).
+FEATURE_SET_VERSION = 3
 _GREATER = np.tril(np.ones((10, 10)), k=-1)  # _GREATER[a, b] = 1 when a > b
 _EPS = 1e-6
+
+
+class FeatureMismatchError(ValueError):
+    """Stacking features asked for (by a manifest or a stacker) that this code does not compute."""
 
 
 def course_pair_prior(adjacent: float = 0.8) -> np.ndarray:
@@ -63,6 +69,11 @@ def _logit(p: np.ndarray) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """The inverse of the logit: probabilities from the base models' and the logistic stacker's logits."""
+    return 1.0 / (1.0 + np.exp(-x))
+
+
 def stacking_features(logits: np.ndarray, digit_probs: np.ndarray, names: tuple[str, ...],
                       feature_names: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
     """Features for the meta-learner and their names.
@@ -86,7 +97,7 @@ def stacking_features(logits: np.ndarray, digit_probs: np.ndarray, names: tuple[
     per_model = {"logit": logits, "digit_greater": _logit(digit_greater_probability(digit_probs)),
                  "prior_greater": _logit(prior_greater_probability(digit_probs))}
     for kind, values in per_model.items():
-        columns.update({f"{kind}:{name}": values[:, i] for i, name in enumerate(names)})
+        columns.update({f"{kind}.{name}": values[:, i] for i, name in enumerate(names)})
     columns.update({"logit_mean": logits.mean(1), "logit_std": logits.std(1), "logit_min": logits.min(1),
                     "logit_max": logits.max(1), "vote_share": (logits > 0).mean(1),
                     "mean_digits_greater": _logit(digit_greater_probability(mean_digits)),
@@ -96,6 +107,21 @@ def stacking_features(logits: np.ndarray, digit_probs: np.ndarray, names: tuple[
     wanted = list(columns) if feature_names is None else list(feature_names)
     unknown = [name for name in wanted if name not in columns]
     if unknown:
-        raise ValueError(f"unknown stacking feature(s) {', '.join(unknown[:5])}: the stacker was fitted on "
-                         "features this code does not compute (retrain or update the code)")
+        raise FeatureMismatchError(f"unknown stacking feature(s) {', '.join(unknown[:5])}: the stacker was fitted "
+                                   "on features this code does not compute (retrain or update the code)")
     return np.stack([columns[name] for name in wanted], axis=1).astype(np.float32), wanted
+
+
+def check_feature_spec(spec: dict, model_names: tuple[str, ...]) -> list[str]:
+    """The feature names a manifest's ``features`` entry records, once this code computes exactly those
+    (same feature-set version, every name known); FeatureMismatchError naming the difference otherwise."""
+    version, names = spec.get("version"), spec.get("names")
+    if version != FEATURE_SET_VERSION:
+        raise FeatureMismatchError(f"the stackers were fitted on stacking features version {version!r}, "
+                                   f"this code computes version {FEATURE_SET_VERSION} "
+                                   "(re-stack: python -m training.run_all)")
+    if not isinstance(names, list) or not names:
+        raise FeatureMismatchError("'features.names' must be the non-empty list of stacking feature names")
+    m = len(model_names)
+    stacking_features(np.zeros((1, m)), np.full((1, m, 2, 10), 0.1), model_names, names)
+    return names

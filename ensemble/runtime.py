@@ -1,7 +1,7 @@
-"""The torch-free run time: the fused ONNX graph of the ten base models, then the LightGBM stacker.
+"""The torch-free run time: the fused ONNX graph of the base models, then the LightGBM stacker.
 
     ens = Ensemble.load("models")
-    pred = ens.predict(pairs_uint8)        # (N, 28, 56) uint8
+    pred = ens.predict(pairs_uint8)        # (N, 28, 56) uint8 (ensemble.contract)
     pred.probability, pred.label, pred.base_probabilities, pred.digits
 """
 
@@ -20,13 +20,14 @@ import onnxruntime as ort
 from tqdm import tqdm
 
 from ensemble.course_data import as_pairs_uint8
-from ensemble.features import stacking_features
+from ensemble.features import FeatureMismatchError, check_feature_spec, sigmoid, stacking_features
+from ensemble.layout import ArtifactLayout
 from ensemble.manifest import ManifestError, read_manifest, verify_artifact
 
 log = logging.getLogger("ensemble")
 DEVICE_ENV = "DIGIT_COMPARE_DEVICE"  # auto (default) | cpu | cuda
 PRECISION_ENV = "DIGIT_COMPARE_PRECISION"  # auto (default: int8 on CPU when shipped, fp32 on GPU) | fp32 | int8
-FUSED_INT8 = "ensemble_int8.onnx"
+FUSED_INT8 = ArtifactLayout(".").fused_int8.name  # kept for export.quantize; the layout is the source
 CHUNK = 2048  # pairs per ONNX Runtime call: bounds memory on large inputs
 
 
@@ -135,41 +136,38 @@ class Prediction:
 
 
 class LogisticStacker:
-    """Logistic-regression stacking stored as JSON (standardisation + coefficients), scored with numpy."""
+    """Logistic-regression stacking stored as JSON (its feature names, standardisation and coefficients),
+    scored with numpy."""
 
     def __init__(self, spec: dict):
+        self.features: list[str] = list(spec["features"])
         self.mean = np.asarray(spec["mean"], dtype=np.float64)
         self.scale = np.asarray(spec["scale"], dtype=np.float64)
         self.coef = np.asarray(spec["coef"], dtype=np.float64)
         self.intercept = float(spec["intercept"])
+        if not len(self.features) == len(self.mean) == len(self.scale) == len(self.coef):
+            raise ValueError(f"{len(self.features)} feature names but {len(self.coef)} coefficients")
 
     def predict(self, features: np.ndarray) -> np.ndarray:
-        z = ((features - self.mean) / self.scale) @ self.coef + self.intercept
-        return 1.0 / (1.0 + np.exp(-z))
+        return sigmoid(((features - self.mean) / self.scale) @ self.coef + self.intercept)
 
 
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
-
-
-def _check_features(models_dir: Path, manifest: dict, booster: lgb.Booster, logreg_features: list | None) -> None:
-    """The stackers were fitted on the features the manifest names, and this code computes them all."""
-    names = list(manifest["features"]["names"])
-    m = len(manifest["models"])
+def check_stacker_features(models_dir: Path, manifest: dict, booster: lgb.Booster, logreg: LogisticStacker) -> None:
+    """Both stackers were fitted on the features the manifest names, and this code computes them all."""
+    where = Path(models_dir) / "manifest.json"
     try:
-        stacking_features(np.zeros((1, m)), np.full((1, m, 2, 10), 0.1), tuple(x["name"] for x in manifest["models"]),
-                          names)
-    except ValueError as err:
-        raise ManifestError(f"{models_dir}/manifest.json: {err}") from err
-    if booster.num_feature() != len(names):
-        raise ManifestError(f"{models_dir}: the LightGBM stacker takes {booster.num_feature()} features, "
-                            f"the manifest names {len(names)}")
-    if logreg_features is not None and list(logreg_features) != names:
-        raise ManifestError(f"{models_dir}: the logistic stacker's features differ from the manifest's")
+        names = check_feature_spec(manifest["features"], tuple(m["name"] for m in manifest["models"]))
+    except FeatureMismatchError as err:
+        raise ManifestError(f"{where}: {err}") from err
+    if booster.feature_name() != names:
+        raise ManifestError(f"{where}: the LightGBM stacker was fitted on {booster.num_feature()} features "
+                            f"({', '.join(booster.feature_name()[:3])}, ...), not the {len(names)} the manifest names")
+    if logreg.features != names:
+        raise ManifestError(f"{where}: the logistic stacker was fitted on features other than the manifest's")
 
 
 class Ensemble:
-    """Ten ONNX base models in one fused graph, stacked by LightGBM."""
+    """The base models (the manifest's list) in one fused ONNX graph, stacked by LightGBM."""
 
     def __init__(self, models_dir: Path, manifest: dict, session: ort.InferenceSession, booster: lgb.Booster,
                  logreg: LogisticStacker, precision: str = "fp32"):
@@ -204,11 +202,10 @@ class Ensemble:
         except lgb.basic.LightGBMError as err:
             raise ManifestError(f"{lightgbm_path}: not a LightGBM text model ({err})") from err
         try:
-            logreg_spec = json.loads(logreg_path.read_text())
-            logreg = LogisticStacker(logreg_spec)
+            logreg = LogisticStacker(json.loads(logreg_path.read_text()))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
             raise ManifestError(f"{logreg_path}: malformed logistic-regression stacker ({err})") from err
-        _check_features(models_dir, manifest, booster, logreg_spec.get("features"))
+        check_stacker_features(models_dir, manifest, booster, logreg)
         session = open_session(fused, device)
         return cls(models_dir, manifest, session, booster, logreg, precision)
 

@@ -2,9 +2,9 @@
 
     python -m export [--out models] [--profile default] [--data data]
 
-Reads ``OUT/weights/NAME/weights.safetensors`` for the ten registered models and writes
-``OUT/onnx/NAME.onnx`` and ``OUT/ensemble.onnx``. The parity check runs on every export; a
-failure stops with the numbers.
+Reads ``OUT/weights/NAME/weights.safetensors`` for the registered models and writes
+``OUT/onnx/NAME.onnx`` and ``OUT/ensemble.onnx`` (``export.pipeline``). The parity check runs on
+every export; a failure stops with the numbers.
 """
 
 from __future__ import annotations
@@ -12,43 +12,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-import numpy as np
-from tqdm import tqdm
-
-from ensemble.course_data import load_course_npz
-from export.onnx_export import ParityError, check_parity, export_model, fuse_models
-from training.data import make_pairs
-from training.models import MODEL_NAMES
+from ensemble.layout import ArtifactLayout
+from export.onnx_export import ParityError
+from export.pipeline import export_all
 from training.profiles import PROFILES
-from training.train import load_weights
-
-FUSED = "ensemble.onnx"
-PARITY_PAIRS = 512
-
-
-def parity_pairs(data_dir: Path, n: int = PARITY_PAIRS) -> np.ndarray:
-    """Course-like pairs for the parity check: fresh ones from the validation source digits when the
-    data folder has them, else the first pairs of val.npz."""
-    sources = data_dir / "sources.npz"
-    if sources.is_file():
-        with np.load(sources, allow_pickle=False) as npz:
-            return make_pairs(npz["val_images"], npz["val_labels"], n, seed=12345, stream="val")["x"]
-    return load_course_npz(data_dir / "val.npz").x[:n]
-
-
-def export_all(out: str | Path, profile: str, data_dir: str | Path, names: tuple[str, ...] = MODEL_NAMES,
-               progress: bool = True) -> dict:
-    """Export every model and the fused graph under ``out``; returns the parity report."""
-    out, data_dir = Path(out), Path(data_dir)
-    models, paths = {}, {}
-    for name in tqdm(names, desc="export to ONNX", unit="model", disable=not progress):
-        models[name] = load_weights(name, out, profile)
-        paths[name] = out / "onnx" / f"{name}.onnx"
-        export_model(models[name], paths[name])
-    fuse_models(paths, out / FUSED)
-    return check_parity(models, paths, out / FUSED, parity_pairs(data_dir))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,9 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     except ParityError as err:
         print(f"export stopped: {err}", file=sys.stderr)
         return 1
-    worst = max(v for k, v in report.items() if k != "fused")
-    print(f"exported {len(report) - 1} models and {args.out}/{FUSED} in {time.perf_counter() - start:.1f}s; "
-          f"parity on {PARITY_PAIRS} pairs: max |ORT - torch| = {worst:.2e}, fused vs single = {report['fused']:.2e}")
+    print(f"exported {len(report['models'])} models and {ArtifactLayout(args.out).fused} in "
+          f"{time.perf_counter() - start:.1f}s; parity on {report['pairs']} pairs: max |ORT - torch| = "
+          f"{report['worst']:.2e}, fused vs single = {report['fused']:.2e}")
     return 0
 
 

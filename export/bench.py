@@ -1,9 +1,9 @@
-"""Inference benchmark: eager PyTorch vs ten ONNX Runtime sessions vs the fused graph.
+"""Inference benchmark: eager PyTorch vs one ONNX Runtime session per model vs the fused graph.
 
     python -m export.bench [--models models] [--profile default] [--repeats 7]
 
-Prints, at batch sizes 1, 32 and 256, the in-process throughput (pairs/s, median of repeats) of the
-ten PyTorch models run one after another in eager mode, the ten separate ONNX Runtime sessions and
+Prints, at batch sizes 1, 32 and 256, the in-process throughput (pairs/s, median of repeats) of
+the PyTorch models run one after another in eager mode, one ONNX Runtime session per model and
 the fused graph; then the ensemble's FLOPs per pair (counted from the graphs) and the achieved FLOP
 rate against this CPU's fp32 matrix-multiply rate, measured in the same run.
 """
@@ -23,10 +23,13 @@ import onnx
 import torch
 from onnx import numpy_helper, shape_inference
 
+from ensemble.contract import DIGIT_SIZE
+from ensemble.layout import ArtifactLayout
 from ensemble.runtime import open_session
+from ensemble.tables import markdown_table
 from export.onnx_export import ExportWrapper
 from training.data import make_pairs
-from training.models import MODEL_NAMES
+from training.models import model_names
 from training.train import load_weights
 
 BATCHES = (1, 32, 256)
@@ -74,9 +77,10 @@ def matmul_flop_rate(n: int = 1024, repeats: int = 9) -> float:
 
 def run(models_dir: Path, profile: str, repeats: int, pairs: np.ndarray) -> None:
     torch.set_num_threads(os.cpu_count() or 1)
-    eager = [ExportWrapper(load_weights(n, models_dir, profile)) for n in MODEL_NAMES]
-    singles = [open_session(models_dir / "onnx" / f"{n}.onnx", "cpu") for n in MODEL_NAMES]
-    fused = open_session(models_dir / "ensemble.onnx", "cpu")
+    layout, names = ArtifactLayout(models_dir), model_names()
+    eager = [ExportWrapper(load_weights(n, models_dir, profile)) for n in names]
+    singles = [open_session(layout.onnx(n), "cpu") for n in names]
+    fused = open_session(layout.fused, "cpu")
 
     def run_eager(x):
         with torch.inference_mode():
@@ -88,20 +92,19 @@ def run(models_dir: Path, profile: str, repeats: int, pairs: np.ndarray) -> None
     for batch in BATCHES:
         x = pairs[:batch]
         timings = {
-            "pytorch eager x10": median_seconds(lambda x=x: run_eager(x), repeats),
-            "onnxruntime x10": median_seconds(lambda x=x: [s.run(None, {"pairs": x}) for s in singles], repeats),
+            "pytorch eager": median_seconds(lambda x=x: run_eager(x), repeats),
+            "onnxruntime per model": median_seconds(lambda x=x: [s.run(None, {"pairs": x}) for s in singles], repeats),
             "onnxruntime fused": median_seconds(lambda x=x: fused.run(None, {"pairs": x}), repeats),
         }
         rows.append((batch, {k: batch / v for k, v in timings.items()}))
 
-    flops = graph_flops(models_dir / "ensemble.onnx")
+    flops = graph_flops(layout.fused)
     peak = matmul_flop_rate()
     print(f"threads: {torch.get_num_threads()}, repeats: {repeats} (medians)\n")
-    print("| batch | pytorch eager x10 | onnxruntime x10 | onnxruntime fused | fused / eager |")
-    print("|---|---|---|---|---|")
-    for batch, rate in rows:
-        print(f"| {batch} | {rate['pytorch eager x10']:.0f} | {rate['onnxruntime x10']:.0f} "
-              f"| {rate['onnxruntime fused']:.0f} | {rate['onnxruntime fused'] / rate['pytorch eager x10']:.2f}x |")
+    methods = list(rows[0][1])
+    print(markdown_table([[batch, *(f"{rate[k]:.0f}" for k in methods),
+                           f"{rate['onnxruntime fused'] / rate['pytorch eager']:.2f}x"] for batch, rate in rows],
+                         ["batch", *(f"{k} (pairs/s)" for k in methods), "fused / eager"]))
     fused_256 = rows[-1][1]["onnxruntime fused"]
     print(f"\nensemble FLOPs per pair: {flops / 1e6:.1f} MFLOP (Conv + Gemm + MatMul, from the fused graph)")
     print(f"fp32 matmul rate (torch.mm 1024x1024): {peak / 1e9:.1f} GFLOP/s")
@@ -116,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="default")
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args(argv)
-    digits = np.random.default_rng(0).integers(0, 256, (50, 28, 28), dtype=np.uint8)
+    digits = np.random.default_rng(0).integers(0, 256, (50, DIGIT_SIZE, DIGIT_SIZE), dtype=np.uint8)
     pairs = make_pairs(digits, np.arange(50) % 10, max(BATCHES), seed=0)["x"]
     run(Path(args.models), args.profile, args.repeats, pairs)
     return 0

@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from ensemble.contract import PIXEL_MAX
 from ensemble.preprocess import open_image, prepare_pair
 from training.models import MODEL_NAMES
 from training.train import load_weights
@@ -32,7 +33,7 @@ def build_app(models_dir: Path, profile: str) -> Starlette:
     models = [load_weights(name, models_dir, profile) for name in MODEL_NAMES]
 
     def score(pair) -> dict:
-        x = torch.from_numpy(pair[None]).float() / 255.0
+        x = torch.from_numpy(pair[None]).float() / PIXEL_MAX
         with torch.no_grad():
             probabilities = [torch.sigmoid(model(x)[0]).item() for model in models]
         mean = sum(probabilities) / len(probabilities)

@@ -18,6 +18,7 @@ from onnx import TensorProto, compose, helper
 from torch import nn
 
 from ensemble.atomic import atomic_path
+from ensemble.contract import PAIR_SHAPE, PIXEL_MAX
 
 OPSET = 17
 INPUT = "pairs"
@@ -31,7 +32,7 @@ class ExportWrapper(nn.Module):
         self.model = model.eval()
 
     def forward(self, pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logit, digit_logits = self.model(pairs.float() / 255.0)
+        logit, digit_logits = self.model(pairs.float() / PIXEL_MAX)
         return logit, torch.softmax(digit_logits, dim=-1)
 
 
@@ -42,7 +43,7 @@ def _save_atomic(model_proto: onnx.ModelProto, path: Path) -> None:
 
 def export_model(model: nn.Module, path: Path) -> None:
     """Export one model; the batch dimension stays dynamic."""
-    dummy = torch.zeros(2, 28, 56, dtype=torch.uint8)
+    dummy = torch.zeros(2, *PAIR_SHAPE, dtype=torch.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.export.onnx")
     with warnings.catch_warnings():
@@ -79,7 +80,7 @@ def fuse_models(paths: dict[str, Path], out_path: Path) -> None:
     m = len(paths)
     graph = helper.make_graph(
         nodes, "digit_compare_ensemble",
-        [helper.make_tensor_value_info(INPUT, TensorProto.UINT8, ["batch", 28, 56])],
+        [helper.make_tensor_value_info(INPUT, TensorProto.UINT8, ["batch", *PAIR_SHAPE])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", m]),
          helper.make_tensor_value_info("digit_probs", TensorProto.FLOAT, ["batch", m, 2, 10])],
         initializer=initializers)

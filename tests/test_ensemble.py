@@ -6,6 +6,7 @@ import ast
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,9 +19,9 @@ import pytest
 from ensemble import Ensemble, ManifestError
 from ensemble.__main__ import main as cli
 from ensemble.course_data import load_course_npz, save_course_npz
-from ensemble.manifest import MANIFEST, SERVING_ROLES
+from ensemble.manifest import MANIFEST, SERVING_ROLES, artifact_entry
 from export.onnx_export import ParityError, check_parity, cpu_session
-from training.models import MODEL_NAMES
+from training.models import model_names
 from training.train import load_weights
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,7 +42,7 @@ def serving_copy(smoke_models: Path, tmp_path: Path) -> Path:
 # --------------------------------------------------------------------------- export
 
 def test_every_onnx_file_passes_the_checker(smoke_models):
-    files = [smoke_models / "ensemble.onnx"] + [smoke_models / "onnx" / f"{n}.onnx" for n in MODEL_NAMES]
+    files = [smoke_models / "ensemble.onnx"] + [smoke_models / "onnx" / f"{n}.onnx" for n in model_names()]
     for path in files:
         onnx.checker.check_model(onnx.load(path), full_check=True)
     fused = onnx.load(smoke_models / "ensemble.onnx").graph
@@ -51,15 +52,15 @@ def test_every_onnx_file_passes_the_checker(smoke_models):
 
 def test_onnx_matches_pytorch_and_fused_matches_singles(smoke_models, tiny_data):
     pairs = load_course_npz(tiny_data / "val.npz").x[:200]
-    models = {n: load_weights(n, smoke_models, "smoke") for n in MODEL_NAMES}
-    paths = {n: smoke_models / "onnx" / f"{n}.onnx" for n in MODEL_NAMES}
+    models = {n: load_weights(n, smoke_models, "smoke") for n in model_names()}
+    paths = {n: smoke_models / "onnx" / f"{n}.onnx" for n in model_names()}
     report = check_parity(models, paths, smoke_models / "ensemble.onnx", pairs)
     assert max(v for k, v in report.items() if k != "fused") <= 1e-4
     assert report["fused"] <= 1e-5
     fused_logits, fused_digits = cpu_session(smoke_models / "ensemble.onnx").run(None, {"pairs": pairs})
     assert fused_logits.shape == (200, 10) and fused_digits.shape == (200, 10, 2, 10)
     logit, digits = cpu_session(paths["fpn"]).run(None, {"pairs": pairs})
-    np.testing.assert_allclose(fused_logits[:, MODEL_NAMES.index("fpn")], logit, atol=1e-5)
+    np.testing.assert_allclose(fused_logits[:, model_names().index("fpn")], logit, atol=1e-5)
     np.testing.assert_allclose(digits.sum(-1), 1.0, atol=1e-5)
 
 
@@ -89,7 +90,7 @@ def test_predict_reproduces_the_probabilities_recorded_at_training_time(smoke_mo
     n = len(pred.probability)
     assert pred.base_probabilities.shape == (n, 10) and pred.digits.shape == (n, 2)
     assert set(np.unique(pred.label)) <= {0, 1}
-    assert ens.names == MODEL_NAMES and ens.provider == "CPUExecutionProvider"
+    assert ens.names == model_names() and ens.provider == "CPUExecutionProvider"
 
 
 def test_predict_is_the_same_in_chunks(smoke_models, tiny_data, monkeypatch):
@@ -104,10 +105,10 @@ def test_predict_is_the_same_in_chunks(smoke_models, tiny_data, monkeypatch):
 
 def test_manifest_records_the_contract(smoke_models):
     manifest = json.loads((smoke_models / MANIFEST).read_text())
-    assert [m["name"] for m in manifest["models"]] == list(MODEL_NAMES)
+    assert [m["name"] for m in manifest["models"]] == list(model_names())
     assert manifest["input"]["dtype"] == "uint8" and manifest["input"]["shape"] == [None, 28, 56]
     assert manifest["training"]["data"]["severity"] == 6.0
-    assert manifest["best_single"] in MODEL_NAMES
+    assert manifest["best_single"] in model_names()
     assert "torch" in manifest["versions"] and "lightgbm" in manifest["versions"]
     for entry in manifest["artifacts"].values():
         assert len(entry["sha256"]) == 64 and (smoke_models / entry["file"]).is_file()
@@ -144,21 +145,39 @@ def test_malformed_manifest_is_refused_naming_the_file(smoke_models, tmp_path, c
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda names: names[:-1] + ["feature_from_the_future"], "unknown stacking feature"),
-    (lambda names: names[:-1], "takes .* features, the manifest names"),
+    (lambda f: {**f, "names": f["names"][:-1] + ["feature_from_the_future"]}, "unknown stacking feature"),
+    (lambda f: {**f, "names": f["names"][:-1]}, "LightGBM stacker was fitted on .* not the .* the manifest names"),
+    # Same features, two swapped: the counts agree, the names LightGBM recorded do not.
+    (lambda f: {**f, "names": [f["names"][1], f["names"][0], *f["names"][2:]]},
+     "LightGBM stacker was fitted on .* not the .* the manifest names"),
+    (lambda f: {**f, "version": 2}, "stacking features version 2, this code computes version 3"),
+    (lambda f: {"version": 3}, "non-empty list"),
 ])
 def test_stacking_features_that_do_not_match_the_stackers_are_refused(smoke_models, tmp_path, edit, message):
     models = serving_copy(smoke_models, tmp_path)
     manifest = json.loads((models / MANIFEST).read_text())
-    manifest["features"]["names"] = edit(manifest["features"]["names"])
+    manifest["features"] = edit(manifest["features"])
     (models / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(ManifestError, match=message):
         Ensemble.load(models)
 
 
+def test_a_logistic_stacker_fitted_on_other_features_is_refused(smoke_models, tmp_path):
+    """Its file hash re-recorded (so only the feature check can catch it): two columns swapped."""
+    models = serving_copy(smoke_models, tmp_path)
+    spec = json.loads((models / "stacker_logreg.json").read_text())
+    spec["features"][0], spec["features"][1] = spec["features"][1], spec["features"][0]
+    (models / "stacker_logreg.json").write_text(json.dumps(spec))
+    manifest = json.loads((models / MANIFEST).read_text())
+    manifest["artifacts"]["logreg"] = artifact_entry(models, models / "stacker_logreg.json")
+    (models / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match="logistic stacker was fitted on features other than the manifest's"):
+        Ensemble.load(models)
+
+
 def test_served_features_follow_the_manifest_order(smoke_models, tmp_path, tiny_data):
-    """The run time computes exactly the columns the manifest names, in its order (so a stacker fitted
-    on an older feature set, e.g. without the prior features, keeps working)."""
+    """The run time computes exactly the columns the manifest names, in its order: the order the stackers
+    were fitted on."""
     from ensemble.features import stacking_features
 
     x = load_course_npz(tiny_data / "val.npz").x[:16]
@@ -217,12 +236,12 @@ def test_evaluate_prints_and_writes_the_table(smoke_models, tiny_data, tmp_path,
     result = json.loads(out.read_text())
     assert result["n"] == 24  # a fifth of the tiny dataset's 120 test pairs is public
     names = [r["name"] for r in result["rows"]]
-    assert names == [*MODEL_NAMES, "best_single", "mean", "vote", "logreg", "lightgbm"]
+    assert names == [*model_names(), "best_single", "mean", "vote", "logreg", "lightgbm"]
     kinds = {r["name"]: r["kind"] for r in result["rows"]}
     assert kinds["resnet"] == "base" and kinds["mean"] == "baseline" and kinds["lightgbm"] == "stack"
     for r in result["rows"]:
         assert 0 <= r["accuracy"] <= 1 and 0 <= r["roc_auc"] <= 1 and r["log_loss"] > 0
-    assert "| lightgbm | stack |" in capsys.readouterr().out
+    assert re.search(r"^\| lightgbm +\| stack +\| 0\.\d{4} ", capsys.readouterr().out, flags=re.MULTILINE)
     # A file with y needs no CSV.
     assert cli(["--models", str(smoke_models), "evaluate", str(tiny_data / "val.npz")]) == 0
 

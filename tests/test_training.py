@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +17,8 @@ from safetensors.torch import load_file
 
 from ensemble.course_data import load_course_npz, save_course_npz
 from training import run_all
-from training.models import MODEL_NAMES
-from training.train import train_model
+from training.models import model_names
+from training.train import RunOptions, train_model
 
 pytestmark = pytest.mark.slow
 
@@ -80,11 +81,11 @@ def _without_seconds(history: list[dict]) -> list[dict]:
 
 def test_smoke_run_writes_every_artefact(smoke_models):
     out = smoke_models
-    assert sorted(p.stem for p in (out / "checkpoints").glob("*.pt")) == sorted(MODEL_NAMES)
-    assert sorted(p.parent.name for p in (out / "weights").glob("*/weights.safetensors")) == sorted(MODEL_NAMES)
-    assert sorted(p.parent.name for p in (out / "weights").glob("*/curves.png")) == sorted(MODEL_NAMES)
+    assert sorted(p.stem for p in (out / "checkpoints").glob("*.pt")) == sorted(model_names())
+    assert sorted(p.parent.name for p in (out / "weights").glob("*/weights.safetensors")) == sorted(model_names())
+    assert sorted(p.parent.name for p in (out / "weights").glob("*/curves.png")) == sorted(model_names())
     histories = sorted((out / "weights").glob("*/history.json"))
-    assert sorted(p.parent.name for p in histories) == sorted(MODEL_NAMES)
+    assert sorted(p.parent.name for p in histories) == sorted(model_names())
     for path in histories:
         history = json.loads(path.read_text())
         assert history["name"] == path.parent.name
@@ -93,7 +94,7 @@ def test_smoke_run_writes_every_artefact(smoke_models):
         assert history["result"]["epochs"] == len(history["history"])
         assert (path.parent / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = _results(out)
-    assert [r["name"] for r in rows] == list(MODEL_NAMES)
+    assert [r["name"] for r in rows] == list(model_names())
     assert {r["status"] for r in rows} == {"trained"}
     assert all(0.0 <= r["val_acc"] <= 1.0 and 0.0 <= r["test_acc"] <= 1.0 for r in rows)
 
@@ -105,20 +106,20 @@ def test_rerun_skips_and_force_retrains_only_the_named_model(smoke_run, data_dir
     monkeypatch.setattr(run_all, "export_and_stack",
                         lambda out, data_dir, profile, rows, score_files=(): exported.append(rows))
     args = ["--profile", "smoke", "--data", str(data_dir), "--out", str(out)]
-    before = {name: _stamp(_weights(out, name)) for name in MODEL_NAMES}
+    before = {name: _stamp(_weights(out, name)) for name in model_names()}
 
     assert run_all.main(args) == 0
     rows = _results(out)
     assert len(exported) == 1 and exported[0] == rows
-    assert [r["name"] for r in rows] == list(MODEL_NAMES)
-    assert [r["status"] for r in rows] == ["skipped"] * len(MODEL_NAMES)
-    assert {name: _stamp(_weights(out, name)) for name in MODEL_NAMES} == before
+    assert [r["name"] for r in rows] == list(model_names())
+    assert [r["status"] for r in rows] == ["skipped"] * len(model_names())
+    assert {name: _stamp(_weights(out, name)) for name in model_names()} == before
 
     assert run_all.main([*args, "--force", "--models", "resnet"]) == 0
     statuses = {r["name"]: r["status"] for r in _results(out)}
     assert statuses["resnet"] == "trained"
     assert all(status != "trained" for name, status in statuses.items() if name != "resnet")
-    after = {name: _stamp(_weights(out, name)) for name in MODEL_NAMES}
+    after = {name: _stamp(_weights(out, name)) for name in model_names()}
     assert after["resnet"] != before["resnet"]
     assert {n: s for n, s in after.items() if n != "resnet"} == {n: s for n, s in before.items() if n != "resnet"}
 
@@ -129,7 +130,7 @@ def test_resume_after_interruption_is_exact(data_dir, tmp_path):
     common = dict(data_dir=data_dir, profile="smoke", device="cpu", threads=1, progress=False)
     a, b = tmp_path / "a", tmp_path / "b"
 
-    result_a = train_model("resnet", out=a, **common)
+    result_a = train_model("resnet", RunOptions(out=a, **common))
     assert result_a["status"] == "trained" and result_a["epochs"] >= 2
 
     def interrupt_after_first(epoch: int) -> None:
@@ -137,7 +138,7 @@ def test_resume_after_interruption_is_exact(data_dir, tmp_path):
             raise Interrupted
 
     with pytest.raises(Interrupted):
-        train_model("resnet", out=b, on_epoch_end=interrupt_after_first, **common)
+        train_model("resnet", RunOptions(out=b, **common), on_epoch_end=interrupt_after_first)
     assert not _weights(b, "resnet").exists()
 
     ckpt_path = b / "checkpoints" / "resnet.pt"
@@ -146,7 +147,7 @@ def test_resume_after_interruption_is_exact(data_dir, tmp_path):
     assert ckpt["epoch"] == 1
 
     resumed_epochs: list[int] = []
-    result_b = train_model("resnet", out=b, resume=True, on_epoch_end=resumed_epochs.append, **common)
+    result_b = train_model("resnet", RunOptions(out=b, resume=True, **common), on_epoch_end=resumed_epochs.append)
     assert result_b["status"] == "trained"
     # It continued from the checkpoint: epoch 1 was not trained again.
     assert resumed_epochs == list(range(2, result_a["epochs"] + 1))
@@ -178,17 +179,17 @@ def test_a_larger_epoch_budget_extends_a_finished_run(data_dir, tmp_path, monkey
 
     common = dict(data_dir=data_dir, profile="smoke", device="cpu", threads=1, progress=False)
     short, long = tmp_path / "short", tmp_path / "long"
-    assert train_model("resnet", out=short, **common)["epochs"] == 2
-    monkeypatch.setitem(PROFILES, "smoke", {**PROFILES["smoke"], "epochs": 3})
+    assert train_model("resnet", RunOptions(out=short, **common))["epochs"] == 2
+    monkeypatch.setitem(PROFILES, "smoke", replace(PROFILES["smoke"], epochs=3))
     # Without --resume the finished 2-epoch run is not counted as trained for 3 epochs.
     extended: list[int] = []
-    result = train_model("resnet", out=short, resume=True, on_epoch_end=extended.append, **common)
+    result = train_model("resnet", RunOptions(out=short, resume=True, **common), on_epoch_end=extended.append)
     assert result["status"] == "trained" and result["epochs"] == 3 and extended == [3]
-    assert train_model("resnet", out=long, **common)["epochs"] == 3
+    assert train_model("resnet", RunOptions(out=long, **common))["epochs"] == 3
     weights_short, weights_long = load_file(_weights(short, "resnet")), load_file(_weights(long, "resnet"))
     for key in weights_long:
         assert torch.equal(weights_short[key], weights_long[key]), key
-    assert train_model("resnet", out=short, **common)["status"] == "skipped"
+    assert train_model("resnet", RunOptions(out=short, **common))["status"] == "skipped"
 
 
 # --------------------------------------------------------------------------- course files
@@ -203,7 +204,7 @@ def test_trains_on_course_files_without_digit_labels(data_dir, tmp_path):
         assert sorted(npz.files) == ["x", "y"]
 
     out = tmp_path / "out"
-    result = train_model("resnet_fusion", course, out, "smoke", device="cpu", threads=1, progress=False)
+    result = train_model("resnet_fusion", RunOptions(course, out, "smoke", device="cpu", threads=1, progress=False))
     assert result["status"] == "trained"
     assert "test_acc" not in result  # the folder has no labelled test file
     history = json.loads((out / "weights" / "resnet_fusion" / "history.json").read_text())

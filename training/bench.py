@@ -15,26 +15,27 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
-from training.models import MODEL_NAMES, REGISTRY, build_model, count_parameters
+from ensemble.contract import PAIR_SHAPE
+from ensemble.tables import markdown_table
+from training.models import REGISTRY, build_model, count_parameters, model_names
 from training.profiles import PROFILES
-from training.train import pair_loss
+from training.train import training_loss
 
 
 def train_throughput(name: str, profile: str, steps: int) -> tuple[float, int]:
     prof = PROFILES[profile]
     torch.manual_seed(0)
-    model = build_model(name, prof["width"], prof["feat_dim"]).train()
+    model = build_model(name, prof.width, prof.feat_dim).train()
     optimizer = torch.optim.AdamW(model.parameters())
-    batch = prof["batch_size"]
-    x, y, digits = torch.rand(batch, 28, 56), torch.randint(0, 2, (batch,)).float(), torch.randint(0, 10, (batch, 2))
+    batch = prof.batch_size
+    x, y = torch.rand(batch, *PAIR_SHAPE), torch.randint(0, 2, (batch,)).float()
+    digits = torch.randint(0, 10, (batch, 2))
     times = []
     for step in range(steps + 2):
         start = time.perf_counter()
         logits, digit_logits = model(x)
-        loss = pair_loss(REGISTRY[name], logits, y) + 0.5 * F.cross_entropy(digit_logits.reshape(-1, 10),
-                                                                            digits.reshape(-1))
+        loss = training_loss(REGISTRY[name], logits, y, digit_logits, digits)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -51,18 +52,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"profile {args.profile}, {args.threads} thread(s), batch {PROFILES[args.profile]['batch_size']}\n")
-    print("| model | parameters | train pairs/s |")
-    print("|---|---|---|")
-    seen = set()
-    for name in MODEL_NAMES:
+    print(f"profile {args.profile}, {args.threads} thread(s), batch {PROFILES[args.profile].batch_size}\n")
+    rows, seen = [], set()
+    for name in model_names():
         config = REGISTRY[name]
         arch = (config.tower, config.head, tuple(config.tower_kwargs.get("layers", ())), config.width_scale)
         if arch in seen:  # the seed variants train exactly as fast
             continue
         seen.add(arch)
         rate, params = train_throughput(name, args.profile, args.steps)
-        print(f"| {name} | {params:,} | {rate:.0f} |")
+        rows.append([name, f"{params:,}", f"{rate:.0f}"])
+    print(markdown_table(rows, ["model", "parameters", "train pairs/s"]))
     return 0
 
 

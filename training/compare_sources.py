@@ -25,14 +25,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tabulate import tabulate
 
 from ensemble.atomic import atomic_write_text
 from ensemble.course_data import load_course_npz
+from ensemble.tables import markdown_table
 from training.datasets import TEST_FILES, load_labelled_test
-from training.models import MODEL_NAMES, REGISTRY
+from training.models import REGISTRY, model_names
 from training.profiles import PROFILES
-from training.train import load_weights, predict_logits, train_model
+from training.train import RunOptions, load_weights, predict_logits, train_model
 
 COURSE_FILES = ("train.npz", "val.npz")
 
@@ -58,14 +58,14 @@ def accuracy(model: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> float:
     return float(((logits > 0) == y).mean())
 
 
-def _train(kwargs: dict) -> dict:
-    return train_model(**kwargs)
+def _train(name: str, options: RunOptions) -> dict:
+    return train_model(name, options)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.compare_sources", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="resnet", choices=MODEL_NAMES)
+    parser.add_argument("--model", default="resnet", choices=model_names())
     parser.add_argument("--course", default="../shared/course", help="folder with the course's train.npz, val.npz")
     parser.add_argument("--data", default="data", help="our built dataset (python -m training.data build)")
     parser.add_argument("--out", default="runs/compare")
@@ -82,25 +82,24 @@ def main(argv: list[str] | None = None) -> int:
 
     runs = {"course files": course_folder, "fresh pairs": built}
     threads = max(1, len(os.sched_getaffinity(0)) // args.jobs)
-    tasks = [dict(name=args.model, data_dir=data, out=out / key.replace(" ", "_"), profile=args.profile,
-                  threads=threads, resume=True, position=i) for i, (key, data) in enumerate(runs.items())]
+    tasks = [RunOptions(data_dir=data, out=out / key.replace(" ", "_"), profile=args.profile, threads=threads,
+                        resume=True, position=i) for i, (key, data) in enumerate(runs.items())]
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
-            results = list(pool.map(_train, tasks))
+            results = list(pool.map(_train, [args.model] * len(tasks), tasks))
     else:
-        results = [_train(task) for task in tasks]
+        results = [_train(args.model, task) for task in tasks]
 
     course_val = load_course_npz(course / "val.npz", require=("x", "y"))
     test = load_labelled_test(built)
     rows = []
     for (key, _), task, result in zip(runs.items(), tasks, results, strict=True):
-        model = load_weights(args.model, task["out"], args.profile)
-        rows.append([key, f"{result['epochs']} x {PROFILES[args.profile]['pairs_per_epoch']:,}",
+        model = load_weights(args.model, task.out, args.profile)
+        rows.append([key, f"{result['epochs']} x {PROFILES[args.profile].pairs_per_epoch:,}",
                      f"{result['train_seconds']:.0f}", f"{accuracy(model, course_val.x, course_val.y):.4f}",
                      f"{accuracy(model, test.x, test.y):.4f}" if test is not None else "-"])
-    table = tabulate(rows, headers=["trained on", "epochs x pairs", "train s", "course val.npz (real)",
-                                    f"built test ({len(test) if test is not None else 0:,}, t10k digits)"],
-                     tablefmt="github")
+    table = markdown_table(rows, ["trained on", "epochs x pairs", "train s", "course val.npz (real)",
+                                  f"built test ({len(test) if test is not None else 0:,}, t10k digits)"])
     note = (f"`{args.model}` ({REGISTRY[args.model].description}), profile `{args.profile}`; "
             "the course-files run chose its best epoch on the course's val.npz, the fresh-pairs run on our built val.")
     print(table)

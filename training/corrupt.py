@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
-SIZE = 28
+from ensemble.contract import DIGIT_SIZE
+
 CANVAS = 36
 COURSE_SEVERITY = 6.0
 MAX_SEVERITY = 10.0
@@ -44,7 +45,7 @@ def _uniform_int(rng: np.random.Generator, low: np.ndarray | int, high: np.ndarr
 def _geometry(images: np.ndarray, s: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Steps 1-3: scale onto the 36x36 canvas, rotate, crop 28x28, as one inverse map per image."""
     n = len(images)
-    side = np.clip(np.rint(SIZE * (1 + rng.uniform(-0.05, 0.05, n) * s)), 16, 40)
+    side = np.clip(np.rint(DIGIT_SIZE * (1 + rng.uniform(-0.05, 0.05, n) * s)), 16, 40)
     offset = (CANVAS - side) // 2
     angle = np.deg2rad(rng.uniform(-6, 6, n) * s)
     reach = np.minimum(8, np.floor(2 * s)).astype(np.int64)
@@ -52,14 +53,14 @@ def _geometry(images: np.ndarray, s: np.ndarray, rng: np.random.Generator) -> np
     oy = np.clip(4 + _uniform_int(rng, -reach, reach, n), 0, 8)
 
     # Pixel centres in continuous canvas coordinates, relative to the canvas centre.
-    grid = np.arange(SIZE, dtype=np.float32) + 0.5
+    grid = np.arange(DIGIT_SIZE, dtype=np.float32) + 0.5
     dy = grid[None, :, None] + oy[:, None, None] - CANVAS / 2
     dx = grid[None, None, :] + ox[:, None, None] - CANVAS / 2
     cos, sin = np.cos(angle)[:, None, None], np.sin(angle)[:, None, None]
     cy = cos * dy - sin * dx + CANVAS / 2  # where on the canvas each output pixel comes from
     cx = sin * dy + cos * dx + CANVAS / 2
     inside = (cy >= 0) & (cy < CANVAS) & (cx >= 0) & (cx < CANVAS)  # the rotation fills black outside
-    ratio = (SIZE / side)[:, None, None]
+    ratio = (DIGIT_SIZE / side)[:, None, None]
     sy = (cy - offset[:, None, None]) * ratio - 0.5  # source pixel coordinates
     sx = (cx - offset[:, None, None]) * ratio - 0.5
     return np.where(inside, _bilinear(images, sy, sx), 0.0)
@@ -72,23 +73,23 @@ def _bilinear(images: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
     gather on a zero-bordered copy does the whole batch at once, at a fraction of the cost.
     """
     n = len(images)
-    padded = np.zeros((n, SIZE + 2, SIZE + 2), np.float32)
+    padded = np.zeros((n, DIGIT_SIZE + 2, DIGIT_SIZE + 2), np.float32)
     padded[:, 1:-1, 1:-1] = images
     flat = padded.reshape(n, -1)
-    y = np.clip(y + 1, 0, SIZE + 1).reshape(n, -1)  # +1: into the padded frame
-    x = np.clip(x + 1, 0, SIZE + 1).reshape(n, -1)
-    y0 = np.minimum(np.floor(y), SIZE).astype(np.int64)
-    x0 = np.minimum(np.floor(x), SIZE).astype(np.int64)
+    y = np.clip(y + 1, 0, DIGIT_SIZE + 1).reshape(n, -1)  # +1: into the padded frame
+    x = np.clip(x + 1, 0, DIGIT_SIZE + 1).reshape(n, -1)
+    y0 = np.minimum(np.floor(y), DIGIT_SIZE).astype(np.int64)
+    x0 = np.minimum(np.floor(x), DIGIT_SIZE).astype(np.int64)
     fy, fx = (y - y0).astype(np.float32), (x - x0).astype(np.float32)
-    top = y0 * (SIZE + 2) + x0
-    bottom = top + SIZE + 2
+    top = y0 * (DIGIT_SIZE + 2) + x0
+    bottom = top + DIGIT_SIZE + 2
 
     def at(index: np.ndarray) -> np.ndarray:
         return np.take_along_axis(flat, index, axis=1)
 
     out = ((at(top) * (1 - fx) + at(top + 1) * fx) * (1 - fy)
            + (at(bottom) * (1 - fx) + at(bottom + 1) * fx) * fy)
-    return out.reshape(n, SIZE, SIZE)
+    return out.reshape(n, DIGIT_SIZE, DIGIT_SIZE)
 
 
 def _enhance(images: np.ndarray, s: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -110,10 +111,10 @@ def _blur_matrices(radius: np.ndarray) -> np.ndarray:
     weights = np.exp(-0.5 * (offsets[None] / sigma) ** 2)
     weights /= weights.sum(axis=1, keepdims=True)
     # shift[o, i, j] = 1 when output row i reads input row clamp(i + o): edge extension.
-    rows = np.arange(SIZE)
-    shift = np.zeros((len(offsets), SIZE, SIZE), np.float32)
+    rows = np.arange(DIGIT_SIZE)
+    shift = np.zeros((len(offsets), DIGIT_SIZE, DIGIT_SIZE), np.float32)
     for k, o in enumerate(offsets):
-        np.add.at(shift[k], (rows, np.clip(rows + o, 0, SIZE - 1)), 1.0)
+        np.add.at(shift[k], (rows, np.clip(rows + o, 0, DIGIT_SIZE - 1)), 1.0)
     return np.einsum("no,oij->nij", weights.astype(np.float32), shift)
 
 
@@ -121,11 +122,11 @@ def _line_mask(s: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Step 7: one black line between two random pixels, ``U{1..max(1, s // 2)}`` wide."""
     n = len(s)
     present = (s >= 3) & (rng.random(n) < 0.35 + 0.05 * s)
-    p0, p1 = rng.integers(0, SIZE, (2, n, 2)).astype(np.float32)  # (y, x) end points
+    p0, p1 = rng.integers(0, DIGIT_SIZE, (2, n, 2)).astype(np.float32)  # (y, x) end points
     width = _uniform_int(rng, 1, np.maximum(1, np.floor(s / 2)).astype(np.int64), n)
     d = p1 - p0
     length2 = np.maximum((d ** 2).sum(1), 1e-6)
-    yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
+    yy, xx = np.mgrid[0:DIGIT_SIZE, 0:DIGIT_SIZE].astype(np.float32)
     py = yy[None] - p0[:, 0, None, None]
     px = xx[None] - p0[:, 1, None, None]
     t = np.clip((py * d[:, 0, None, None] + px * d[:, 1, None, None]) / length2[:, None, None], 0, 1)
@@ -149,15 +150,15 @@ def sample_rectangles(s: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarr
     boxes = np.zeros((n, k_max, 4), np.int64)
     for k in range(k_max):
         w, h = _uniform_int(rng, 2, longest, n), _uniform_int(rng, 2, longest, n)
-        boxes[:, k] = np.stack([_uniform_int(rng, 0, np.maximum(SIZE - w, 0), n),
-                                _uniform_int(rng, 0, np.maximum(SIZE - h, 0), n), w, h], axis=1)
+        boxes[:, k] = np.stack([_uniform_int(rng, 0, np.maximum(DIGIT_SIZE - w, 0), n),
+                                _uniform_int(rng, 0, np.maximum(DIGIT_SIZE - h, 0), n), w, h], axis=1)
     return boxes, count[:, None] > np.arange(k_max)[None]
 
 
 def rectangle_mask(boxes: np.ndarray, active: np.ndarray) -> np.ndarray:
     """(n, 28, 28) True where a rectangle covers a pixel; filled edge-inclusive, as Pillow's
     ``rectangle([x0, y0, x0 + w, y0 + h])``: each covers (w + 1) x (h + 1) pixels, clipped to the image."""
-    r = np.arange(SIZE)
+    r = np.arange(DIGIT_SIZE)
     x0, y0, w, h = (boxes[..., i, None] for i in range(4))
     rows = (r >= y0) & (r <= y0 + h) & active[..., None]  # (n, k, 28)
     cols = (r >= x0) & (r <= x0 + w)
@@ -175,7 +176,7 @@ def corrupt_digits(digits: np.ndarray, rng: np.random.Generator, severity: float
 
     images = np.rint(_geometry(images, s, rng))
     images = _enhance(images, s, rng)
-    noise = rng.standard_normal((n, SIZE, SIZE), dtype=np.float32) * (3 * s)[:, None, None]
+    noise = rng.standard_normal((n, DIGIT_SIZE, DIGIT_SIZE), dtype=np.float32) * (3 * s)[:, None, None]
     images = np.floor(np.clip(images + noise, 0, 255))
     blur = _blur_matrices(np.where(s >= 3, 0.2 * s, 0.0))
     images = np.rint(blur @ images @ blur.transpose(0, 2, 1))

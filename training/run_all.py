@@ -1,10 +1,14 @@
-"""Rebuild every model: data (if missing), the ten base models, then a results table.
+"""Rebuild every model: data (if missing), the registered base models, export, stacking and the report.
 
     python -m training.run_all [--profile smoke|default|full] [--models NAME,...] [--jobs N]
                                [--device auto|cpu|cuda] [--data DIR] [--out DIR] [--resume] [--force]
 
-``--out`` receives checkpoints, weights, histories and curves, so an experiment never touches the
-committed ``models/`` unless you point ``--out`` there.
+``--out`` receives checkpoints, weights, histories and curves (``ensemble.layout``), so an experiment
+never touches the committed ``models/`` unless you point ``--out`` there. Once every registered model
+is trained in ``--out``, the ensemble is exported, stacked and reported: training one new model with
+``--models NEW`` re-exports and re-stacks all of them.
+
+This is the pipeline's orchestrator: the one module under ``training/`` that calls the export step.
 """
 
 from __future__ import annotations
@@ -19,15 +23,19 @@ import sys
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import replace
 from multiprocessing import get_context
 from pathlib import Path
 
 import torch
 
+from ensemble.atomic import atomic_write_text
+from ensemble.layout import ArtifactLayout
 from training.data import build_dataset
-from training.models import MODEL_NAMES
+from training.models import model_names
 from training.profiles import PROFILES
-from training.train import train_model
+from training.report import training_table
+from training.train import RunOptions, train_model
 
 
 def ensure_dataset(data_dir: Path, profile: str) -> None:
@@ -40,8 +48,8 @@ def ensure_dataset(data_dir: Path, profile: str) -> None:
     build_dataset(data_dir, **sizes)
 
 
-def _train_in_worker(kwargs: dict) -> dict:
-    return train_model(**kwargs)
+def _train_in_worker(name: str, options: RunOptions) -> dict:
+    return train_model(name, options)
 
 
 def _exit_with_parent(parent_pid: int) -> None:
@@ -88,20 +96,19 @@ def _stop_workers(pool: ProcessPoolExecutor) -> None:
     pool.shutdown(wait=False, cancel_futures=True)
 
 
-def train_all(names: list[str], data_dir: Path, out: Path, profile: str, device: str, jobs: int,
-              resume: bool, force: bool, progress: bool = True) -> list[dict]:
+def train_all(names: list[str], options: RunOptions, jobs: int) -> list[dict]:
     """Train the named models, ``jobs`` at a time; returns one result row per model, in order.
 
-    With ``jobs`` > 1 the workers die with run_all: on SIGTERM or Ctrl+C they are killed before it
-    exits, and on SIGKILL they end themselves (``_exit_with_parent``).
+    With ``jobs`` > 1 the CPU threads are divided between the workers (GPUs are dealt out in turn),
+    and the workers die with run_all: on SIGTERM or Ctrl+C they are killed before it exits, and on
+    SIGKILL they end themselves (``_exit_with_parent``).
     """
-    common = dict(data_dir=data_dir, out=out, profile=profile, resume=resume, force=force, progress=progress)
     if jobs <= 1:
-        return [train_model(name, device=device, **common) for name in names]
-    gpus = torch.cuda.device_count() if device in ("auto", "cuda") else 0
+        return [train_model(name, options) for name in names]
+    gpus = torch.cuda.device_count() if options.device in ("auto", "cuda") else 0
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    tasks = [dict(name=name, device=f"cuda:{i % gpus}" if gpus else "cpu", threads=threads, position=i % jobs,
-                  **common) for i, name in enumerate(names)]
+    tasks = {name: replace(options, device=f"cuda:{i % gpus}" if gpus else "cpu", threads=threads,
+                           position=i % jobs) for i, name in enumerate(names)}
     results: dict[str, dict] = {}
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
@@ -110,7 +117,7 @@ def train_all(names: list[str], data_dir: Path, out: Path, profile: str, device:
                                initargs=(os.getpid(),))
     stopped = False
     try:
-        futures = {pool.submit(_train_in_worker, task): task["name"] for task in tasks}
+        futures = {pool.submit(_train_in_worker, name, task): name for name, task in tasks.items()}
         for future in as_completed(futures):
             results[futures[future]] = future.result()
     except (KeyboardInterrupt, SystemExit):  # SIGTERM or Ctrl+C: stop the workers, do not wait for them
@@ -125,31 +132,19 @@ def train_all(names: list[str], data_dir: Path, out: Path, profile: str, device:
     return [results[name] for name in names]
 
 
-def stored_result(out: Path, name: str) -> dict | None:
-    """The result row of a model trained earlier into ``out``, if any."""
-    history = out / "weights" / name / "history.json"
-    if not history.is_file():
+def stored_result(layout: ArtifactLayout, name: str) -> dict | None:
+    """The result row of a model trained earlier into this folder, if any."""
+    if not layout.history(name).is_file():
         return None
-    return {**json.loads(history.read_text())["result"], "status": "kept"}
-
-
-def format_table(rows: list[dict]) -> str:
-    columns = [("name", "model", "{}"), ("params", "params", "{:,}"), ("epochs", "epochs", "{}"),
-               ("val_acc", "val", "{:.4f}"), ("val_sev5_acc", "val sev5", "{:.4f}"),
-               ("val_sev7_acc", "val sev7", "{:.4f}"), ("test_acc", "test", "{:.4f}"),
-               ("train_seconds", "train s", "{:.0f}"), ("status", "status", "{}")]
-    columns = [c for c in columns if any(c[0] in r for r in rows)]
-    lines = ["| " + " | ".join(title for _, title, _ in columns) + " |",
-             "|" + "|".join("---" for _ in columns) + "|"]
-    for r in rows:
-        lines.append("| " + " | ".join(fmt.format(r[k]) if k in r else "-" for k, _, fmt in columns) + " |")
-    return "\n".join(lines)
+    return {**json.loads(layout.history(name).read_text())["result"], "status": "kept"}
 
 
 def export_and_stack(out: Path, data_dir: Path, profile: str, training_rows: list[dict],
                      score_files: tuple[Path, ...] = ()) -> None:
     """ONNX export with its parity check, both stackers, the manifest, the int8 graph and REPORT.md."""
-    from export.__main__ import export_all
+    # Imported here: the training workers (spawned) import this module, and need none of this.
+    from ensemble.evaluation import format_rows
+    from export.pipeline import export_all
     from export.quantize import add_int8
     from training.report import write_report
     from training.stacking import fit_stackers
@@ -158,8 +153,6 @@ def export_and_stack(out: Path, data_dir: Path, profile: str, training_rows: lis
     metrics = fit_stackers(out, data_dir, profile, score_files=score_files)
     metrics["int8_parity"] = add_int8(out, data_dir)
     if "test" in metrics:
-        from ensemble.evaluation import format_rows
-
         print(format_rows(metrics["test"]["rows"]))
     print(f"report: {write_report(out, metrics, training_rows, profile, parity)}", file=sys.stderr)
 
@@ -168,7 +161,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m training.run_all", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=list(PROFILES), default="default")
-    parser.add_argument("--models", default=",".join(MODEL_NAMES), help="comma-separated names (default: all ten)")
+    parser.add_argument("--models", default=",".join(model_names()),
+                        help="comma-separated names (default: every registered model)")
     parser.add_argument("--jobs", type=int, default=1, help="models trained at once (CPU threads are divided)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--data", default="data", help="data folder (built here if it has no train.npz)")
@@ -181,9 +175,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "(e.g. ../shared/course/val.npz); repeatable")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
-    unknown = [n for n in names if n not in MODEL_NAMES]
+    unknown = [n for n in names if n not in model_names()]
     if unknown:
-        parser.error(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(MODEL_NAMES)}")
+        parser.error(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(model_names())}")
     args.names = names
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
@@ -195,24 +189,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    data_dir, out = Path(args.data), Path(args.out)
+    data_dir, layout = Path(args.data), ArtifactLayout(args.out)
     start = time.perf_counter()
     ensure_dataset(data_dir, args.profile)
-    trained = train_all(args.names, data_dir, out, args.profile, args.device, args.jobs, args.resume, args.force)
-    kept = [stored_result(out, name) for name in MODEL_NAMES if name not in args.names]
-    rows = trained + [row for row in kept if row is not None]
-    rows.sort(key=lambda row: MODEL_NAMES.index(row["name"]))
-    table = format_table(rows)
-    print(table)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "training_results.json").write_text(json.dumps(rows, indent=2) + "\n")
-    if args.skip_export:
-        pass
-    elif all((out / "weights" / name / "weights.safetensors").is_file() for name in MODEL_NAMES):
-        export_and_stack(out, data_dir, args.profile, rows, tuple(Path(p) for p in args.score))
-    else:
-        print("not all ten models are trained in this --out folder yet: export and stacking skipped", file=sys.stderr)
-    print(f"done in {time.perf_counter() - start:.0f}s; results in {out}/training_results.json", file=sys.stderr)
+    options = RunOptions(data_dir=data_dir, out=layout.root, profile=args.profile, device=args.device,
+                         resume=args.resume, force=args.force)
+    trained = {row["name"]: row for row in train_all(args.names, options, args.jobs)}
+    rows = [trained.get(name) or stored_result(layout, name) for name in model_names()]
+    rows = [row for row in rows if row is not None]
+    print(training_table(rows))
+    layout.root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(layout.training_results, json.dumps(rows, indent=2) + "\n")
+    missing = [name for name in model_names() if not layout.weights(name).is_file()]
+    if missing:
+        print(f"not every registered model is trained in {layout.root} yet ({', '.join(missing)}): "
+              "export and stacking skipped", file=sys.stderr)
+    elif not args.skip_export:
+        export_and_stack(layout.root, data_dir, args.profile, rows, tuple(Path(p) for p in args.score))
+    print(f"done in {time.perf_counter() - start:.0f}s; results in {layout.training_results}", file=sys.stderr)
     return 0
 
 

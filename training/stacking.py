@@ -1,6 +1,6 @@
 """Fit the meta-learners on the validation split and write the serving artifacts + manifest.
 
-The ten base models' outputs on ``val.npz`` (held out from their training) are the stackers'
+The base models' outputs on ``val.npz`` (held out from their training) are the stackers'
 training set. Five-fold stratified cross-validation gives out-of-fold predictions and fold scores;
 the final LightGBM model (text format) and a logistic regression (JSON) are fit on all of it. The
 test split is only scored, never used to choose anything.
@@ -21,28 +21,30 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 
 from ensemble.atomic import atomic_path, atomic_write_text
+from ensemble.contract import DIGIT_SIZE, PAIR_SHAPE, PIXEL_DTYPE
 from ensemble.course_data import load_course_npz, save_course_npz
 from ensemble.evaluation import evaluation_rows
 from ensemble.features import FEATURE_SET_VERSION, stacking_features
+from ensemble.layout import ArtifactLayout
 from ensemble.manifest import artifact_entry, write_manifest
 from ensemble.metrics import binary_metrics
 from ensemble.runtime import Ensemble, fused_outputs, open_session
 from training.data import dataset_fingerprint
 from training.datasets import load_labelled_test
-from training.models import MODEL_NAMES
+from training.models import model_names
 
-LIGHTGBM = "stacker_lightgbm.txt"
-LOGREG = "stacker_logreg.json"
-REFERENCE = "reference_predictions.npz"
+REFERENCE_PAIRS = 64  # validation pairs whose served probabilities are recorded for regression tests
+LOGREG_C = 0.5  # inverse L2 strength of the logistic stacker: mild, the features are standardised
 LGB_PARAMS = {"objective": "binary", "learning_rate": 0.03, "num_leaves": 15, "min_data_in_leaf": 40,
               "feature_fraction": 0.8, "bagging_fraction": 0.8, "bagging_freq": 1, "lambda_l2": 1.0,
               "verbose": -1, "num_threads": 2, "deterministic": True, "force_row_wise": True}
 MAX_ROUNDS, EARLY_STOP, FOLDS = 1000, 50, 5
 
 
-def _fit_lightgbm(x, y, seed, rounds=None, valid=None) -> lgb.Booster:
+def _fit_lightgbm(x, y, seed, feature_names, rounds=None, valid=None) -> lgb.Booster:
     params = {**LGB_PARAMS, "seed": seed}
-    train = lgb.Dataset(x, y, free_raw_data=False)
+    # The names go into the text model, where Ensemble.load checks them against the manifest's.
+    train = lgb.Dataset(x, y, feature_name=list(feature_names), free_raw_data=False)
     if valid is None:
         return lgb.train(params, train, num_boost_round=rounds)
     valid_set = lgb.Dataset(valid[0], valid[1], reference=train)
@@ -52,17 +54,17 @@ def _fit_lightgbm(x, y, seed, rounds=None, valid=None) -> lgb.Booster:
 
 def _fit_logreg(x, y) -> tuple[StandardScaler, LogisticRegression]:
     scaler = StandardScaler().fit(x)
-    return scaler, LogisticRegression(C=0.5, max_iter=5000).fit(scaler.transform(x), y)
+    return scaler, LogisticRegression(C=LOGREG_C, max_iter=5000).fit(scaler.transform(x), y)
 
 
-def cross_validate(features: np.ndarray, y: np.ndarray, seed: int = 0) -> dict:
+def cross_validate(features: np.ndarray, y: np.ndarray, feature_names: list[str], seed: int = 0) -> dict:
     """Five-fold out-of-fold predictions and fold scores for both stackers; the LightGBM round count
     for the final fit is the mean of the folds' early-stopping rounds (chosen inside val only)."""
     folds = StratifiedKFold(FOLDS, shuffle=True, random_state=seed)
     oof = {"lightgbm": np.zeros(len(y)), "logreg": np.zeros(len(y))}
     fold_rows, rounds = [], []
     for k, (fit, held) in enumerate(folds.split(features, y)):
-        booster = _fit_lightgbm(features[fit], y[fit], seed, valid=(features[held], y[held]))
+        booster = _fit_lightgbm(features[fit], y[fit], seed, feature_names, valid=(features[held], y[held]))
         rounds.append(booster.best_iteration)
         oof["lightgbm"][held] = booster.predict(features[held], num_iteration=booster.best_iteration)
         scaler, logreg = _fit_logreg(features[fit], y[fit])
@@ -87,66 +89,88 @@ def fit_stackers(out: str | Path, data_dir: str | Path, profile: str, seed: int 
                  score_files: tuple[str | Path, ...] = ()) -> dict:
     """Fit both stackers on val, write them, the manifest and reference predictions; returns the
     metrics (cross-validation, the test table, and a table per labelled ``score_files`` entry, e.g.
-    the course's own val.npz: scored only, never fitted on) that the report shows."""
-    out, data_dir = Path(out), Path(data_dir)
-    names = MODEL_NAMES
-    session = open_session(out / "ensemble.onnx", "cpu")
-    val = load_course_npz(data_dir / "val.npz", require=("x", "y"))
-    val_logits, val_digits = fused_outputs(session, val.x, progress=True)
-    features, feature_names = stacking_features(val_logits, val_digits, names)
-    cv = cross_validate(features, val.y, seed)
+    the course's own val.npz: scored only, never fitted on) that the report shows.
 
-    booster = _fit_lightgbm(features, val.y, seed, rounds=cv["rounds"])
-    with atomic_path(out / LIGHTGBM) as tmp:
-        booster.save_model(str(tmp))
-    scaler, logreg = _fit_logreg(features, val.y)
-    spec = {"features": feature_names, "mean": scaler.mean_.tolist(), "scale": scaler.scale_.tolist(),
-            "coef": logreg.coef_[0].tolist(), "intercept": float(logreg.intercept_[0])}
-    atomic_write_text(out / LOGREG, json.dumps(spec) + "\n")
+    The base models are the registry's, in its order: the order of the fused graph's outputs.
+    """
+    layout, data_dir = ArtifactLayout(out), Path(data_dir)
+    names = model_names()
+    val = load_course_npz(data_dir / "val.npz", require=("x", "y"))
+    val_logits, val_digits = fused_outputs(open_session(layout.fused, "cpu"), val.x, progress=True)
+    features, feature_names = stacking_features(val_logits, val_digits, names)
+    cv = cross_validate(features, val.y, feature_names, seed)
+    booster = write_stackers(layout, features, val.y, feature_names, seed, cv["rounds"])
 
     val_acc = {name: float(((val_logits[:, i] > 0) == val.y).mean()) for i, name in enumerate(names)}
-    best_single = max(val_acc, key=val_acc.get)  # chosen on val, never on test
-    histories = {n: json.loads((out / "weights" / n / "history.json").read_text()) for n in names}
+    manifest = build_manifest(layout, data_dir, profile, names, val_acc, feature_names, len(val))
+    manifest["artifacts"] = _artifacts(layout, names)
+    write_manifest(layout.root, manifest)
+
+    # Score through the very path serving uses, and record reference predictions.
+    ens = Ensemble.load(layout.root, device="cpu", precision="fp32")
+    metrics = {"stacking_cv": cv, "val_acc": val_acc, "best_single": manifest["best_single"]}
+    metrics.update(score_labelled(ens, data_dir, score_files))
+    for entry in manifest["models"]:
+        if "test" in metrics:
+            entry["test_acc"] = next(r["accuracy"] for r in metrics["test"]["rows"] if r["name"] == entry["name"])
+    reference_x = val.x[:REFERENCE_PAIRS]
+    save_course_npz(layout.reference, x=reference_x, probability=ens.predict(reference_x).probability)
+    metrics["feature_importance"] = dict(zip(feature_names, booster.feature_importance("gain").tolist(), strict=True))
+    manifest["metrics"] = {k: v for k, v in metrics.items() if k != "feature_importance"}
+    manifest["artifacts"] = _artifacts(layout, names)
+    write_manifest(layout.root, manifest)
+    return metrics
+
+
+def write_stackers(layout: ArtifactLayout, features: np.ndarray, y: np.ndarray, feature_names: list[str],
+                   seed: int, rounds: int) -> lgb.Booster:
+    """Fit both stackers on all of val and write them: LightGBM's text model and the logistic JSON."""
+    booster = _fit_lightgbm(features, y, seed, feature_names, rounds=rounds)
+    with atomic_path(layout.lightgbm) as tmp:
+        booster.save_model(str(tmp))
+    scaler, logreg = _fit_logreg(features, y)
+    spec = {"features": feature_names, "mean": scaler.mean_.tolist(), "scale": scaler.scale_.tolist(),
+            "coef": logreg.coef_[0].tolist(), "intercept": float(logreg.intercept_[0])}
+    atomic_write_text(layout.logreg, json.dumps(spec) + "\n")
+    return booster
+
+
+def build_manifest(layout: ArtifactLayout, data_dir: Path, profile: str, names: tuple[str, ...],
+                   val_acc: dict[str, float], feature_names: list[str], n_val: int) -> dict:
+    """The manifest's content (artifacts and metrics are added by the caller)."""
+    histories = {n: json.loads(layout.history(n).read_text()) for n in names}
     dataset = json.loads((data_dir / "dataset.json").read_text()) if (data_dir / "dataset.json").is_file() else {}
-    manifest = {
+    m = len(names)
+    return {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "models": [{"name": n, "file": f"onnx/{n}.onnx", "params": histories[n]["result"]["params"],
-                    "config": histories[n]["config"], "val_acc": val_acc[n]} for n in names],
-        "best_single": best_single,
-        "input": {"name": "pairs", "dtype": "uint8", "shape": [None, 28, 56],
-                  "layout": "two 28x28 digits side by side; left = columns 0-27; raw pixels 0-255"},
-        "outputs": {"fused": {"logits": [None, len(names)], "digit_probs": [None, len(names), 2, 10]},
+        "models": [{"name": n, "file": layout.onnx(n).relative_to(layout.root).as_posix(),
+                    "params": histories[n]["result"]["params"], "config": histories[n]["config"],
+                    "val_acc": val_acc[n]} for n in names],
+        "best_single": max(val_acc, key=val_acc.get),  # chosen on val, never on test
+        "input": {"name": "pairs", "dtype": PIXEL_DTYPE.name, "shape": [None, *PAIR_SHAPE],
+                  "layout": f"two {DIGIT_SIZE}x{DIGIT_SIZE} digits side by side; left = columns 0-{DIGIT_SIZE - 1}; "
+                            "raw pixels 0-255"},
+        "outputs": {"fused": {"logits": [None, m], "digit_probs": [None, m, 2, 10]},
                     "single": {"logit": [None], "digit_probs": [None, 2, 10]}},
         "features": {"version": FEATURE_SET_VERSION, "names": feature_names},
         "decision": "label = 1 when the LightGBM probability >= 0.5",
         "training": {"profile": profile, "data": dataset, "data_fingerprint": dataset_fingerprint(data_dir),
-                     "stacker_training_set": f"val.npz ({len(val)} pairs), {FOLDS}-fold CV"},
+                     "stacker_training_set": f"val.npz ({n_val} pairs), {FOLDS}-fold CV"},
         "versions": package_versions(),
     }
-    manifest["artifacts"] = _artifacts(out, names)
-    write_manifest(out, manifest)
 
-    # Score the test split through the very path serving uses, and record reference predictions.
-    ens = Ensemble.load(out, device="cpu", precision="fp32")
-    metrics = {"stacking_cv": cv, "val_acc": val_acc, "best_single": best_single}
+
+def score_labelled(ens: Ensemble, data_dir: Path, score_files: tuple[str | Path, ...]) -> dict:
+    """The method table on the built test split (if labelled) and on each labelled ``score_files`` entry."""
+    metrics: dict = {"scored": {}}
     test = load_labelled_test(data_dir)
     if test is not None:
         pred = ens.predict(test.x)
         metrics["test"] = {"n": len(test), "rows": evaluation_rows(ens, pred, test.y)}
         metrics["test_confusion"] = _confusion(test.y, pred.label)
-        for entry in manifest["models"]:
-            entry["test_acc"] = next(r["accuracy"] for r in metrics["test"]["rows"] if r["name"] == entry["name"])
-    metrics["scored"] = {}
     for path in score_files:
         scored = load_course_npz(path, require=("x", "y"))
-        rows = evaluation_rows(ens, ens.predict(scored.x), scored.y)
-        metrics["scored"][str(path)] = {"n": len(scored), "rows": rows}
-    reference_x = val.x[:64]
-    save_course_npz(out / REFERENCE, x=reference_x, probability=ens.predict(reference_x).probability)
-    metrics["feature_importance"] = dict(zip(feature_names, booster.feature_importance("gain").tolist(), strict=True))
-    manifest["metrics"] = {k: v for k, v in metrics.items() if k != "feature_importance"}
-    manifest["artifacts"] = _artifacts(out, names)
-    write_manifest(out, manifest)
+        metrics["scored"][str(path)] = {"n": len(scored), "rows": evaluation_rows(ens, ens.predict(scored.x), scored.y)}
     return metrics
 
 
@@ -154,11 +178,5 @@ def _confusion(y: np.ndarray, label: np.ndarray) -> list[list[int]]:
     return [[int(((y == t) & (label == p)).sum()) for p in (0, 1)] for t in (0, 1)]
 
 
-def _artifacts(out: Path, names: tuple[str, ...]) -> dict:
-    files = {"fused": out / "ensemble.onnx", "lightgbm": out / LIGHTGBM, "logreg": out / LOGREG}
-    if (out / REFERENCE).is_file():
-        files["reference"] = out / REFERENCE
-    for n in names:
-        files[f"onnx:{n}"] = out / "onnx" / f"{n}.onnx"
-        files[f"weights:{n}"] = out / "weights" / n / "weights.safetensors"
-    return {role: artifact_entry(out, path) for role, path in files.items()}
+def _artifacts(layout: ArtifactLayout, names: tuple[str, ...]) -> dict:
+    return {role: artifact_entry(layout.root, path) for role, path in layout.role_paths(names).items()}

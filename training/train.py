@@ -7,8 +7,12 @@ digit labels exist, swap augmentation, ReduceLROnPlateau on validation accuracy,
 that keeps the best weights, mixed precision on CUDA only. Every epoch writes a checkpoint
 (atomically) from which ``--resume`` continues exactly as if never stopped.
 
-Layout under ``--out``: ``checkpoints/NAME.pt`` (resumable state, not for git) and
-``weights/NAME/{weights.safetensors, history.json, curves.png}``.
+Layout under ``--out`` (``ensemble.layout.ArtifactLayout``): ``checkpoints/NAME.pt`` (resumable state,
+not for git) and ``weights/NAME/{weights.safetensors, history.json, curves.png}``.
+
+What trains is the registry's ``ModelConfig`` and the ``Profile``; where and how (folders, device,
+threads, resume) is one ``RunOptions``. ``Trainer`` holds the model and its optimiser state and runs
+the epochs; ``train_model`` is the loop over them, readable in one sitting.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,12 +34,45 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from ensemble.atomic import atomic_path, atomic_write_text
+from ensemble.contract import DIGIT_SIZE, PIXEL_MAX
+from ensemble.layout import ArtifactLayout
 from training.data import dataset_fingerprint, make_pairs
 from training.datasets import TrainingData
-from training.models import REGISTRY, build_model, count_parameters
-from training.profiles import AUX_DIGIT_WEIGHT, PROFILES, TRAIN_SEVERITY, TRAIN_SEVERITY_SPREAD
+from training.models import REGISTRY, ModelConfig, build_model, count_parameters
+from training.profiles import (
+    AUX_DIGIT_WEIGHT,
+    LR_DECAY_FACTOR,
+    LR_PATIENCE,
+    PROFILES,
+    TRAIN_SEVERITY,
+    TRAIN_SEVERITY_SPREAD,
+    Profile,
+)
 
 EVAL_BATCH = 1024
+SWAP_PROBABILITY = 0.5  # share of each batch whose digits are swapped (and labels flipped)
+# Each epoch shuffles with its own generator, seeded model seed * EPOCH_SEED_STRIDE + epoch: distinct for
+# every epoch of runs shorter than the stride, and the same after a resume.
+EPOCH_SEED_STRIDE = 1000
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Where and how one model trains; what it trains comes from the registry and the profile."""
+
+    data_dir: Path = Path("data")
+    out: Path = Path("runs")
+    profile: str = "default"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int | None = None  # torch CPU threads (None: torch's default)
+    resume: bool = False  # continue this run from its checkpoint
+    force: bool = False  # retrain a model that is already trained
+    progress: bool = True
+    position: int = 0  # row of the progress bar, for models trained side by side
+
+    def __post_init__(self):
+        object.__setattr__(self, "data_dir", Path(self.data_dir))
+        object.__setattr__(self, "out", Path(self.out))
 
 
 # --------------------------------------------------------------------------- small pieces
@@ -61,21 +99,30 @@ def focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 1.0, 
     return (alpha * (1 - p_true) ** gamma * bce).mean()
 
 
-def pair_loss(config, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def pair_loss(config: ModelConfig, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     targets = y * (1 - config.label_smoothing) + 0.5 * config.label_smoothing
     if config.loss == "focal":
         return focal_loss(logits, targets)
     return F.binary_cross_entropy_with_logits(logits, targets)
 
 
+def training_loss(config: ModelConfig, logits: torch.Tensor, y: torch.Tensor, digit_logits: torch.Tensor,
+                  digits: torch.Tensor | None) -> torch.Tensor:
+    """The pair loss, plus the auxiliary digit cross-entropy when the pairs' digit labels are known."""
+    loss = pair_loss(config, logits.float(), y)
+    if digits is None:
+        return loss
+    return loss + AUX_DIGIT_WEIGHT * F.cross_entropy(digit_logits.float().reshape(-1, 10), digits.reshape(-1))
+
+
 def to_input(x_uint8: torch.Tensor, device: torch.device) -> torch.Tensor:
-    return x_uint8.to(device, non_blocking=True).float().div_(255.0)
+    return x_uint8.to(device, non_blocking=True).float().div_(PIXEL_MAX)
 
 
 def swap_halves(x: torch.Tensor, y: torch.Tensor, digits: torch.Tensor | None, mask: torch.Tensor):
     """Swap the two digits of the masked pairs and flip their labels: exact for this task."""
     x = x.clone()
-    x[mask] = torch.cat([x[mask, :, 28:], x[mask, :, :28]], dim=2)
+    x[mask] = torch.cat([x[mask, :, DIGIT_SIZE:], x[mask, :, :DIGIT_SIZE]], dim=2)
     y = torch.where(mask, 1 - y, y)
     if digits is not None:
         digits = torch.where(mask[:, None], digits.flip(1), digits)
@@ -100,40 +147,10 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-# --------------------------------------------------------------------------- one epoch
-
-def train_one_epoch(model, optimizer, scaler, config, x: torch.Tensor, y: torch.Tensor, digits: torch.Tensor | None,
-                    batch_size: int, generator: torch.Generator, device: torch.device, desc: str,
-                    progress: bool = True, position: int = 0) -> dict:
-    model.train()
-    order = torch.randperm(len(x), generator=generator)
-    swap = torch.rand(len(x), generator=generator) < 0.5
-    total_loss, correct, seen = 0.0, 0, 0
-    bar = tqdm(range(0, len(x), batch_size), desc=desc, unit="batch", leave=False, disable=not progress,
-               position=position, dynamic_ncols=True)
-    for start in bar:
-        idx = order[start:start + batch_size]
-        xb, yb, db = swap_halves(x[idx], y[idx].float(), None if digits is None else digits[idx], swap[idx])
-        xb, yb = to_input(xb, device), yb.to(device)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
-            logits, digit_logits = model(xb)
-            loss = pair_loss(config, logits.float(), yb)
-            if db is not None:
-                loss = loss + AUX_DIGIT_WEIGHT * F.cross_entropy(digit_logits.float().reshape(-1, 10),
-                                                                 db.to(device).reshape(-1))
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        total_loss += loss.item() * len(idx)
-        correct += ((logits.detach() > 0).float() == yb).sum().item()
-        seen += len(idx)
-        bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}")
-    return {"loss": total_loss / seen, "acc": correct / seen}
-
+# --------------------------------------------------------------------------- the trainer
 
 @torch.no_grad()
-def predict_logits(model, x: np.ndarray, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+def predict_logits(model: torch.nn.Module, x: np.ndarray, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
     """Pair logits (N,) and digit logits (N, 2, 10) in eval mode."""
     model.eval()
     logits, digit_logits = [], []
@@ -145,11 +162,97 @@ def predict_logits(model, x: np.ndarray, device: torch.device) -> tuple[np.ndarr
     return torch.cat(logits).numpy(), torch.cat(digit_logits).numpy()
 
 
-def evaluate(model, config, x: np.ndarray, y: np.ndarray, device: torch.device) -> dict:
-    logits, _ = predict_logits(model, x, device)
-    t = torch.from_numpy(logits)
-    loss = pair_loss(config, t, torch.from_numpy(y).float()).item()
-    return {"loss": loss, "acc": float(((logits > 0).astype(np.int64) == y).mean())}
+class Trainer:
+    """One model with its optimiser, LR schedule and loss scaler, and the progress of its run.
+
+    ``state`` is what a checkpoint adds to the weights: the epochs done, the best validation
+    accuracy and its weights, the epochs since it improved, and the history rows.
+    """
+
+    def __init__(self, config: ModelConfig, prof: Profile, device: torch.device):
+        self.config, self.prof, self.device = config, prof, device
+        seed_everything(config.seed)
+        self.model = build_model(config.name, prof.width, prof.feat_dim).to(device)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="max",
+                                                                    factor=LR_DECAY_FACTOR, patience=LR_PATIENCE)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+        self.state = {"epoch": 0, "best_acc": -1.0, "best_state": None, "bad_epochs": 0, "history": []}
+
+    @property
+    def stopped_early(self) -> bool:
+        return self.state["bad_epochs"] >= self.prof.patience
+
+    def load_checkpoint(self, path: Path, key: str) -> bool:
+        """Continue from ``path`` when it holds this very run (same key); True when it did."""
+        if not path.is_file():
+            return False
+        ckpt = torch.load(path, map_location=self.device, weights_only=True)
+        if ckpt.get("run_key") != key:
+            return False
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state(ckpt["rng"])
+        self.state = {k: ckpt[k] for k in self.state}
+        return True
+
+    def save_checkpoint(self, path: Path, key: str) -> None:
+        with atomic_path(path) as tmp:
+            torch.save({"run_key": key, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                        "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                        "rng": rng_state(), **self.state}, tmp)
+
+    def train_one_epoch(self, x: torch.Tensor, y: torch.Tensor, digits: torch.Tensor | None, epoch: int,
+                        options: RunOptions) -> dict:
+        """One pass over this epoch's pairs in shuffled batches, half of each batch swapped."""
+        self.model.train()
+        generator = torch.Generator().manual_seed(self.config.seed * EPOCH_SEED_STRIDE + epoch)
+        order = torch.randperm(len(x), generator=generator)
+        swap = torch.rand(len(x), generator=generator) < SWAP_PROBABILITY
+        total_loss, correct, seen = 0.0, 0, 0
+        batch_size = self.prof.batch_size
+        bar = tqdm(range(0, len(x), batch_size), desc=f"{self.config.name} epoch {epoch + 1}/{self.prof.epochs}",
+                   unit="batch", leave=False, disable=not options.progress, position=options.position,
+                   dynamic_ncols=True)
+        for start in bar:
+            idx = order[start:start + batch_size]
+            xb, yb, db = swap_halves(x[idx], y[idx].float(), None if digits is None else digits[idx], swap[idx])
+            xb, yb = to_input(xb, self.device), yb.to(self.device)
+            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.device.type == "cuda"):
+                logits, digit_logits = self.model(xb)
+                loss = training_loss(self.config, logits, yb, digit_logits,
+                                     None if db is None else db.to(self.device))
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            total_loss += loss.item() * len(idx)
+            correct += ((logits.detach() > 0).float() == yb).sum().item()
+            seen += len(idx)
+            bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}")
+        return {"loss": total_loss / seen, "acc": correct / seen}
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray) -> dict:
+        logits, _ = predict_logits(self.model, x, self.device)
+        loss = pair_loss(self.config, torch.from_numpy(logits), torch.from_numpy(y).float()).item()
+        return {"loss": loss, "acc": float(((logits > 0).astype(np.int64) == y).mean())}
+
+    def end_epoch(self, row: dict) -> None:
+        """Record the epoch's row, step the LR schedule, keep the best weights."""
+        self.state["history"].append(row)
+        self.scheduler.step(row["val_acc"])
+        if row["val_acc"] > self.state["best_acc"]:
+            self.state["best_acc"], self.state["bad_epochs"] = row["val_acc"], 0
+            self.state["best_state"] = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        else:
+            self.state["bad_epochs"] += 1
+        self.state["epoch"] = row["epoch"]
+
+    def best_model(self) -> torch.nn.Module:
+        self.model.load_state_dict(self.state["best_state"])
+        return self.model
 
 
 # --------------------------------------------------------------------------- curves
@@ -187,128 +290,102 @@ def run_key(name: str, profile: str, data_dir: Path) -> str:
     """Identifies a training run by its configuration and data. The epoch budget is left out on purpose:
     raising it and passing ``--resume`` extends a finished run from its checkpoint (the run is
     deterministic per epoch, so that equals having trained longer from the start)."""
-    settings = {k: v for k, v in PROFILES[profile].items() if k != "epochs"}
+    settings = {k: v for k, v in PROFILES[profile].to_dict().items() if k != "epochs"}
     payload = json.dumps({"config": REGISTRY[name].to_dict(), "profile": settings,
                           "data": dataset_fingerprint(data_dir)}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def weights_dir(out: Path, name: str) -> Path:
-    return out / "weights" / name
-
-
-def is_trained(out: Path, name: str, key: str, epochs: int) -> bool:
+def is_trained(layout: ArtifactLayout, name: str, key: str, epochs: int) -> bool:
     """Trained with this key, and either for the full epoch budget or stopped early."""
-    history = weights_dir(out, name) / "history.json"
-    if not (history.is_file() and (weights_dir(out, name) / "weights.safetensors").is_file()):
+    if not (layout.history(name).is_file() and layout.weights(name).is_file()):
         return False
-    record = json.loads(history.read_text())
+    record = json.loads(layout.history(name).read_text())
     return record.get("run_key") == key and (record["result"]["epochs"] >= epochs or record["early_stopped"])
 
 
-def load_weights(name: str, out: Path, profile: str) -> torch.nn.Module:
+def load_weights(name: str, out: str | Path, profile: str) -> torch.nn.Module:
     """A trained model from ``OUT/weights/NAME/weights.safetensors`` in eval mode."""
     prof = PROFILES[profile]
-    model = build_model(name, prof["width"], prof["feat_dim"])
-    model.load_state_dict(load_file(weights_dir(out, name) / "weights.safetensors"))
+    model = build_model(name, prof.width, prof.feat_dim)
+    model.load_state_dict(load_file(ArtifactLayout(out).weights(name)))
     return model.eval()
 
 
-def train_model(name: str, data_dir: str | Path = "data", out: str | Path = "runs", profile: str = "default",
-                device: str = "auto", threads: int | None = None, resume: bool = False, force: bool = False,
-                progress: bool = True, position: int = 0, data: TrainingData | None = None,
+def train_model(name: str, options: RunOptions = RunOptions(), data: TrainingData | None = None,
                 on_epoch_end: Callable[[int], None] | None = None) -> dict:
     """Train one registered model; returns its result row (accuracies, time, parameter count).
 
-    With ``resume`` a checkpoint of the same run continues where it stopped; ``force`` retrains a
-    model that is already trained with the same configuration and data.
+    With ``options.resume`` a checkpoint of the same run continues where it stopped; ``options.force``
+    retrains a model that is already trained with the same configuration and data.
     """
-    config, prof = REGISTRY[name], PROFILES[profile]
-    data_dir, out = Path(data_dir), Path(out)
-    key = run_key(name, profile, data_dir)
-    wdir = weights_dir(out, name)
-    if not force and is_trained(out, name, key, prof["epochs"]):
-        return {**json.loads((wdir / "history.json").read_text())["result"], "status": "skipped"}
-    if threads:
-        torch.set_num_threads(threads)
-    dev = resolve_device(device)
-    data = data or TrainingData.load(data_dir, prof["max_train_pairs"], prof["max_val_pairs"])
+    config, prof, layout = REGISTRY[name], PROFILES[options.profile], ArtifactLayout(options.out)
+    key = run_key(name, options.profile, options.data_dir)
+    if not options.force and is_trained(layout, name, key, prof.epochs):
+        return {**json.loads(layout.history(name).read_text())["result"], "status": "skipped"}
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    data = data or TrainingData.load(options.data_dir, prof.max_train_pairs, prof.max_val_pairs)
+    trainer = Trainer(config, prof, resolve_device(options.device))
+    if options.resume and not options.force:
+        trainer.load_checkpoint(layout.checkpoint(name), key)
 
-    seed_everything(config.seed)
-    model = build_model(name, prof["width"], prof["feat_dim"]).to(dev)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=3)
-    scaler = torch.amp.GradScaler(dev.type, enabled=dev.type == "cuda")
-    ckpt_path = out / "checkpoints" / f"{name}.pt"
-    state = {"epoch": 0, "best_acc": -1.0, "best_state": None, "bad_epochs": 0, "history": []}
-    if resume and not force and ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location=dev, weights_only=True)
-        if ckpt.get("run_key") == key:
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            scaler.load_state_dict(ckpt["scaler"])
-            set_rng_state(ckpt["rng"])
-            state = {k: ckpt[k] for k in state}
-
-    for epoch in range(state["epoch"], prof["epochs"]):
-        if state["bad_epochs"] >= prof["patience"]:
+    for epoch in range(trainer.state["epoch"], prof.epochs):
+        if trainer.stopped_early:
             break
         epoch_start = time.perf_counter()
-        x, y, digits = epoch_pairs(data, config.seed, epoch, prof)
-        generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
-        train = train_one_epoch(model, optimizer, scaler, config, x, y, digits, prof["batch_size"], generator, dev,
-                                desc=f"{name} epoch {epoch + 1}/{prof['epochs']}", progress=progress,
-                                position=position)
-        val = evaluate(model, config, data.val.x, data.val.y, dev)
+        train = trainer.train_one_epoch(*epoch_pairs(data, config.seed, epoch, prof), epoch, options)
+        val = trainer.evaluate(data.val.x, data.val.y)
         row = {"epoch": epoch + 1, "train_loss": train["loss"], "train_acc": train["acc"], "val_loss": val["loss"],
-               "val_acc": val["acc"], "lr": optimizer.param_groups[0]["lr"]}
-        for split, shifted in data.shifted_val.items():
-            row[f"{split}_acc"] = evaluate(model, config, shifted.x, shifted.y, dev)["acc"]
+               "val_acc": val["acc"], "lr": trainer.optimizer.param_groups[0]["lr"]}
+        row.update({f"{split}_acc": trainer.evaluate(shifted.x, shifted.y)["acc"]
+                    for split, shifted in data.shifted_val.items()})
         row["seconds"] = time.perf_counter() - epoch_start
-        state["history"].append(row)
-        scheduler.step(val["acc"])
-        if val["acc"] > state["best_acc"]:
-            state["best_acc"], state["bad_epochs"] = val["acc"], 0
-            state["best_state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            state["bad_epochs"] += 1
-        state["epoch"] = epoch + 1
-        with atomic_path(ckpt_path) as tmp:
-            torch.save({"run_key": key, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
-                        **state}, tmp)
-        if progress:
+        trainer.end_epoch(row)
+        trainer.save_checkpoint(layout.checkpoint(name), key)
+        if options.progress:
             shifted_text = " ".join(f"{k[4:-4]}={v:.4f}" for k, v in row.items() if k.startswith("val_sev"))
             tqdm.write(f"{name} epoch {epoch + 1}: train_acc={train['acc']:.4f} val_acc={val['acc']:.4f} "
                        f"{shifted_text} ({row['seconds']:.0f}s)")
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1)
 
-    model.load_state_dict(state["best_state"])
-    result = {"name": name, "params": count_parameters(model), "epochs": state["epoch"],
+    result = finished_result(trainer, data)
+    save_trained(layout, trainer, key, options, result)
+    return {**result, "status": "trained"}
+
+
+def finished_result(trainer: Trainer, data: TrainingData) -> dict:
+    """The result row of a finished run, scored with its best weights."""
+    state, model = trainer.state, trainer.best_model()
+    result = {"name": trainer.config.name, "params": count_parameters(model), "epochs": state["epoch"],
               "val_acc": state["best_acc"], "train_seconds": round(sum(h["seconds"] for h in state["history"]), 1)}
     best = next(h for h in state["history"] if h["val_acc"] == state["best_acc"])
     result.update({k: v for k, v in best.items() if k.startswith("val_sev")})
     if data.test is not None:
-        result["test_acc"] = evaluate(model, config, data.test.x, data.test.y, dev)["acc"]
-    wdir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(wdir / "weights.safetensors") as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    save_curves(state["history"], wdir / "curves.png", f"{name} ({profile} profile)")
-    atomic_write_text(wdir / "history.json", json.dumps(
-        {"name": name, "run_key": key, "profile": profile, "config": config.to_dict(),
-         "profile_settings": prof, "device": str(dev), "result": result,
-         "early_stopped": state["bad_epochs"] >= prof["patience"], "history": state["history"]},
+        result["test_acc"] = trainer.evaluate(data.test.x, data.test.y)["acc"]
+    return result
+
+
+def save_trained(layout: ArtifactLayout, trainer: Trainer, key: str, options: RunOptions, result: dict) -> None:
+    """The best weights, the learning curves and history.json (config, profile, result, every epoch)."""
+    name = trainer.config.name
+    layout.weights_dir(name).mkdir(parents=True, exist_ok=True)
+    with atomic_path(layout.weights(name)) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in trainer.model.state_dict().items()}, str(tmp))
+    save_curves(trainer.state["history"], layout.curves(name), f"{name} ({options.profile} profile)")
+    atomic_write_text(layout.history(name), json.dumps(
+        {"name": name, "run_key": key, "profile": options.profile, "config": trainer.config.to_dict(),
+         "profile_settings": trainer.prof.to_dict(), "device": str(trainer.device), "result": result,
+         "early_stopped": trainer.stopped_early, "history": trainer.state["history"]},
         indent=2, default=str) + "\n")
-    return {**result, "status": "trained"}
 
 
-def epoch_pairs(data: TrainingData, seed: int, epoch: int, prof: dict):
+def epoch_pairs(data: TrainingData, seed: int, epoch: int, prof: Profile):
     """This epoch's training pairs as tensors: fresh ones from the source digits when the folder has
     them (with per-digit severities drawn around the course's), else the training file itself."""
     if data.sources is not None:
-        fresh = make_pairs(data.sources["train_images"], data.sources["train_labels"], prof["pairs_per_epoch"],
+        fresh = make_pairs(data.sources["train_images"], data.sources["train_labels"], prof.pairs_per_epoch,
                            seed=seed, epoch=epoch, severity=TRAIN_SEVERITY, severity_spread=TRAIN_SEVERITY_SPREAD)
         x, y, digits = fresh["x"], fresh["y"], fresh["digits"]
     else:
@@ -327,9 +404,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint of this run")
     parser.add_argument("--force", action="store_true", help="retrain even if already trained")
     args = parser.parse_args(argv)
-    result = train_model(args.name, args.data, args.out, args.profile, args.device, resume=args.resume,
-                         force=args.force)
-    print(json.dumps(result, indent=2))
+    options = RunOptions(data_dir=args.data, out=args.out, profile=args.profile, device=args.device,
+                         resume=args.resume, force=args.force)
+    print(json.dumps(train_model(args.name, options), indent=2))
     return 0
 
 

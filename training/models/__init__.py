@@ -1,6 +1,10 @@
-"""The registry: exactly ten named model configurations, built by name.
+"""The registry: the named model configurations, built by name (timm-style).
 
-The names are a stable contract: export, stacking, the manifest and the service refer to them.
+The ensemble is whatever this registry holds, in its order: training, export and stacking read the
+names from here (``model_names()``), the manifest records them, and the run time and the service read
+them from the manifest. Adding a model is a ``ModelConfig`` entry here (and, for a new architecture,
+its tower module added to ``TOWERS``); then ``python -m training.run_all --models NEW`` trains it and
+re-exports and re-stacks the whole ensemble. The names are a stable contract: keep them.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 from torch import nn
 
+from ensemble.tables import markdown_table
 from training.models.cbam import CBAMTower
 from training.models.efficientnet import EfficientNetTower
 from training.models.fpn import FPNTower
@@ -56,13 +61,26 @@ REGISTRY: dict[str, ModelConfig] = {c.name: c for c in [
     ModelConfig("efficientnet_b0", "efficientnet", seed=456, label_smoothing=0.1,
                 description="EfficientNet-B0-style MBConv+SE tower, label smoothing (in place of fusion seed 456)"),
 ]}
-MODEL_NAMES: tuple[str, ...] = tuple(REGISTRY)
+
+
+def model_names() -> tuple[str, ...]:
+    """The registered models, in registry order: the order of the fused graph's outputs."""
+    return tuple(REGISTRY)
+
+
+def register(config: ModelConfig) -> None:
+    """Add a model configuration (its name must be new and its tower one of ``TOWERS``)."""
+    if config.name in REGISTRY:
+        raise ValueError(f"a model named {config.name!r} is already registered")
+    if config.tower not in TOWERS:
+        raise ValueError(f"unknown tower {config.tower!r}; known: {', '.join(TOWERS)}")
+    REGISTRY[config.name] = config
 
 
 def build_model(name: str, width: int = 32, feat_dim: int = 128) -> SiameseNet:
     """Build a registered model; ``width`` and ``feat_dim`` come from the training profile."""
     if name not in REGISTRY:
-        raise KeyError(f"unknown model {name!r}; known: {', '.join(MODEL_NAMES)}")
+        raise KeyError(f"unknown model {name!r}; known: {', '.join(REGISTRY)}")
     config = REGISTRY[name]
     tower = TOWERS[config.tower](width=max(4, round(width * config.width_scale)), feat_dim=feat_dim,
                                  **config.tower_kwargs)
@@ -75,10 +93,10 @@ def count_parameters(model: nn.Module) -> int:
 
 def registry_table(width: int, feat_dim: int) -> str:
     """The registry as a markdown table with parameter counts at the given profile size (README shows it)."""
-    lines = ["| name | tower | head | loss | seed | parameters | description |", "|---|---|---|---|---|---|---|"]
+    rows = []
     for c in REGISTRY.values():
         loss = c.loss + (f" + smoothing {c.label_smoothing:g}" if c.label_smoothing else "")
+        layers = list(c.tower_kwargs.get("layers", [])) or ""
         params = count_parameters(build_model(c.name, width, feat_dim))
-        lines.append(f"| `{c.name}` | {c.tower} {list(c.tower_kwargs.get('layers', [])) or ''} | {c.head} | {loss} "
-                     f"| {c.seed} | {params:,} | {c.description} |")
-    return "\n".join(lines)
+        rows.append([f"`{c.name}`", f"{c.tower} {layers}".strip(), c.head, loss, c.seed, f"{params:,}", c.description])
+    return markdown_table(rows, ["name", "tower", "head", "loss", "seed", "parameters", "description"])

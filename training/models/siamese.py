@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-HALF = 28
+from ensemble.contract import DIGIT_SIZE
 
 
 class ConcatHead(nn.Module):
@@ -61,7 +61,7 @@ class SiameseNet(nn.Module):
 
     def forward(self, pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         batch = pairs.shape[0]
-        halves = torch.cat([pairs[:, None, :, :HALF], pairs[:, None, :, HALF:]], dim=0)  # (2B, 1, 28, 28)
+        halves = torch.cat([pairs[:, None, :, :DIGIT_SIZE], pairs[:, None, :, DIGIT_SIZE:]], dim=0)  # (2B, 1, 28, 28)
         features = self.tower(halves)
         left, right = features[:batch], features[batch:]
         logit = self.head(left, right) - self.head(right, left)
