@@ -27,11 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ensemble.atomic import atomic_write_bytes, atomic_write_text
-from ensemble.contract import DIGIT_SIZE, PAIR_SHAPE, PAIRS_SHAPE_TEXT, PIXEL_DTYPE, PIXEL_MAX
-
-#: The width of one digit: an alias of ``ensemble.contract.DIGIT_SIZE`` kept while training/ still imports it
-#: from here (the pair shape, PAIR_SHAPE, is the contract's too).
-HALF = DIGIT_SIZE
+from ensemble.contract import PAIR_SHAPE, PAIRS_SHAPE_TEXT, PIXEL_DTYPE, PIXEL_MAX
 
 
 class CourseDataError(ValueError):
