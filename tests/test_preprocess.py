@@ -14,8 +14,6 @@ import pytest
 from PIL import Image, ImageDraw
 
 from ensemble.preprocess import (
-    BOX_SIZE,
-    CENTRE,
     MAX_IMAGE_PIXELS,
     BlankImageError,
     EmptyUploadError,
@@ -26,6 +24,12 @@ from ensemble.preprocess import (
     prepare_digit,
     prepare_pair,
 )
+
+# The MNIST recipe, stated here independently of the code under test (so that changing it there fails here):
+# the ink's longest side is fitted into a 20x20 box, and the digit is placed so that its centre of mass lands
+# at (14, 14) of the 28x28 frame (row, column; pixel-index coordinates).
+MNIST_BOX = 20
+MNIST_CENTRE = 14.0
 
 # --------------------------------------------------------------------------- helpers
 
@@ -88,9 +92,9 @@ def _assert_mnist_like(digit: np.ndarray) -> None:
     assert digit.max() == 255  # ink stretched to full scale
     assert digit[0].max() == 0 and digit[-1].max() == 0 and digit[:, 0].max() == 0 and digit[:, -1].max() == 0
     assert np.median(digit) == 0  # black background
-    assert max(_ink_box(digit)) <= BOX_SIZE + 1  # the 20x20 box (+1 for a half-pixel of anti-aliasing)
+    assert max(_ink_box(digit)) <= MNIST_BOX + 1  # the 20x20 box (+1 for a half-pixel of anti-aliasing)
     row, col = _centre_of_mass(digit)
-    assert abs(row - CENTRE) <= 0.55 and abs(col - CENTRE) <= 0.55  # integer shift: within half a pixel
+    assert abs(row - MNIST_CENTRE) <= 0.55 and abs(col - MNIST_CENTRE) <= 0.55  # integer shift: within half a pixel
 
 
 # --------------------------------------------------------------------------- prepare_digit
@@ -99,7 +103,7 @@ def _assert_mnist_like(digit: np.ndarray) -> None:
 def test_light_on_dark_digit_is_mnist_like():
     digit = prepare_digit(_draw_digit(ink=255, paper=0))
     _assert_mnist_like(digit)
-    assert max(_ink_box(digit)) >= BOX_SIZE - 1  # longest side fills the box
+    assert max(_ink_box(digit)) >= MNIST_BOX - 1  # longest side fills the box
 
 
 def test_dark_ink_on_light_paper_is_inverted():
@@ -134,19 +138,36 @@ def test_off_centre_digit_is_cropped_and_centred_by_mass(where):
     image = _draw_digit(size=(600, 400), box=boxes[where], ink=0, paper=255, width=6)
     digit = prepare_digit(image)
     _assert_mnist_like(digit)
-    assert max(_ink_box(digit)) >= BOX_SIZE - 1
+    assert max(_ink_box(digit)) >= MNIST_BOX - 1
 
 
 def test_top_heavy_digit_is_pushed_down_but_stays_in_the_frame():
     digit = prepare_digit(_draw_digit(seven=True, ink=0, paper=255))
     assert digit.shape == (28, 28) and digit.max() == 255
     height, _ = _ink_box(digit)
-    assert height >= BOX_SIZE - 1
+    assert height >= MNIST_BOX - 1
     row, col = _centre_of_mass(digit)
     # Its centre of mass sits high in its box, so reaching row 14 would push the foot out of the frame:
     # the shift is clipped there, leaving the mass as low as it can go (above the centre).
-    assert row < CENTRE and abs(col - CENTRE) <= 0.55
+    assert row < MNIST_CENTRE and abs(col - MNIST_CENTRE) <= 0.55
     assert digit[-4:].max() > 0  # the foot reaches the bottom rows
+
+
+@pytest.mark.parametrize("width, height, rows, cols", [
+    # A 35x100 bar: scaled by 20/100 to 7 wide and 20 tall, centre of mass (9.5, 3) in that box. Placed at
+    # round(14 - 9.5) = 4 (Python rounds 4.5 to even) and round(14 - 3) = 11: rows 4-23, columns 11-17.
+    (35, 100, (4, 23), (11, 17)),
+    # The same bar lying down: 20 wide and 7 tall, rows round(14 - 3) = 11 .. 17, columns 4 .. 23.
+    (100, 35, (11, 17), (4, 23)),
+])
+def test_a_bar_lands_exactly_where_the_mnist_recipe_puts_it(width, height, rows, cols):
+    """Worked by hand: a uniform white bar on black is cropped to itself, fitted into the 20x20 box keeping
+    its aspect ratio, and shifted (by whole pixels) to put its centre of mass nearest (14, 14)."""
+    image = Image.new("L", (300, 300), 0)
+    ImageDraw.Draw(image).rectangle([120, 100, 120 + width - 1, 100 + height - 1], fill=255)
+    expected = np.zeros((28, 28), np.uint8)
+    expected[rows[0]:rows[1] + 1, cols[0]:cols[1] + 1] = 255
+    np.testing.assert_array_equal(prepare_digit(image), expected)
 
 
 def test_aspect_ratio_is_kept_when_fitting_into_20x20():
@@ -154,14 +175,14 @@ def test_aspect_ratio_is_kept_when_fitting_into_20x20():
     ImageDraw.Draw(image).rectangle([140, 20, 160, 280], fill=255)  # a '1': 21 wide, 261 tall
     digit = prepare_digit(image)
     height, width = _ink_box(digit)
-    assert height >= BOX_SIZE - 1 and width <= 4
+    assert height >= MNIST_BOX - 1 and width <= 4
 
 
 def test_tiny_input_is_scaled_up():
     image = _draw_digit(size=(12, 12), box=(2, 2, 9, 10), ink=255, paper=0, width=2)
     digit = prepare_digit(image)
     _assert_mnist_like(digit)
-    assert max(_ink_box(digit)) >= BOX_SIZE - 1
+    assert max(_ink_box(digit)) >= MNIST_BOX - 1
 
 
 def test_rgb_coloured_ink_on_white():
