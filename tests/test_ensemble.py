@@ -242,8 +242,29 @@ def test_evaluate_prints_and_writes_the_table(smoke_models, tiny_data, tmp_path,
     for r in result["rows"]:
         assert 0 <= r["accuracy"] <= 1 and 0 <= r["roc_auc"] <= 1 and r["log_loss"] > 0
     assert re.search(r"^\| lightgbm +\| stack +\| 0\.\d{4} ", capsys.readouterr().out, flags=re.MULTILINE)
-    # A file with y needs no CSV.
-    assert cli(["--models", str(smoke_models), "evaluate", str(tiny_data / "val.npz")]) == 0
+    # The numbers themselves, worked out here from the predictions and the labels as the CSV states them
+    # (read with the csv module, matched to the file's ids): labels read reversed, or matched to the wrong
+    # ids, give other accuracies (reversed: 1 - accuracy) and other log-losses.
+    data = load_course_npz(tiny_data / "test_public.npz")
+    with labels.open(newline="") as f:
+        truth = {row["id"]: int(row["label"]) for row in csv.DictReader(f)}
+    y = np.array([truth[i] for i in data.ids])
+    assert 0 < y.mean() < 1
+    ens = Ensemble.load(smoke_models)
+    pred = ens.predict(data.x)
+    rows = {r["name"]: r for r in result["rows"]}
+    for name, p in [*zip(ens.names, pred.base_probabilities.T, strict=True), ("lightgbm", pred.probability)]:
+        q = np.clip(p.astype(np.float64), 1e-15, 1 - 1e-15)
+        assert rows[name]["accuracy"] == pytest.approx(np.mean((p >= 0.5) == y)), name
+        assert rows[name]["log_loss"] == pytest.approx(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q))), name
+    # A file with y needs no CSV; its own labels are the truth.
+    val_out = tmp_path / "val.json"
+    assert cli(["--models", str(smoke_models), "evaluate", str(tiny_data / "val.npz"), "--json", str(val_out)]) == 0
+    with np.load(tiny_data / "val.npz", allow_pickle=False) as val:
+        x_val, y_val = val["x"], val["y"]
+    p_val = ens.predict(x_val).probability
+    lightgbm = {r["name"]: r for r in json.loads(val_out.read_text())["rows"]}["lightgbm"]
+    assert lightgbm["accuracy"] == pytest.approx(np.mean((p_val >= 0.5) == y_val))
 
 
 def test_cli_refuses_malformed_input_cleanly(smoke_models, tmp_path, capsys):
