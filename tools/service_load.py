@@ -33,7 +33,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.server_process import bentoml_serve  # noqa: E402 - needs the repository root on the path
+from ensemble.contract import PAIR_SHAPE  # noqa: E402 - needs the repository root on the path
+from tests.server_process import bentoml_serve  # noqa: E402
 from tests.test_service_load import _course_pairs, _rss_bytes, _Watch, _worker_pid  # noqa: E402
 
 
@@ -82,8 +83,8 @@ def mixed_load(url: str, clients: int, seconds: float, bad_share: float) -> None
 
 
 def eight_bodies(server) -> None:
-    row = ",".join(["123"] * 56)
-    pair = "[" + ",".join([f"[{row}]"] * 28) + "]"
+    row = ",".join(["123"] * PAIR_SHAPE[1])
+    pair = "[" + ",".join([f"[{row}]"] * PAIR_SHAPE[0]) + "]"
     body = ('{"pairs": [' + ",".join([pair] * 10_001) + "]}").encode()
     picture = _png(np.random.default_rng(3).integers(0, 256, (4000, 4000), dtype=np.uint8))
     cases = [(f"8 x {len(body) / 2**20:.0f} MiB JSON", "/compare_batch",

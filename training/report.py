@@ -11,12 +11,14 @@ from ensemble.atomic import atomic_path, atomic_write_text
 from ensemble.evaluation import format_rows
 from ensemble.layout import ArtifactLayout
 from ensemble.tables import markdown_table
+from training.corrupt import COURSE_SEVERITY
+from training.data import SHIFTED_SEVERITIES
 
 # The training results table: (key of a result row, column title, format).
 TRAINING_COLUMNS = [("name", "model", "{}"), ("params", "params", "{:,}"), ("epochs", "epochs", "{}"),
-                    ("val_acc", "val", "{:.4f}"), ("val_sev5_acc", "val sev5", "{:.4f}"),
-                    ("val_sev7_acc", "val sev7", "{:.4f}"), ("test_acc", "test", "{:.4f}"),
-                    ("train_seconds", "train s", "{:.0f}"), ("status", "status", "{}")]
+                    ("val_acc", "val", "{:.4f}"),
+                    *((f"val_sev{s}_acc", f"val sev{s}", "{:.4f}") for s in SHIFTED_SEVERITIES),
+                    ("test_acc", "test", "{:.4f}"), ("train_seconds", "train s", "{:.0f}"), ("status", "status", "{}")]
 
 
 def training_table(rows: list[dict]) -> str:
@@ -97,8 +99,9 @@ def write_report(out: str | Path, metrics: dict, training_rows: list[dict], prof
         lines += [f"## `{path}` ({scored['n']} labelled pairs, scored only)", "", format_rows(scored["rows"]), ""]
     lines += _stacking_section(metrics, layout.figures)
     lines += ["", "## Base models (training)", "",
-              "`val` is the validation split at severity 6 (used for early stopping); `val sev5`/`val sev7` "
-              "are severity-shifted validation pairs from the same held-out source digits.", "",
+              f"`val` is the validation split at severity {COURSE_SEVERITY:g} (used for early stopping); "
+              f"{' and '.join(f'`val sev{s}`' for s in SHIFTED_SEVERITIES)} are severity-shifted validation pairs "
+              "from the same held-out source digits.", "",
               training_table(training_rows), "",
               "Learning curves: `weights/NAME/curves.png`.", "",
               "## Export parity", "",

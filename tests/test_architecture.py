@@ -1,0 +1,140 @@
+"""The shape of the code, checked: the import graph of the repository's own modules has no circles, the
+layers import only downwards, ``__main__`` modules hold no library code, and the pair shape is written
+in one module.
+
+The graph is built from the source with ``ast`` (every import, those inside functions included), so a
+lazy import cannot hide a circle.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import tokenize
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("ensemble", "training", "export", "serving")
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _source_files() -> dict[str, Path]:
+    """Module name -> file, for every module of the product (tests and tools excluded)."""
+    files = {_module_name(p): p for package in PACKAGES for p in (ROOT / package).rglob("*.py")}
+    files["service"] = ROOT / "service.py"
+    return files
+
+
+def _resolve(name: str, modules: set[str]) -> str | None:
+    """The longest prefix of a dotted import that is one of our modules (``a.b.c`` -> ``a.b`` if ``a.b``
+    is a module and ``a.b.c`` a name in it)."""
+    while name:
+        if name in modules:
+            return name
+        name = name.rpartition(".")[0]
+    return None
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the repository modules it imports."""
+    files = _source_files()
+    modules = set(files)
+    graph: dict[str, set[str]] = {}
+    for module, path in files.items():
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*anchor, base] if base else anchor)
+                targets = [f"{base}.{alias.name}" for alias in node.names] + [base]
+            else:
+                continue
+            edges.update(t for t in (_resolve(name, modules) for name in targets) if t and t != module)
+        graph[module] = edges
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle as a list of modules (first == last), or None (depth-first search)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_the_cycle_finder_finds_a_circle_and_the_graph_sees_imports():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    graph = import_graph()
+    assert "training.report" in graph["training.run_all"]  # a top-level import
+    assert "export.pipeline" in graph["training.run_all"]  # an import inside a function
+    assert "ensemble.contract" in graph["ensemble.course_data"]
+
+
+def test_the_import_graph_has_no_circles():
+    assert find_cycle(import_graph()) is None
+
+
+def test_only_the_orchestrator_under_training_calls_the_export_step():
+    graph = import_graph()
+    importers = sorted(m for m, edges in graph.items()
+                       if m.startswith("training") and any(e.startswith("export") for e in edges))
+    assert importers == ["training.run_all"]
+
+
+def test_no_module_imports_a_main_module():
+    """CLIs live in ``__main__``; what others need lives in a library module."""
+    graph = import_graph()
+    assert not {m: sorted(e for e in edges if e.endswith("__main__")) for m, edges in graph.items()
+                if any(e.endswith("__main__") for e in edges)}
+
+
+@pytest.mark.parametrize("layer, forbidden", [
+    ("ensemble", ("training", "export", "serving", "service")),
+    ("training", ("serving", "service")),
+    ("export", ("serving", "service")),
+])
+def test_layers_import_only_downwards(layer, forbidden):
+    graph = import_graph()
+    upward = {m: sorted(e for e in edges if e.split(".")[0] in forbidden)
+              for m, edges in graph.items() if m.split(".")[0] == layer}
+    assert not {m: e for m, e in upward.items() if e}
+
+
+def test_the_pair_shape_is_written_in_one_module():
+    """No number 28 or 56 (a digit's side, a pair's width) in the product's code outside ensemble.contract;
+    docstrings and comments may explain the shape in prose."""
+    found = []
+    for module, path in _source_files().items():
+        tokens = tokenize.tokenize(io.BytesIO(path.read_bytes()).readline)
+        found += [f"{module}:{tok.start[0]}" for tok in tokens
+                  if tok.type == tokenize.NUMBER and tok.string in ("28", "56") and module != "ensemble.contract"]
+    assert not found
