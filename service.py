@@ -78,6 +78,7 @@ from ensemble.preprocess import (  # MAX_IMAGE_PIXELS: 25 MP, checked from the h
     prepare_digit,
     prepare_pair,
 )
+from ensemble.runtime import DEVICE_ENV
 from serving.guard import FrontDoor, RouteRule
 from serving.inputs import (
     MAX_ID_CHARS,
@@ -172,8 +173,8 @@ class ScorerUnavailable(Exception):
 @bentoml.service(name="digit_compare_scorer", workers=1, traffic={"timeout": SCORER_TIMEOUT_S},
                  runner_connection=NEVER_RECYCLE)
 class Scorer:
-    """The ten models and the stacker behind BentoML's adaptive batching. Internal: only DigitCompare
-    calls it (``bentoml.depends``); it is not served on the public port."""
+    """The base models (the manifest's list) and the stacker behind BentoML's adaptive batching.
+    Internal: only DigitCompare calls it (``bentoml.depends``); it is not served on the public port."""
 
     def __init__(self) -> None:
         # Once per worker: Ensemble.load verifies the manifest hashes and picks the execution provider.
@@ -183,8 +184,9 @@ class Scorer:
 
     @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)
     def score(self, pairs: t.Annotated[np.ndarray, AfterValidator(validate_score_input)]) -> np.ndarray:
-        """(N, 28, 56) uint8 pairs -> (N, 35) rows of SCORE_COLUMNS (probability, label, left digit,
-        right digit, batch size, both halves' digit probabilities) then the ten base model probabilities."""
+        """(N, 28, 56) uint8 pairs -> (N, len(SCORE_COLUMNS) + M) rows: SCORE_COLUMNS (probability, label,
+        left digit, right digit, batch size, both halves' digit probabilities), then the M base models'
+        probabilities in the manifest's order."""
         with self._lock:
             prediction = self.ensemble.predict(pairs)
         rows = np.empty((len(pairs), len(SCORE_COLUMNS) + len(self.ensemble.names)), dtype=np.float64)
@@ -238,7 +240,7 @@ IncludeInputs = t.Annotated[bool, Strict(), Field(description="answer the prepro
 @bentoml.asgi_app(extra_app, path="/")
 @bentoml.service(name="digit_compare", workers=1, traffic={"timeout": REQUEST_TIMEOUT_S})
 class DigitCompare:
-    """Is the left handwritten digit greater than the right one? A ten-model ensemble stacked by LightGBM."""
+    """Is the left handwritten digit greater than the right one? An ensemble of Siamese CNNs stacked by LightGBM."""
 
     scorer = bentoml.depends(Scorer)
 
@@ -421,7 +423,7 @@ class DigitCompare:
         scorer = await self._call_scorer("describe")
         return {
             **scorer,  # models, manifest version, artifact hashes, training data, metrics, provider
-            "device_setting": os.environ.get("DIGIT_COMPARE_DEVICE", "auto"),
+            "device_setting": os.environ.get(DEVICE_ENV, "auto"),
             "batching": {"max_batch_size": MAX_BATCH_SIZE, "max_latency_ms": MAX_LATENCY_MS,
                          "batch_endpoint_chunk": MAX_BATCH_SIZE, "batch_endpoint_chunks_in_flight": BATCH_IN_FLIGHT},
             "limits": {"max_pairs_per_request": MAX_PAIRS, "max_request_bytes": MAX_REQUEST_BYTES,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import csv
 import json
 import os
@@ -328,30 +327,6 @@ def test_the_course_format_does_not_import_the_model_run_time():
             "assert Ensemble.__module__ == 'ensemble.runtime'\n"
             "print(sorted(m for m in ('onnxruntime', 'lightgbm') if m in sys.modules))\n")
     assert _python(code) == "['lightgbm', 'onnxruntime']"
-
-
-#: Top-level packages no module of ensemble/ may import: the torch side, and the HTTP layer that sits on top.
-FORBIDDEN_IN_ENSEMBLE = {"torch", "training", "export", "serving", "service", "bentoml", "_bentoml_impl", "starlette"}
-
-
-def _imported_packages(path: Path) -> set[str]:
-    """The top-level packages a module imports, anywhere in it (functions included); relative imports as ''."""
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
-            names.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            names.add("" if node.level else (node.module or "").split(".")[0])
-    return names
-
-
-def test_no_ensemble_module_imports_the_http_layer_or_training():
-    modules = sorted((ROOT / "ensemble").rglob("*.py"))
-    assert len(modules) >= 8
-    found = {path.relative_to(ROOT).as_posix(): sorted(_imported_packages(path) & FORBIDDEN_IN_ENSEMBLE)
-             for path in modules}
-    assert not {name: bad for name, bad in found.items() if bad}
-    assert _imported_packages(ROOT / "service.py") >= {"serving", "bentoml"}  # the scan does see imports
 
 
 def test_metrics_match_scikit_learn():
