@@ -2,6 +2,7 @@
 
     python -m ensemble.bench [--models models] [--duration 10] [--concurrency 1,4,16,64]
                              [--batches 1,8,32,64,256] [--repeats 7] [--out docs] [--url URL]
+                             [--serve-env NAME=VALUE ...]
 
 1. **In process**: pairs/s of ``Ensemble.predict`` (fused graph + stacker) with the fp32 and the int8
    graph at each batch size, median of ``--repeats``, the two precisions interleaved so that a noisy
@@ -11,7 +12,12 @@
    ``--duration`` seconds: answers/s, p50/p95/p99 latency, errors, and the batch sizes the server
    formed (every answer says how many pairs shared its inference call); then ``compare_batch`` with
    256 pairs per request.
-3. Writes ``OUT/bench.md`` (the tables), ``OUT/bench.json`` (the numbers) and ``OUT/bench.png``
+3. Where the CPU goes (when it started the server): CPU milliseconds per answer of the API worker
+   (HTTP, multipart, decoding, JSON), the scorer worker (its HTTP side, the batching dispatcher and
+   inference) and this load generator, from /proc, so "the server is slow" and "the client eats a
+   core" can be told apart. ``--serve-env NAME=VALUE`` (repeatable) sets the server's environment,
+   e.g. ``DIGIT_COMPARE_MAX_BATCH_SIZE=32`` to compare batching settings.
+4. Writes ``OUT/bench.md`` (the tables), ``OUT/bench.json`` (the numbers) and ``OUT/bench.png``
    (throughput and p99 against concurrency), as Triton's perf_analyzer reports do.
 
 The load generator is asyncio + aiohttp (a BentoML dependency, so this runs in the run-time
@@ -34,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import typing as t
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -90,9 +97,57 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class Served(str):
+    """The server's URL, with the process id of ``bentoml serve`` (None for a server not started here)."""
+
+    pid: int | None = None
+
+
+def _proc_tree(root: int) -> dict[int, str]:
+    """``root`` and all its descendants: pid -> command line."""
+    parents, commands = {}, {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            commands[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    tree, grown = {root}, True
+    while grown:
+        children = {pid for pid, parent in parents.items() if parent in tree} - tree
+        tree |= children
+        grown = bool(children)
+    return {pid: commands[pid] for pid in tree if pid in commands}
+
+
+def _role(command: str) -> str:
+    if "digit_compare_scorer" in command:
+        return "scorer"
+    return "api" if "_bentoml_impl.worker" in command else "serve"
+
+
+def server_cpu(root: int | None) -> dict[str, float]:
+    """CPU seconds (user + system, all threads) used so far by each role of the server's processes."""
+    if root is None:
+        return {}
+    tick = os.sysconf("SC_CLK_TCK")
+    seconds: dict[str, float] = {}
+    for pid, command in _proc_tree(root).items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        seconds[_role(command)] = seconds.get(_role(command), 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return seconds
+
+
 @contextlib.contextmanager
-def serving(models: Path, env: dict[str, str] | None = None, timeout: float = 180) -> Iterator[str]:
-    """``bentoml serve service:DigitCompare`` on a free loopback port; yields its URL once ready."""
+def serving(models: Path, env: dict[str, str] | None = None, timeout: float = 180) -> Iterator[Served]:
+    """``bentoml serve service:DigitCompare`` on a free loopback port; yields its URL (a ``Served``,
+    whose ``pid`` is the serve process) once ready."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "bentoml", "serve", "service:DigitCompare", "--host", "127.0.0.1",
@@ -109,7 +164,9 @@ def serving(models: Path, env: dict[str, str] | None = None, timeout: float = 18
                     log.seek(0)
                     raise RuntimeError(f"bentoml serve did not come up:\n{log.read().decode(errors='replace')[-3000:]}")
                 time.sleep(0.5)
-            yield url
+            served = Served(url)
+            served.pid = process.pid
+            yield served
         finally:
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)
@@ -183,14 +240,28 @@ async def _closed_loop(url: str, route: str, field: str, filename: str, payloads
             "max batch": max(batch_sizes, default=0)}
 
 
+def _measured(url: str, *args: t.Any) -> dict:
+    """One closed loop, with the CPU milliseconds per answer of each server role and of this client."""
+    root = getattr(url, "pid", None)
+    before, client = server_cpu(root), time.process_time()
+    row = asyncio.run(_closed_loop(url, *args))
+    client = time.process_time() - client
+    after = server_cpu(root)
+    answers = max(row["answers"], 1)
+    if root is not None:
+        for role in ("api", "scorer"):
+            row[f"{role} cpu ms/ans"] = 1000 * (after.get(role, 0.0) - before.get(role, 0.0)) / answers
+    row["client cpu ms/ans"] = 1000 * client / answers
+    return row
+
+
 def over_http(url: str, pairs: np.ndarray, concurrency: tuple[int, ...], duration: float) -> tuple[list[dict], dict]:
     """The compare_pair concurrency sweep and the compare_batch run (256 pairs per request)."""
     images = [_png(p) for p in pairs[:256]]
-    sweep = [asyncio.run(_closed_loop(url, "compare_pair", "image", "pair.png", images, c, duration))
-             for c in concurrency]
+    sweep = [_measured(url, "compare_pair", "image", "pair.png", images, c, duration) for c in concurrency]
     uploads = [_npz(pairs[i:i + BATCH_REQUEST_PAIRS]) for i in range(0, len(pairs) - BATCH_REQUEST_PAIRS + 1,
                                                                      BATCH_REQUEST_PAIRS)] or [_npz(pairs)]
-    batch = asyncio.run(_closed_loop(url, "compare_batch", "file", "pairs.npz", uploads, 1, duration))
+    batch = _measured(url, "compare_batch", "file", "pairs.npz", uploads, 1, duration)
     batch["pairs/s"] = batch["answers/s"] * min(BATCH_REQUEST_PAIRS, len(pairs))
     return sweep, batch
 
@@ -242,7 +313,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--url", help="benchmark this running server instead of starting one")
     parser.add_argument("--out", default=str(ROOT / "docs"), help="where bench.md and bench.png go")
+    parser.add_argument("--serve-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="environment of the server it starts, e.g. DIGIT_COMPARE_MAX_BATCH_SIZE=32 (repeatable)")
     args = parser.parse_args(argv)
+    serve_env = dict(item.split("=", 1) for item in args.serve_env)
     concurrency = tuple(int(c) for c in args.concurrency.split(","))
     batches = tuple(int(b) for b in args.batches.split(","))
     models, out = Path(args.models), Path(args.out)
@@ -252,20 +326,25 @@ def main(argv: list[str] | None = None) -> int:
     local = in_process(models, pairs, batches, args.repeats)
     print(_table(local))
     print(f"over HTTP: {concurrency} clients, {args.duration:g} s each", file=sys.stderr)
-    with contextlib.nullcontext(args.url) if args.url else serving(models) as url:
+    with contextlib.nullcontext(args.url) if args.url else serving(models, serve_env) as url:
         sweep, batch = over_http(url, pairs, concurrency, args.duration)
     print(_table(sweep))
     print(_table([batch]))
 
     best = max(local, key=lambda r: r["fp32 pairs/s"])
+    env_words = ", ".join(f"`{k}={v}`" for k, v in serve_env.items())
     text = ["## In process (`Ensemble.predict`: fused graph + stacker)", "", _table(local), "",
             f"Best fp32 batch: {best['batch']} ({best['fp32 pairs/s']:.0f} pairs/s).", "",
-            "## Over HTTP: `compare_pair`, closed loop", "", _table(sweep), "",
+            "## Over HTTP: `compare_pair`, closed loop", "",
+            *([f"Server environment: {env_words}.", ""] if serve_env else []),
+            "`api`/`scorer`/`client cpu ms/ans`: CPU milliseconds per answer (all threads) of the API worker, "
+            "the scorer worker and this load generator.", "", _table(sweep), "",
             f"## Over HTTP: `compare_batch`, {BATCH_REQUEST_PAIRS} pairs per request, one client", "",
             _table([batch]), "", "![throughput and p99 against concurrency](bench.png)", ""]
     atomic_write_text(out / "bench.md", "\n".join(text))
     atomic_write_text(out / "bench.json", json.dumps({"in_process": local, "compare_pair": sweep,
-                                                      "compare_batch": batch}, indent=2) + "\n")
+                                                      "compare_batch": batch, "serve_env": serve_env},
+                                                     indent=2) + "\n")
     plot(sweep, out / "bench.png")
     print(f"wrote {out / 'bench.md'} and {out / 'bench.png'}", file=sys.stderr)
     return 0

@@ -13,7 +13,7 @@ from ensemble.bench import main as bench
 def test_bench_runs_end_to_end_and_writes_its_report(smoke_models, tmp_path):
     out = tmp_path / "docs"
     assert bench(["--models", str(smoke_models), "--duration", "1", "--concurrency", "1,3", "--batches", "1,4",
-                  "--repeats", "1", "--out", str(out)]) == 0
+                  "--repeats", "1", "--out", str(out), "--serve-env", "DIGIT_COMPARE_MAX_BATCH_SIZE=8"]) == 0
     report = (out / "bench.md").read_text()
     assert "## In process" in report and "## Over HTTP: `compare_pair`" in report
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -23,4 +23,9 @@ def test_bench_runs_end_to_end_and_writes_its_report(smoke_models, tmp_path):
     assert [r["clients"] for r in result["compare_pair"]] == [1, 3]
     for row in [*result["compare_pair"], result["compare_batch"]]:
         assert row["answers"] > 0 and row["errors"] == 0, row
-    assert all(r["max batch"] >= 1 for r in result["compare_pair"])
+    assert all(1 <= r["max batch"] <= 8 for r in result["compare_pair"])  # the server got --serve-env
+    assert result["serve_env"] == {"DIGIT_COMPARE_MAX_BATCH_SIZE": "8"}
+    # Where the CPU went, per answer: the API worker and the scorer worker (found under the serve process)
+    # both worked, and so did this load generator.
+    for row in [*result["compare_pair"], result["compare_batch"]]:
+        assert row["api cpu ms/ans"] > 0 and row["scorer cpu ms/ans"] > 0 and row["client cpu ms/ans"] > 0, row
