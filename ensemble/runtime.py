@@ -21,13 +21,11 @@ from tqdm import tqdm
 
 from ensemble.course_data import as_pairs_uint8
 from ensemble.features import FeatureMismatchError, check_feature_spec, sigmoid, stacking_features
-from ensemble.layout import ArtifactLayout
 from ensemble.manifest import ManifestError, read_manifest, verify_artifact
 
 log = logging.getLogger("ensemble")
 DEVICE_ENV = "DIGIT_COMPARE_DEVICE"  # auto (default) | cpu | cuda
 PRECISION_ENV = "DIGIT_COMPARE_PRECISION"  # auto (default: int8 on CPU when shipped, fp32 on GPU) | fp32 | int8
-FUSED_INT8 = ArtifactLayout(".").fused_int8.name  # kept for export.quantize; the layout is the source
 CHUNK = 2048  # pairs per ONNX Runtime call: bounds memory on large inputs
 
 
@@ -89,18 +87,20 @@ def gpu_usable() -> bool:
     return cuda.cuInit(0) == 0 and cuda.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
 
 
-def open_session(path: Path, device: str | None = None) -> ort.InferenceSession:
+def open_session(path: Path, device: str | None = None, threads: int | None = None) -> ort.InferenceSession:
     """An ONNX Runtime session on the GPU when one is usable (or forced), else on the CPU.
 
     Options, on purpose: all graph optimisations (fuses Conv + BatchNorm + ReLU, and int8 QDQ pairs
-    into integer kernels); one intra-op thread per usable CPU and a single inter-op thread (the fused
-    graph is one long chain of convolutions: parallelism within each operator is what pays).
+    into integer kernels); ``threads`` intra-op threads (default: one per usable CPU) and a single
+    inter-op thread (the fused graph is one long chain of convolutions: parallelism within each
+    operator is what pays). The service asks for one thread fewer than the CPUs: its API worker
+    needs a core, and ONNX Runtime's threads spin waiting for each other when one is taken.
     """
     use_cuda = resolve_device(device) == "cuda"
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = usable_cpus()
+    options.intra_op_num_threads = threads or usable_cpus()
     options.inter_op_num_threads = 1
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
     try:
@@ -184,11 +184,12 @@ class Ensemble:
 
     @classmethod
     def load(cls, models_dir: str | os.PathLike = "models", device: str | None = None,
-             precision: str | None = None) -> Ensemble:
+             precision: str | None = None, threads: int | None = None) -> Ensemble:
         """Verify the manifest and the serving artifacts' hashes, then open them.
 
         ``device`` (cpu | cuda | auto) and ``precision`` (fp32 | int8 | auto) default to
-        $DIGIT_COMPARE_DEVICE and $DIGIT_COMPARE_PRECISION, else auto.
+        $DIGIT_COMPARE_DEVICE and $DIGIT_COMPARE_PRECISION, else auto; ``threads``: ONNX Runtime's
+        intra-op threads on the CPU (default: one per usable CPU).
         """
         models_dir = Path(models_dir)
         manifest = read_manifest(models_dir)
@@ -206,7 +207,7 @@ class Ensemble:
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
             raise ManifestError(f"{logreg_path}: malformed logistic-regression stacker ({err})") from err
         check_stacker_features(models_dir, manifest, booster, logreg)
-        session = open_session(fused, device)
+        session = open_session(fused, device, threads)
         return cls(models_dir, manifest, session, booster, logreg, precision)
 
     def predict(self, pairs: np.ndarray, progress: bool = False) -> Prediction:

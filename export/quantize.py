@@ -46,8 +46,9 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from ensemble.atomic import atomic_path
 from ensemble.course_data import load_course_npz
+from ensemble.layout import ArtifactLayout
 from ensemble.manifest import artifact_entry, read_manifest, write_manifest
-from ensemble.runtime import FUSED_INT8, Ensemble
+from ensemble.runtime import Ensemble
 
 CALIBRATION_PAIRS = 1024
 PARITY_PAIRS = 2000
@@ -149,7 +150,7 @@ def add_int8(models_dir: str | Path, data_dir: str | Path) -> dict:
     if check.stop <= 0:
         check = slice(0, len(val))
     names = [m["name"] for m in manifest["models"]]
-    path = models_dir / FUSED_INT8
+    path = ArtifactLayout(models_dir).fused_int8
     quantize_fused(models_dir / manifest["artifacts"]["fused"]["file"], path, calibration, names)
     manifest["artifacts"]["fused_int8"] = artifact_entry(models_dir, path)
     write_manifest(models_dir, manifest)
