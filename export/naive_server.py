@@ -25,12 +25,12 @@ from starlette.routing import Route
 
 from ensemble.contract import PIXEL_MAX
 from ensemble.preprocess import open_image, prepare_pair
-from training.models import MODEL_NAMES
+from training.models import model_names
 from training.train import load_weights
 
 
 def build_app(models_dir: Path, profile: str) -> Starlette:
-    models = [load_weights(name, models_dir, profile) for name in MODEL_NAMES]
+    models = [load_weights(name, models_dir, profile) for name in model_names()]
 
     def score(pair) -> dict:
         x = torch.from_numpy(pair[None]).float() / PIXEL_MAX

@@ -9,6 +9,7 @@ lazy import cannot hide a circle.
 from __future__ import annotations
 
 import ast
+import importlib
 import io
 import tokenize
 from pathlib import Path
@@ -164,3 +165,9 @@ def test_the_pair_shape_is_written_in_one_module():
         found += [f"{module}:{tok.start[0]}" for tok in tokens
                   if tok.type == tokenize.NUMBER and tok.string in ("28", "56") and module != "ensemble.contract"]
     assert not found
+
+
+@pytest.mark.parametrize("module", sorted(m for m in _source_files() if m != "service"))
+def test_every_module_imports(module):
+    """A renamed or removed name shows up here, not when someone first runs that command."""
+    importlib.import_module(module)
