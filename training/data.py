@@ -21,6 +21,7 @@ import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -173,7 +174,8 @@ def make_pairs(images: np.ndarray, labels: np.ndarray, n: int, *, seed: int, epo
     bar = tqdm(total=n, desc=f"{stream} pairs", unit="pair", disable=not progress, leave=False)
     results = []
     if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(workers) as pool:
+        # forkserver, not fork: forking a process that runs threads (numpy's, torch's) may deadlock the child.
+        with ProcessPoolExecutor(workers, mp_context=get_context("forkserver")) as pool:
             for pairs, digits in pool.map(_make_chunk, jobs):
                 results.append((pairs, digits))
                 bar.update(len(pairs))
