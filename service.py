@@ -80,7 +80,8 @@ from ensemble.preprocess import (  # MAX_IMAGE_PIXELS: 25 MP, checked from the h
     prepare_digit,
     prepare_pair,
 )
-from ensemble.runtime import DEVICE_ENV, usable_cpus
+from ensemble.runtime import DEVICE_ENV, MODELS_ENV, usable_cpus
+from serving.coalesce import Overloaded, PairCoalescer
 from serving.guard import FrontDoor, RouteRule
 from serving.inputs import (
     MAX_ID_CHARS,
@@ -104,7 +105,7 @@ from serving.webui import routes as ui_routes
 
 logger = logging.getLogger("bentoml.digit_compare")
 
-MODELS_DIR = Path(os.environ.get("DIGIT_COMPARE_MODELS") or Path(__file__).resolve().parent / "models")
+MODELS_DIR = Path(os.environ.get(MODELS_ENV) or Path(__file__).resolve().parent / "models")
 # A tampered or missing model used to fail each worker's start, which BentoML's process manager restarts
 # every few seconds, forever. Checked here instead, on import, in the `bentoml serve` process itself: it
 # exits non-zero with the message before any worker starts.
@@ -130,6 +131,9 @@ BATCH_IN_FLIGHT = 2
 #: 64 clients on 2 cores: +34% answers/s and a lower p99 against one call per pair (README, "Speed"), because
 #: each call to the scorer costs both processes CPU time (HTTP, serialisation) whatever its size.
 SINGLE_PAIR_CALLS_IN_FLIGHT = 2
+#: ... and at most this many single pairs wait for a call (more are refused with 503 at once, as are pairs that
+#: waited longer than MAX_LATENCY_MS): 16 full batches, a few seconds of inference on 2 CPU cores.
+MAX_WAITING_PAIRS = 16 * MAX_BATCH_SIZE
 #: ONNX Runtime threads in the scorer (default: one per usable CPU). One fewer leaves a core to the API worker
 #: and helps a crowd of single pairs when they are not coalesced, but with coalescing it measured the same at 64
 #: clients (205 vs 218 answers/s) and halved compare_batch (330 vs 584 pairs/s; docs/bench.md, 2 cores).
@@ -159,7 +163,9 @@ CHUNK_ATTEMPTS = 3
 SCORE_COLUMNS = ("probability", "label", "left_digit", "right_digit", "batch_size",
                  *(f"{side}_p{d}" for side in ("left", "right") for d in range(10)))
 _PROB, _LABEL, _LEFT, _RIGHT, _BATCH = 0, 1, 2, 3, 4
-_LEFT_P, _RIGHT_P, _BASE = 5, 15, 25
+_LEFT_P = _BATCH + 1
+_RIGHT_P = _LEFT_P + 10
+_BASE = _RIGHT_P + 10
 assert len(SCORE_COLUMNS) == _BASE
 
 # Why the scorer's client never recycles its session: BentoML 1.4.40's internal client
@@ -205,7 +211,7 @@ class Scorer:
         rows[:, _LABEL] = prediction.label
         rows[:, _LEFT:_RIGHT + 1] = prediction.digits
         rows[:, _BATCH] = len(pairs)
-        rows[:, _LEFT_P:_BASE] = prediction.digit_probs.mean(axis=1).reshape(len(pairs), 20)  # (N, M, 2, 10)
+        rows[:, _LEFT_P:_BASE] = prediction.digit_probs.mean(axis=1).reshape(len(pairs), -1)  # (N, M, 2, 10)
         rows[:, _BASE:] = prediction.base_probabilities
         return rows
 
@@ -258,40 +264,9 @@ class DigitCompare:
     def __init__(self) -> None:
         self._decode_limiter: anyio.CapacityLimiter | None = None
         self._parse_limiter: anyio.CapacityLimiter | None = None
-        self._waiting: list[tuple[np.ndarray, asyncio.Future]] = []  # single pairs not yet sent to the scorer
-        self._single_calls = 0  # calls with single pairs in flight
-        self._group_tasks: set[asyncio.Task] = set()  # referenced until done: the loop keeps only weak ones
-
-    # ----------------------------------------------------------------- single pairs, coalesced
-
-    async def _score_single(self, pair: np.ndarray) -> np.ndarray:
-        """One pair's score row; concurrent single pairs share scorer calls (SINGLE_PAIR_CALLS_IN_FLIGHT)."""
-        future = asyncio.get_running_loop().create_future()
-        self._waiting.append((pair, future))
-        self._send_waiting()
-        return await future
-
-    def _send_waiting(self) -> None:
-        while self._waiting and self._single_calls < SINGLE_PAIR_CALLS_IN_FLIGHT:
-            group, self._waiting = self._waiting[:MAX_BATCH_SIZE], self._waiting[MAX_BATCH_SIZE:]
-            self._single_calls += 1
-            task = asyncio.ensure_future(self._score_group(group))
-            self._group_tasks.add(task)
-            task.add_done_callback(self._group_tasks.discard)
-
-    async def _score_group(self, group: list[tuple[np.ndarray, asyncio.Future]]) -> None:
-        try:
-            rows = await self._score(np.stack([pair for pair, _ in group]))
-            for (_, future), row in zip(group, rows, strict=True):
-                if not future.done():  # done: its request was cancelled (the client left)
-                    future.set_result(row)
-        except Exception as err:  # ScorerUnavailable and anything else: every waiting request gets it
-            for _, future in group:
-                if not future.done():
-                    future.set_exception(err)
-        finally:
-            self._single_calls -= 1
-            self._send_waiting()
+        self._single_pairs = PairCoalescer(self._score, max_group=MAX_BATCH_SIZE,
+                                           max_in_flight=SINGLE_PAIR_CALLS_IN_FLIGHT,
+                                           max_wait_s=MAX_LATENCY_MS / 1000, max_waiting=MAX_WAITING_PAIRS)
 
     # ----------------------------------------------------------------- calling the scorer
 
@@ -319,8 +294,8 @@ class DigitCompare:
     async def _score_one(self, pair: np.ndarray, started: float, include_inputs: bool) -> Comparison | Response:
         """One pair through the scorer's adaptive batching; ``started``: the request's perf_counter()."""
         try:
-            row = await self._score_single(pair)
-        except ScorerUnavailable as err:
+            row = await self._single_pairs.score(pair)
+        except (ScorerUnavailable, Overloaded) as err:
             return _unavailable(err)
         # Asked for by the web page only: two small PNGs, but no reason to put them in every answer.
         inputs = None
@@ -471,7 +446,8 @@ class DigitCompare:
             "device_setting": os.environ.get(DEVICE_ENV, "auto"),
             "batching": {"max_batch_size": MAX_BATCH_SIZE, "max_latency_ms": MAX_LATENCY_MS,
                          "batch_endpoint_chunk": MAX_BATCH_SIZE, "batch_endpoint_chunks_in_flight": BATCH_IN_FLIGHT,
-                         "single_pair_calls_in_flight": SINGLE_PAIR_CALLS_IN_FLIGHT, "scorer_threads": SCORER_THREADS},
+                         "single_pair_calls_in_flight": SINGLE_PAIR_CALLS_IN_FLIGHT,
+                         "max_waiting_single_pairs": MAX_WAITING_PAIRS, "scorer_threads": SCORER_THREADS},
             "limits": {"max_pairs_per_request": MAX_PAIRS, "max_request_bytes": MAX_REQUEST_BYTES,
                        "max_image_pixels": MAX_IMAGE_PIXELS, "max_image_bytes": MAX_IMAGE_BYTES,
                        "body_idle_timeout_s": BODY_IDLE_TIMEOUT_S, "body_timeout_s": BODY_TIMEOUT_S,

@@ -6,7 +6,7 @@ digit pairs.
 - ``ensemble.preprocess``: a person's picture -> an MNIST-style digit, or a course-style pair (Pillow + numpy).
 - ``ensemble.manifest``: ``models/manifest.json``, the contract between training and serving, and its hashes.
 - ``ensemble.features``: the stacking features, one function for training and serving.
-- ``ensemble.runtime``: ``Ensemble``, the ten ONNX models and the stackers (onnxruntime + lightgbm).
+- ``ensemble.runtime``: ``Ensemble``, the base models' fused ONNX graph and the stackers (onnxruntime + lightgbm).
 - ``ensemble.evaluation``, ``ensemble.metrics``: the comparison table of ``python -m ensemble evaluate``.
 - ``ensemble.bench``: the served-product benchmark; ``ensemble.atomic``: atomic file writes.
 - ``python -m ensemble``: predict, evaluate and check submissions on the command line.

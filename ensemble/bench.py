@@ -50,7 +50,7 @@ from PIL import Image
 from tabulate import tabulate
 
 from ensemble.atomic import atomic_path, atomic_write_text
-from ensemble.runtime import Ensemble
+from ensemble.runtime import MODELS_ENV, Ensemble
 
 ROOT = Path(__file__).resolve().parent.parent
 CONCURRENCY = (1, 4, 16, 64)
@@ -152,7 +152,7 @@ def serving(models: Path, env: dict[str, str] | None = None, timeout: float = 18
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "bentoml", "serve", "service:DigitCompare", "--host", "127.0.0.1",
                "--port", str(port)]
-    environment = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "DIGIT_COMPARE_MODELS": str(models.resolve()),
+    environment = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", MODELS_ENV: str(models.resolve()),
                    **(env or {})}
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT,

@@ -115,6 +115,8 @@ def stacking_features(logits: np.ndarray, digit_probs: np.ndarray, names: tuple[
 def check_feature_spec(spec: dict, model_names: tuple[str, ...]) -> list[str]:
     """The feature names a manifest's ``features`` entry records, once this code computes exactly those
     (same feature-set version, every name known); FeatureMismatchError naming the difference otherwise."""
+    if not isinstance(spec, dict):
+        raise FeatureMismatchError("'features' must be an object with 'version' and 'names'")
     version, names = spec.get("version"), spec.get("names")
     if version != FEATURE_SET_VERSION:
         raise FeatureMismatchError(f"the stackers were fitted on stacking features version {version!r}, "

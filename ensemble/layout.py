@@ -23,6 +23,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ensemble.manifest import MANIFEST
+
 
 @dataclass(frozen=True)
 class ArtifactLayout:
@@ -80,7 +82,7 @@ class ArtifactLayout:
 
     @property
     def manifest(self) -> Path:
-        return self.root / "manifest.json"
+        return self.root / MANIFEST
 
     @property
     def report(self) -> Path:
@@ -91,13 +93,16 @@ class ArtifactLayout:
         return self.root / "report"
 
     def role_paths(self, names: tuple[str, ...] | list[str]) -> dict[str, Path]:
-        """Manifest role -> path, for every artifact of these base models that exists on disk.
-
-        Not the int8 graph: it is listed only once it passes its parity check (``export.quantize``).
-        """
-        files = {"fused": self.fused, "lightgbm": self.lightgbm,
-                 "logreg": self.logreg, "reference": self.reference}
+        """Manifest role -> path of every artifact of an ensemble of these base models; FileNotFoundError
+        naming the first one missing. The reference predictions are listed when they exist; the int8
+        graph is not: it is listed only once it passes its parity check (``export.quantize``)."""
+        files = {"fused": self.fused, "lightgbm": self.lightgbm, "logreg": self.logreg}
         for name in names:
             files[f"onnx:{name}"] = self.onnx(name)
             files[f"weights:{name}"] = self.weights(name)
-        return {role: path for role, path in files.items() if path.is_file()}
+        missing = [path for path in files.values() if not path.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{missing[0]}: missing ({len(missing)} artifact(s) of the ensemble are)")
+        if self.reference.is_file():
+            files["reference"] = self.reference
+        return files

@@ -21,9 +21,10 @@ from tqdm import tqdm
 
 from ensemble.course_data import as_pairs_uint8
 from ensemble.features import FeatureMismatchError, check_feature_spec, sigmoid, stacking_features
-from ensemble.manifest import ManifestError, read_manifest, verify_artifact
+from ensemble.manifest import MANIFEST, ManifestError, read_manifest, verify_artifact
 
 log = logging.getLogger("ensemble")
+MODELS_ENV = "DIGIT_COMPARE_MODELS"  # the models folder the service serves (default: models/ beside service.py)
 DEVICE_ENV = "DIGIT_COMPARE_DEVICE"  # auto (default) | cpu | cuda
 PRECISION_ENV = "DIGIT_COMPARE_PRECISION"  # auto (default: int8 on CPU when shipped, fp32 on GPU) | fp32 | int8
 CHUNK = 2048  # pairs per ONNX Runtime call: bounds memory on large inputs
@@ -93,8 +94,7 @@ def open_session(path: Path, device: str | None = None, threads: int | None = No
     Options, on purpose: all graph optimisations (fuses Conv + BatchNorm + ReLU, and int8 QDQ pairs
     into integer kernels); ``threads`` intra-op threads (default: one per usable CPU) and a single
     inter-op thread (the fused graph is one long chain of convolutions: parallelism within each
-    operator is what pays). The service asks for one thread fewer than the CPUs: its API worker
-    needs a core, and ONNX Runtime's threads spin waiting for each other when one is taken.
+    operator is what pays). The service's scorer may ask for fewer (DIGIT_COMPARE_SCORER_THREADS).
     """
     use_cuda = resolve_device(device) == "cuda"
     options = ort.SessionOptions()
@@ -154,7 +154,7 @@ class LogisticStacker:
 
 def check_stacker_features(models_dir: Path, manifest: dict, booster: lgb.Booster, logreg: LogisticStacker) -> None:
     """Both stackers were fitted on the features the manifest names, and this code computes them all."""
-    where = Path(models_dir) / "manifest.json"
+    where = Path(models_dir) / MANIFEST
     try:
         names = check_feature_spec(manifest["features"], tuple(m["name"] for m in manifest["models"]))
     except FeatureMismatchError as err:
@@ -208,6 +208,10 @@ class Ensemble:
             raise ManifestError(f"{logreg_path}: malformed logistic-regression stacker ({err})") from err
         check_stacker_features(models_dir, manifest, booster, logreg)
         session = open_session(fused, device, threads)
+        outputs = session.get_outputs()[0].shape  # logits: ["batch", M]
+        if len(outputs) != 2 or outputs[1] != len(manifest["models"]):
+            raise ManifestError(f"{fused}: the fused graph scores {outputs[1:]} models, the manifest lists "
+                                f"{len(manifest['models'])}")
         return cls(models_dir, manifest, session, booster, logreg, precision)
 
     def predict(self, pairs: np.ndarray, progress: bool = False) -> Prediction:

@@ -38,13 +38,13 @@ _PAIR_TEXT = f"{PAIR_SHAPE[0]}x{PAIR_SHAPE[1]}"
 
 
 class Digits(BaseModel):
-    left: int = Field(description="most likely class of the left digit (mean of the ten digit heads)")
+    left: int = Field(description="most likely class of the left digit (the models' digit heads averaged)")
     right: int = Field(description="most likely class of the right digit")
 
 
 class DigitProbabilities(BaseModel):
     left: list[float] = Field(min_length=10, max_length=10,
-                              description="P(the left digit is 0..9), the ten digit heads averaged; "
+                              description="P(the left digit is 0..9), the models' digit heads averaged; "
                                           "digits.left is its most likely class")
     right: list[float] = Field(min_length=10, max_length=10, description="the same for the right digit")
 

@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ensemble.contract import PAIR_SHAPE  # noqa: E402 - needs the repository root on the path
+from ensemble.runtime import DEVICE_ENV  # noqa: E402
 from tests.server_process import bentoml_serve  # noqa: E402
 from tests.test_service_load import _course_pairs, _rss_bytes, _Watch, _worker_pid  # noqa: E402
 
@@ -120,11 +121,11 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--bad", type=float, default=0.1, help="share of bad requests")
-    parser.add_argument("--device", default=os.environ.get("DIGIT_COMPARE_DEVICE", "auto"))
+    parser.add_argument("--device", default=os.environ.get(DEVICE_ENV, "auto"))
     parser.add_argument("--skip-batches", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="digit-compare-load-") as home:
-        env = {"BENTOML_HOME": home, "DIGIT_COMPARE_DEVICE": args.device}
+        env = {"BENTOML_HOME": home, DEVICE_ENV: args.device}
         with bentoml_serve("service:DigitCompare", ROOT, env) as server:
             mixed_load(server.url, args.clients, args.seconds, args.bad)
             eight_bodies(server)

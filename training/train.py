@@ -1,4 +1,4 @@
-"""One training loop for all ten models.
+"""One training loop for every registered model.
 
     python -m training.train NAME [--profile default] [--data data/] [--out runs/] [--resume]
 
@@ -325,8 +325,9 @@ def train_model(name: str, options: RunOptions = RunOptions(), data: TrainingDat
         return {**json.loads(layout.history(name).read_text())["result"], "status": "skipped"}
     if options.threads:
         torch.set_num_threads(options.threads)
+    device = resolve_device(options.device)  # before loading data: a missing GPU is said at once
     data = data or TrainingData.load(options.data_dir, prof.max_train_pairs, prof.max_val_pairs)
-    trainer = Trainer(config, prof, resolve_device(options.device))
+    trainer = Trainer(config, prof, device)
     if options.resume and not options.force:
         trainer.load_checkpoint(layout.checkpoint(name), key)
 
