@@ -53,6 +53,8 @@ class PairCoalescer:
         return await waiting.future  # cancelled with its request: _send then drops it
 
     def _send(self) -> None:
+        if self._in_flight >= self.max_in_flight:
+            return  # nothing can go now; the next call to finish sends (and sheds) what waits
         self._shed_stale()
         while self._waiting and self._in_flight < self.max_in_flight:
             group, self._waiting = self._waiting[:self.max_group], self._waiting[self.max_group:]
