@@ -3,6 +3,7 @@
     ens = Ensemble.load("models")
     pred = ens.predict(pairs_uint8)        # (N, 28, 56) uint8 (ensemble.contract)
     pred.probability, pred.label, pred.base_probabilities, pred.digits
+    ens.predict(pairs_uint8, prior="uniform")  # two free pictures rather than a course pair (ensemble.priors)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from tqdm import tqdm
 from ensemble.course_data import as_pairs_uint8
 from ensemble.features import FeatureMismatchError, check_feature_spec, sigmoid, stacking_features
 from ensemble.manifest import MANIFEST, ManifestError, read_manifest, verify_artifact
+from ensemble.priors import DESCRIPTIONS, check_prior, read_frequencies, uniform_greater_probability
 
 log = logging.getLogger("ensemble")
 MODELS_ENV = "DIGIT_COMPARE_MODELS"  # the models folder the service serves (default: models/ beside service.py)
@@ -126,13 +128,15 @@ def fused_outputs(session: ort.InferenceSession, pairs: np.ndarray,
 
 @dataclass
 class Prediction:
-    probability: np.ndarray  # (N,) stacked P(left > right)
+    probability: np.ndarray  # (N,) P(left > right) under ``prior``
     label: np.ndarray  # (N,) 0/1
     base_probabilities: np.ndarray  # (N, M) each base model's P(left > right), in Ensemble.names order
     digits: np.ndarray  # (N, 2) most likely left / right digit (averaged digit heads)
     logits: np.ndarray  # (N, M) base pair logits
     digit_probs: np.ndarray  # (N, M, 2, 10)
     features: np.ndarray  # (N, F) the stacking features
+    prior: str = "course"  # which prior produced probability and label (ensemble.priors)
+    by_prior: dict[str, np.ndarray] | None = None  # every prior's P(left > right), each (N,)
 
 
 class LogisticStacker:
@@ -170,7 +174,7 @@ class Ensemble:
     """The base models (the manifest's list) in one fused ONNX graph, stacked by LightGBM."""
 
     def __init__(self, models_dir: Path, manifest: dict, session: ort.InferenceSession, booster: lgb.Booster,
-                 logreg: LogisticStacker, precision: str = "fp32"):
+                 logreg: LogisticStacker, precision: str = "fp32", digit_frequencies: np.ndarray | None = None):
         self.models_dir = models_dir
         self.manifest = manifest
         self.session = session
@@ -181,6 +185,8 @@ class Ensemble:
         self.best_single: str = manifest["best_single"]
         self.provider: str = session.get_providers()[0]
         self.precision = precision  # which fused graph runs: fp32 or int8
+        # The class frequencies the digit heads learned, divided out by the uniform prior (ensemble.priors).
+        self.digit_frequencies = read_frequencies(None) if digit_frequencies is None else digit_frequencies
 
     @classmethod
     def load(cls, models_dir: str | os.PathLike = "models", device: str | None = None,
@@ -207,22 +213,36 @@ class Ensemble:
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
             raise ManifestError(f"{logreg_path}: malformed logistic-regression stacker ({err})") from err
         check_stacker_features(models_dir, manifest, booster, logreg)
+        try:
+            frequencies = read_frequencies(manifest.get("priors"))
+        except ValueError as err:
+            raise ManifestError(f"{models_dir / MANIFEST}: {err}") from err
         session = open_session(fused, device, threads)
         outputs = session.get_outputs()[0].shape  # logits: ["batch", M]
         if len(outputs) != 2 or outputs[1] != len(manifest["models"]):
             raise ManifestError(f"{fused}: the fused graph scores {outputs[1:]} models, the manifest lists "
                                 f"{len(manifest['models'])}")
-        return cls(models_dir, manifest, session, booster, logreg, precision)
+        return cls(models_dir, manifest, session, booster, logreg, precision, frequencies)
 
-    def predict(self, pairs: np.ndarray, progress: bool = False) -> Prediction:
-        """Score pairs (N, 28, 56) uint8 (a float array in [0, 1] or [0, 255] is converted)."""
+    def predict(self, pairs: np.ndarray, progress: bool = False, prior: str = "course") -> Prediction:
+        """Score pairs (N, 28, 56) uint8 (a float array in [0, 1] or [0, 255] is converted).
+
+        ``prior`` (ensemble.priors): ``course`` (the LightGBM stacker, fitted on course pairs) or ``uniform``
+        (any two digits a != b: the Bayes read-out of the averaged digit heads). Both are computed (the
+        read-out costs next to nothing), so ``by_prior`` holds each; ``probability`` and ``label`` are
+        ``prior``'s.
+        """
+        check_prior(prior)
         logits, digit_probs = fused_outputs(self.session, pairs, progress)
         features, _ = stacking_features(logits, digit_probs, self.names, self.feature_names)
-        probability = self.booster.predict(features, num_threads=1)
+        mean_digits = digit_probs.mean(axis=1)  # (N, 2, 10)
+        by_prior = {"course": self.booster.predict(features, num_threads=1),
+                    "uniform": uniform_greater_probability(mean_digits, self.digit_frequencies)}
+        probability = by_prior[prior]
         return Prediction(probability=probability, label=(probability >= 0.5).astype(np.int64),
                           base_probabilities=sigmoid(logits.astype(np.float64)),
-                          digits=digit_probs.mean(axis=1).argmax(axis=-1), logits=logits, digit_probs=digit_probs,
-                          features=features)
+                          digits=mean_digits.argmax(axis=-1), logits=logits, digit_probs=digit_probs,
+                          features=features, prior=prior, by_prior=by_prior)
 
     def method_probabilities(self, pred: Prediction) -> dict[str, tuple[str, np.ndarray]]:
         """Every scoring method side by side: name -> (kind, P(left > right))."""
@@ -240,4 +260,7 @@ class Ensemble:
         return {"models": list(self.names), "best_single": self.best_single, "format_version": m["format_version"],
                 "created": m.get("created"), "provider": self.provider, "precision": self.precision,
                 "artifacts": {role: {"file": a["file"], "sha256": a["sha256"]} for role, a in m["artifacts"].items()},
-                "training": m.get("training", {}), "metrics": m.get("metrics", {})}
+                "training": m.get("training", {}), "metrics": m.get("metrics", {}),
+                "priors": {"choices": dict(DESCRIPTIONS), "digit_frequencies": self.digit_frequencies.round(6).tolist(),
+                           "digit_frequencies_source": (m.get("priors") or {}).get(
+                               "source", "the course pairing rule (not recorded in this manifest)")}}

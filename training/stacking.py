@@ -28,11 +28,14 @@ from ensemble.features import FEATURE_SET_VERSION, stacking_features
 from ensemble.layout import ArtifactLayout
 from ensemble.manifest import artifact_entry, write_manifest
 from ensemble.metrics import binary_metrics
+from ensemble.priors import manifest_entry as prior_manifest_entry
 from ensemble.runtime import Ensemble, fused_outputs, open_session
-from training.data import dataset_fingerprint
+from training.data import dataset_fingerprint, sample_digit_pairs
 from training.datasets import load_labelled_test
 from training.models import model_names
 
+#: Pairs drawn to count the digit frequencies the heads were trained under (sampling error below 0.001).
+FREQUENCY_PAIRS = 1_000_000
 REFERENCE_PAIRS = 64  # validation pairs whose served probabilities are recorded for regression tests
 LOGREG_C = 0.5  # inverse L2 strength of the logistic stacker: mild, the features are standardised
 LGB_PARAMS = {"objective": "binary", "learning_rate": 0.03, "num_leaves": 15, "min_data_in_leaf": 40,
@@ -157,7 +160,16 @@ def build_manifest(layout: ArtifactLayout, data_dir: Path, profile: str, names: 
         "training": {"profile": profile, "data": dataset, "data_fingerprint": dataset_fingerprint(data_dir),
                      "stacker_training_set": f"val.npz ({n_val} pairs), {FOLDS}-fold CV"},
         "versions": package_versions(),
+        "priors": prior_manifest_entry(trained_digit_frequencies(),
+                                       "training.data.sample_digit_pairs (the course pairing rule), counted"),
     }
+
+
+def trained_digit_frequencies(seed: int = 0) -> np.ndarray:
+    """How often each digit occurs in the pairs training draws, counted on the sampler itself (so a change to
+    the pairing rule follows here): what the uniform prior divides out of the digit heads (ensemble.priors)."""
+    digits = sample_digit_pairs(np.random.default_rng(seed), FREQUENCY_PAIRS)
+    return np.bincount(digits.reshape(-1), minlength=10) / digits.size
 
 
 def score_labelled(ens: Ensemble, data_dir: Path, score_files: tuple[str | Path, ...]) -> dict:
