@@ -8,6 +8,7 @@ and nothing is ever unpickled. Kept out of ``service.py`` so that file reads as 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -16,7 +17,10 @@ import typing as t
 import zipfile
 from dataclasses import dataclass
 
+import anyio
+import anyio.to_thread
 import numpy as np
+from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from ensemble.contract import PAIR_SHAPE, PAIR_SHAPE_TEXT, PAIRS_SHAPE_TEXT, PIXEL_DTYPE, PIXEL_MAX
@@ -29,6 +33,7 @@ from ensemble.course_data import (
     validate_course_arrays,
 )
 from ensemble.preprocess import ImageTooLargeError
+from ensemble.priors import UnknownPriorError, check_prior
 
 logger = logging.getLogger("bentoml.digit_compare")
 
@@ -148,20 +153,33 @@ def validate_score_input(value: np.ndarray) -> np.ndarray:
         raise ValueError(str(err)) from err
 
 
+#: compare_batch answers course-style pairs: the course prior unless the request says otherwise.
+BATCH_DEFAULT_PRIOR = "course"
+
+
 @dataclass
 class BatchRequest:
     data: CourseData
     format: str = "json"  # "json" | "csv"
+    prior: str = BATCH_DEFAULT_PRIOR  # ensemble.priors
 
 
 FORMATS = ("json", "csv")
-JSON_KEYS = ("pairs", "ids", "format")
+JSON_KEYS = ("pairs", "ids", "format", "prior")
 
 
 def parse_format(value: t.Any) -> str:
     if value not in FORMATS:
         raise ClientError(f"format: must be one of {', '.join(map(repr, FORMATS))}, got {value!r}")
     return value
+
+
+def parse_prior(value: t.Any) -> str:
+    """A request's ``prior`` (ensemble.priors.PRIORS), or a ClientError naming the choices."""
+    try:
+        return check_prior(value)
+    except UnknownPriorError as err:
+        raise ClientError(str(err)) from None
 
 
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
@@ -295,11 +313,12 @@ def parse_batch_text(text: str) -> BatchRequest:
     if "pairs" not in fields:
         raise ClientError("send either JSON {\"pairs\": [...]} or a multipart .npz upload as field 'file'")
     fmt = parse_format(fields.get("format", "json"))
+    prior = parse_prior(fields.get("prior", BATCH_DEFAULT_PRIOR))
     arrays: dict[str, np.ndarray] = {"x": fields["pairs"]}
     if fields.get("ids") is not None:
         arrays["id"] = _ids_array(fields["ids"])
     try:
-        return BatchRequest(validate_course_arrays(arrays, "pairs"), fmt)
+        return BatchRequest(validate_course_arrays(arrays, "pairs"), fmt, prior)
     except CourseDataError as err:
         raise ClientError(str(err)) from err
 
@@ -464,3 +483,56 @@ def _check_member_size(key: str, header: NpyHeader, stored: int) -> None:
     if stored > header.nbytes:
         raise ClientError(f"file: key {key!r} does not match its header: {header.dtype} of shape "
                           f"{header.shape} is {header.nbytes} bytes, the member holds {stored}")
+
+
+# --------------------------------------------------------------------------- compare_batch's body
+
+
+async def read_batch(request: Request, parse_limiter: anyio.CapacityLimiter, large_body_bytes: int) -> BatchRequest:
+    """compare_batch's JSON body or multipart .npz upload -> BatchRequest (ClientError when unusable).
+
+    Parsed off the event loop, in a thread; bodies above ``large_body_bytes`` (declared, or undeclared) one at
+    a time per worker through ``parse_limiter`` (a 64 MiB JSON body becomes about 350 MB of Python lists).
+    """
+    declared = request.headers.get("content-length", "")
+    large = not declared.isdigit() or int(declared) > large_body_bytes
+    async with parse_limiter if large else contextlib.nullcontext():
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() == "application/json":
+            # One buffer, filled as the (already size-checked, spooled) body streams in, handed over to the
+            # parsing thread: nothing here keeps it once the parse is done.
+            body = bytearray()
+            async for chunk in request.stream():
+                body += chunk
+            holder = [body]
+            del body
+            result = await anyio.to_thread.run_sync(_parse_json_body, holder)
+        else:  # multipart: the front door checked the fields (one file 'file', optional texts 'format', 'prior')
+            form = await request.form(max_files=1, max_fields=3)
+            try:
+                fmt = parse_format(form.get("format", "json"))
+                prior = parse_prior(form.get("prior", BATCH_DEFAULT_PRIOR))
+                result = await anyio.to_thread.run_sync(_read_npz_upload, form["file"].file, fmt, prior)  # type: ignore[union-attr]
+            finally:
+                await form.close()
+    if isinstance(result, ClientError):
+        raise result
+    return result
+
+
+def _parse_json_body(holder: list[bytearray]) -> BatchRequest | ClientError:
+    """In a worker thread: parse the body it is handed (and drops). A refusal comes back as a fresh
+    exception without a traceback: one with it would keep the parser's frames, and with them the body
+    and its text (120 MB for a 60 MiB body), alive for as long as anything holds the error."""
+    try:
+        text = decode_json_body(holder.pop())  # the bytes are freed here: the text is all the parse needs
+        return parse_batch_text(text)
+    except ClientError as err:
+        return ClientError(str(err), err.status, err.detail)
+
+
+def _read_npz_upload(fp: t.BinaryIO, fmt: str, prior: str) -> BatchRequest | ClientError:
+    """In a worker thread, like _parse_json_body."""
+    try:
+        return BatchRequest(read_npz_upload(fp), fmt, prior)
+    except ClientError as err:
+        return ClientError(str(err), err.status, err.detail)

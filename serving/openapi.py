@@ -29,6 +29,7 @@ from ensemble.contract import (
     PIXEL_MAX,
     join_pair,
 )
+from ensemble.priors import DESCRIPTIONS, PRIORS
 
 #: How descriptions write one digit and one pair picture: "28x28" and "28x56" (height x width).
 _DIGIT_TEXT = f"{DIGIT_SIZE}x{DIGIT_SIZE}"
@@ -57,7 +58,9 @@ class PreparedInputs(BaseModel):
 
 class Comparison(BaseModel):
     greater: bool = Field(description="is the left digit greater than the right one?")
-    probability: float = Field(description="stacked ensemble probability that left > right")
+    probability: float = Field(description="probability that left > right, under the answer's prior")
+    prior: str = Field(description="which prior over digit pairs produced the probability: "
+                                   + "; ".join(f"{name}: {text}" for name, text in DESCRIPTIONS.items()))
     digits: Digits
     models: dict[str, float] = Field(description="each base model's probability that left > right")
     batch_size: int = Field(description="pairs in the inference call that served this request (adaptive batching)")
@@ -71,6 +74,7 @@ class Comparison(BaseModel):
 
 class BatchResult(BaseModel):
     n: int
+    prior: str = Field(description="which prior over digit pairs produced the probabilities (see Comparison)")
     probabilities: list[float]
     labels: list[int]
     digits: list[list[int]] = Field(description="[left, right] most likely classes per pair")
@@ -165,6 +169,12 @@ def build_openapi(*, version: str, max_pairs: int, max_request_bytes: int, max_i
                       "description": f"true: the answer's 'inputs' holds the preprocessed {_DIGIT_TEXT} halves as "
                                      "base64 PNG (JSON spelling: true or false)"}
     text = {"text/plain": {"schema": {"type": "string"}}}
+
+    def prior(default: str) -> dict:
+        return {"type": "string", "enum": list(PRIORS), "default": default,
+                "description": f"the prior over digit pairs (default here: {default}): "
+                               + "; ".join(f"{name}, {text}" for name, text in DESCRIPTIONS.items())}
+
     pair_pgm = plain_pgm(EXAMPLE_PAIR)
     batch_json = {
         "type": "object", "required": ["pairs"], "additionalProperties": False,
@@ -177,6 +187,7 @@ def build_openapi(*, version: str, max_pairs: int, max_request_bytes: int, max_i
                     "description": "one unique id per pair (optional; row numbers stand in)"},
             "format": {"type": "string", "enum": ["json", "csv"], "default": "json",
                        "description": "csv: the course submission file id,label"},
+            "prior": prior("course"),
         },
     }
     batch_multipart = {
@@ -186,11 +197,16 @@ def build_openapi(*, version: str, max_pairs: int, max_request_bytes: int, max_i
                      "description": f"a course .npz: key x {PAIRS_SHAPE_TEXT} {PIXEL_DTYPE} (or float), "
                                     "optionally id and y"},
             "format": {"type": "string", "enum": ["json", "csv"], "default": "json"},
+            "prior": prior("course"),
         },
     }
     comparison = {"description": "the comparison", "content": _json({"$ref": "#/components/schemas/Comparison"})}
-    info = {"type": "object", "required": ["models", "provider", "format_version", "artifacts", "batching", "limits"],
+    info = {"type": "object", "required": ["models", "provider", "format_version", "artifacts", "batching", "limits",
+                                           "priors"],
             "properties": {"models": {"type": "array", "items": {"type": "string"}},
+                           "priors": {"type": "object", "description": "the priors a request may choose (field "
+                                      "'prior'), each route's default, and the digit frequencies the uniform prior "
+                                      "divides out"},
                            "provider": {"type": "string"}, "format_version": {"type": "integer"},
                            "artifacts": {"type": "object"}, "batching": {"type": "object"},
                            "limits": {"type": "object"}}}
@@ -229,14 +245,15 @@ def build_openapi(*, version: str, max_pairs: int, max_request_bytes: int, max_i
                 "requestBody": {"required": True, "content": {"multipart/form-data": {
                     "schema": {"type": "object", "required": ["left", "right"], "additionalProperties": False,
                                "properties": {"left": image, "right": image,
-                                              "include_inputs": include_inputs}},
+                                              "include_inputs": include_inputs, "prior": prior("uniform")}},
                     "example": {"left": EXAMPLE_LEFT, "right": EXAMPLE_RIGHT}}}},
                 "responses": _responses(comparison, "400", "408", "413", "415", "503")}},
             "/compare_pair": {"post": {
                 "summary": f"one course-style {_PAIR_TEXT} pair picture (other sizes are resized): is left > right?",
                 "requestBody": {"required": True, "content": {"multipart/form-data": {
                     "schema": {"type": "object", "required": ["image"], "additionalProperties": False,
-                               "properties": {"image": image, "include_inputs": include_inputs}},
+                               "properties": {"image": image, "include_inputs": include_inputs,
+                                              "prior": prior("course")}},
                     "example": {"image": pair_pgm}}}},
                 "responses": _responses(comparison, "400", "408", "413", "415", "503")}},
             "/compare_batch": {"post": {
