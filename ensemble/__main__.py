@@ -1,8 +1,9 @@
 """Command-line tools on the committed models (no torch needed).
 
-    python -m ensemble predict IN.npz --out pred.csv [--proba]
+    python -m ensemble predict IN.npz --out pred.csv [--proba proba.csv]
     python -m ensemble evaluate IN.npz [--labels LABELS.csv] [--json OUT.json]
     python -m ensemble check-submission PRED.csv --data IN.npz
+    python -m ensemble verify
 
 IN.npz is a course file (``ensemble.course_data``): ``x`` holds the pairs (``ensemble.contract``).
 """
@@ -21,9 +22,16 @@ from tqdm import tqdm
 
 from ensemble.atomic import atomic_write_text
 from ensemble.contract import PAIRS_SHAPE_TEXT, PIXEL_DTYPE
-from ensemble.course_data import CourseDataError, labels_for_ids, load_course_npz, read_labels_csv, write_submission_csv
+from ensemble.course_data import (
+    CourseDataError,
+    labels_for_ids,
+    load_course_npz,
+    read_labels_csv,
+    write_probabilities_csv,
+    write_submission_csv,
+)
 from ensemble.evaluation import evaluation_rows, format_rows
-from ensemble.manifest import ManifestError
+from ensemble.manifest import ManifestError, verify_recorded_artifacts
 from ensemble.runtime import Ensemble
 
 DEFAULT_MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -35,8 +43,12 @@ def predict(args: argparse.Namespace) -> int:
     data = load_course_npz(args.input)
     ens = Ensemble.load(args.models)
     pred = ens.predict(data.x, progress=True)
-    write_submission_csv(args.out, data.ids_or_row_numbers(), pred.label, pred.probability if args.proba else None)
-    print(f"wrote {len(data)} predictions to {args.out} ({pred.label.mean():.1%} labelled 1)", file=sys.stderr)
+    ids = data.ids_or_row_numbers()
+    write_submission_csv(args.out, ids, pred.label)  # exactly id,label: what the course (and check-submission) accept
+    if args.proba:
+        write_probabilities_csv(args.proba, ids, pred.probability)
+    print(f"wrote {len(data)} predictions to {args.out} ({pred.label.mean():.1%} labelled 1)"
+          + (f", probabilities to {args.proba}" if args.proba else ""), file=sys.stderr)
     return 0
 
 
@@ -96,6 +108,13 @@ def check_submission(args: argparse.Namespace) -> int:
     return 0
 
 
+def verify(args: argparse.Namespace) -> int:
+    """Check every file the manifest records (serving opens only the fused graph and the stackers)."""
+    roles = verify_recorded_artifacts(args.models)
+    print(f"every artifact the manifest records matches its sha256 ({len(roles)} files)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ensemble", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -104,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("predict", help="write a submission CSV for a course-format .npz")
     p.add_argument("input", help=COURSE_FILE_HELP)
     p.add_argument("--out", required=True, help="CSV to write (id,label)")
-    p.add_argument("--proba", action="store_true", help="add a third column, probability")
+    p.add_argument("--proba", metavar="PROBA_CSV",
+                   help="also write id,probability (P(left > right)) to this CSV; --out stays id,label")
     p.set_defaults(run=predict)
     e = sub.add_parser("evaluate", help="compare every base model, baseline and stacker on a labelled file")
     e.add_argument("input", help=f"{COURSE_FILE_HELP}; labelled by its y or --labels")
@@ -115,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("submission")
     c.add_argument("--data", required=True, help=f"the course file the submission answers ({COURSE_FILE_HELP})")
     c.set_defaults(run=check_submission)
+    v = sub.add_parser("verify", help="check the sha256 of every artifact the manifest records")
+    v.set_defaults(run=verify)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

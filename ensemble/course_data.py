@@ -262,20 +262,25 @@ def labels_for_ids(labels: dict[str, int], ids: np.ndarray, source: str) -> np.n
     return np.array([labels[i] for i in ids], dtype=np.int64)
 
 
-def format_submission_csv(ids: np.ndarray, labels: np.ndarray, probabilities: np.ndarray | None = None) -> str:
-    """Predictions in the course submission format: ``id,label`` (plus ``probability`` if given)."""
+def _csv_text(header: list[str], rows: t.Iterable[list]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["id", "label"] + (["probability"] if probabilities is not None else []))
-    for i, key in enumerate(ids):
-        row = [str(key), int(labels[i])]
-        if probabilities is not None:
-            row.append(f"{float(probabilities[i]):.6f}")
-        writer.writerow(row)
+    writer.writerow(header)
+    writer.writerows(rows)
     return out.getvalue()
 
 
-def write_submission_csv(path: str | os.PathLike, ids: np.ndarray, labels: np.ndarray,
-                         probabilities: np.ndarray | None = None) -> None:
+def format_submission_csv(ids: np.ndarray, labels: np.ndarray) -> str:
+    """Predictions in the course submission format: exactly the columns ``id,label``."""
+    return _csv_text(["id", "label"], ([str(key), int(labels[i])] for i, key in enumerate(ids)))
+
+
+def write_submission_csv(path: str | os.PathLike, ids: np.ndarray, labels: np.ndarray) -> None:
     """Write predictions in the course submission format, atomically."""
-    atomic_write_text(path, format_submission_csv(ids, labels, probabilities))
+    atomic_write_text(path, format_submission_csv(ids, labels))
+
+
+def write_probabilities_csv(path: str | os.PathLike, ids: np.ndarray, probabilities: np.ndarray) -> None:
+    """Write ``id,probability`` (P(left > right), six decimals), atomically: beside a submission, never in it."""
+    atomic_write_text(path, _csv_text(["id", "probability"],
+                                      ([str(key), f"{float(probabilities[i]):.6f}"] for i, key in enumerate(ids))))

@@ -2,8 +2,11 @@
 
 It names every artifact with its sha256, the input spec, the base models in order, the stacking
 features, the data the models were trained on, the measured metrics and the package versions.
-Training writes it (``write_manifest``); the run time reads it and refuses any artifact whose bytes
-do not match (``read_manifest`` + ``verify_artifact``).
+Training writes it (``write_manifest``); the run time reads it and refuses any artifact it opens whose bytes
+do not match (``read_manifest`` + ``verify_artifact``): ``Ensemble.load`` opens the fused graph it runs and
+the two stackers. The per-model ONNX files, the weights and the reference predictions are recorded too,
+but serving never opens them (the Bento does not ship them); ``verify_recorded_artifacts`` (``python -m
+ensemble verify``) checks every recorded file.
 """
 
 from __future__ import annotations
@@ -97,3 +100,12 @@ def verify_serving_artifacts(models_dir: str | os.PathLike) -> dict:
     for role in (*SERVING_ROLES, *fused):
         verify_artifact(models_dir, manifest, role)
     return manifest
+
+
+def verify_recorded_artifacts(models_dir: str | os.PathLike) -> list[str]:
+    """Every artifact the manifest records, checked against its sha256 (ManifestError naming the first file
+    that is missing or differs); the roles checked, in the manifest's order."""
+    manifest = read_manifest(models_dir)
+    for role in manifest["artifacts"]:
+        verify_artifact(models_dir, manifest, role)
+    return list(manifest["artifacts"])

@@ -16,6 +16,7 @@ from ensemble.course_data import (
     read_labels_csv,
     save_course_npz,
     validate_course_arrays,
+    write_probabilities_csv,
     write_submission_csv,
 )
 
@@ -290,14 +291,16 @@ def test_labels_csv_round_trip(tmp_path):
     np.testing.assert_array_equal(labels_for_ids(read, ids[::-1], str(path)), labels[::-1])
 
 
-def test_submission_with_probabilities_reads_back(tmp_path):
+def test_probabilities_go_to_their_own_file_and_the_submission_stays_id_label(tmp_path):
     ids, labels, probs = _ids(), np.array([1, 0, 0, 1, 1, 0]), np.linspace(0, 1, N)
-    path = tmp_path / "submission.csv"
-    write_submission_csv(path, ids, labels, probs)
-    lines = path.read_text().splitlines()
-    assert lines[0] == "id,label,probability"
-    assert lines[1] == "PUB_0000000,1,0.000000"
-    assert read_labels_csv(path) == {i: int(v) for i, v in zip(ids, labels, strict=True)}
+    submission, proba = tmp_path / "submission.csv", tmp_path / "proba.csv"
+    write_submission_csv(submission, ids, labels)
+    write_probabilities_csv(proba, ids, probs)
+    assert submission.read_text().splitlines()[0] == "id,label"
+    lines = proba.read_text().splitlines()
+    assert lines[0] == "id,probability" and len(lines) == N + 1
+    assert lines[1] == "PUB_0000000,0.000000" and lines[-1] == f"{ids[-1]},1.000000"
+    assert [float(line.split(",")[1]) for line in lines[1:]] == pytest.approx(probs, abs=5e-7)
 
 
 BAD_CSV = {

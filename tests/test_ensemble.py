@@ -40,6 +40,35 @@ def serving_copy(smoke_models: Path, tmp_path: Path) -> Path:
 
 # --------------------------------------------------------------------------- export
 
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_export_into_a_folder_with_a_manifest_keeps_it_consistent(smoke_models, tiny_data, tmp_path, capsys):
+    """`python -m export --out DIR` where DIR/manifest.json records graphs: byte-identical graphs leave DIR as it
+    is; differing ones are refused with what to run instead, DIR untouched, the served models still loading."""
+    from export.__main__ import main as export_cli
+
+    models = tmp_path / "models"
+    shutil.copytree(smoke_models, models)
+    before = _snapshot(models)
+    args = ["--out", str(models), "--profile", "smoke", "--data", str(tiny_data)]
+    assert export_cli(args) == 0
+    assert "byte-identical" in capsys.readouterr().out
+    assert _snapshot(models) == before
+    # The manifest records other bytes for one model's graph (as after a retrain): refused, nothing written.
+    manifest = json.loads((models / MANIFEST).read_text())
+    role = f"onnx:{model_names()[1]}"
+    manifest["artifacts"][role]["sha256"] = "0" * 64
+    (models / MANIFEST).write_text(json.dumps(manifest))
+    before = _snapshot(models)
+    assert export_cli(args) == 1
+    err = capsys.readouterr().err
+    assert manifest["artifacts"][role]["file"] in err and f"run_all --out {models}" in err
+    assert _snapshot(models) == before
+    Ensemble.load(models)
+
+
 def test_every_onnx_file_passes_the_checker(smoke_models):
     files = [smoke_models / "ensemble.onnx"] + [smoke_models / "onnx" / f"{n}.onnx" for n in model_names()]
     for path in files:
@@ -113,6 +142,23 @@ def test_manifest_records_the_contract(smoke_models):
         assert len(entry["sha256"]) == 64 and (smoke_models / entry["file"]).is_file()
 
 
+def test_report_has_one_meaning_of_val(smoke_models):
+    """REPORT.md's "val acc" is the manifest's (the whole val.npz, exported graph); training's per-epoch score on
+    the profile's subset is titled "early-stop", never "val"."""
+    manifest = json.loads((smoke_models / MANIFEST).read_text())
+    report = (smoke_models / "REPORT.md").read_text()
+    section = report[report.index("## Base models (training)"):]
+    table = [line for line in section.splitlines() if line.startswith("|")]
+    header = [cell.strip() for cell in table[0].strip("|").split("|")]
+    assert "val acc" in header and "early-stop sev6" in header and "val" not in header
+    rows = {cells[0]: cells for cells in ([c.strip() for c in line.strip("|").split("|")] for line in table[2:])}
+    for model in manifest["models"]:
+        history = json.loads((smoke_models / "weights" / model["name"] / "history.json").read_text())["result"]
+        cells = rows[model["name"]]
+        assert float(cells[header.index("val acc")]) == pytest.approx(model["val_acc"], abs=5e-5)
+        assert float(cells[header.index("early-stop sev6")]) == pytest.approx(history["val_acc"], abs=5e-5)
+
+
 def test_tampered_artifact_is_refused_naming_the_file(smoke_models, tmp_path):
     models = serving_copy(smoke_models, tmp_path)
     path = models / "ensemble.onnx"
@@ -121,6 +167,24 @@ def test_tampered_artifact_is_refused_naming_the_file(smoke_models, tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(ManifestError, match=r"ensemble\.onnx: sha256 .* does not match"):
         Ensemble.load(models)
+
+
+def test_verify_checks_every_recorded_file_and_load_every_file_it_opens(smoke_models, tmp_path, capsys):
+    """Ensemble.load opens the fused graph and the stackers and checks those; the per-model graphs and the
+    weights are recorded but never opened by serving: `python -m ensemble verify` checks them."""
+    models = tmp_path / "models"
+    shutil.copytree(smoke_models, models)
+    manifest = json.loads((models / MANIFEST).read_text())
+    assert cli(["--models", str(models), "verify"]) == 0
+    assert f"matches its sha256 ({len(manifest['artifacts'])} files)" in capsys.readouterr().out
+    single = models / manifest["artifacts"][f"onnx:{model_names()[0]}"]["file"]
+    single.write_bytes(single.read_bytes() + b"\0")
+    Ensemble.load(models)  # serving does not open the per-model graphs
+    assert cli(["--models", str(models), "verify"]) == 2
+    assert re.search(rf"{re.escape(single.name)}: sha256 .* does not match", capsys.readouterr().err)
+    single.unlink()
+    assert cli(["--models", str(models), "verify"]) == 2
+    assert f"{single.name}: missing" in capsys.readouterr().err
 
 
 def test_missing_artifact_is_refused_naming_the_file(smoke_models, tmp_path):
@@ -205,12 +269,23 @@ def test_predict_then_check_submission_round_trip(smoke_models, tiny_data, tmp_p
     assert {r[1] for r in rows[1:]} <= {"0", "1"}
     assert cli(["check-submission", str(out), "--data", str(test_file)]) == 0
 
-    with_proba = tmp_path / "proba.csv"
-    assert cli(["--models", str(smoke_models), "predict", str(test_file), "--out", str(with_proba), "--proba"]) == 0
-    header, first = list(csv.reader(with_proba.open()))[:2]
-    assert header == ["id", "label", "probability"] and 0 <= float(first[2]) <= 1
+    # --proba writes the probabilities to their own file: the submission stays one the checker accepts.
+    again, proba = tmp_path / "again.csv", tmp_path / "proba.csv"
+    assert cli(["--models", str(smoke_models), "predict", str(test_file), "--out", str(again), "--proba",
+                str(proba)]) == 0
+    assert again.read_bytes() == out.read_bytes()
+    assert cli(["check-submission", str(again), "--data", str(test_file)]) == 0
+    proba_rows = list(csv.reader(proba.open()))
+    assert proba_rows[0] == ["id", "probability"] and [r[0] for r in proba_rows[1:]] == list(ids)
+    probabilities = np.array([float(r[1]) for r in proba_rows[1:]])
+    labels = np.array([int(r[1]) for r in rows[1:]])
+    np.testing.assert_array_equal(probabilities >= 0.5, labels == 1)  # the file's labels follow its probabilities
+    expected = Ensemble.load(smoke_models).predict(load_course_npz(test_file).x).probability
+    np.testing.assert_allclose(probabilities, expected, atol=5e-7)
     # The course accepts exactly id,label: a third column is reported.
-    assert cli(["check-submission", str(with_proba), "--data", str(test_file)]) == 1
+    three = tmp_path / "three.csv"
+    three.write_text("id,label,probability\n" + "".join(f"{i},{v},0.5\n" for i, v in zip(ids, labels, strict=True)))
+    assert cli(["check-submission", str(three), "--data", str(test_file)]) == 1
 
 
 def test_check_submission_reports_each_problem(tiny_data, tmp_path, capsys):
