@@ -10,6 +10,13 @@ const PAPER = "#ffffff";
 const INK = "#111111";
 const NO_PREVIEW = "#eef0f3";
 
+// The sentence under the answer: which prior over digit pairs produced it (the service names it in "prior").
+const PRIOR_SENTENCES = {
+  uniform: "This answer treats the two digits as any pair of different digits, all equally likely (uniform prior).",
+  course: "This answer expects a pair like the course's, where most pairs are neighbours such as 7 and 6 " +
+    "(course prior).",
+};
+
 const $ = (id) => document.getElementById(id);
 const percent = (p) => `${(100 * p).toFixed(1)}%`;
 
@@ -154,6 +161,7 @@ let samples = null;
 let lastSample = -1;
 let busy = false;
 let loadingSample = false;
+let lastRequest = null; // () => Promise: the last comparison, sent again when the prior is switched
 
 function padChanged() {
   if (!loadingSample) $("sample-info").hidden = true; // the pads no longer hold that pair
@@ -186,6 +194,12 @@ function describeError(status, body, statusText) {
     503: "The service is busy; try again in a moment",
   }[status] || `The service answered with an error (HTTP ${status})`;
   return `${lead}: ${said}`;
+}
+
+/** The prior to send: the one chosen, or (automatic) `natural`, what the pictures are. */
+function chosenPrior(natural) {
+  const choice = $("prior").value;
+  return choice === "uniform" || choice === "course" ? choice : natural;
 }
 
 async function post(route, form, description) {
@@ -295,6 +309,7 @@ function showAnswer(answer, route, ms, description) {
   SIDES.forEach((side) => showDigit(side, answer));
   showModels(answer.models);
   const service = typeof answer.elapsed_ms === "number" ? ` (the service: ${Math.round(answer.elapsed_ms)} ms)` : "";
+  $("prior-text").textContent = PRIOR_SENTENCES[answer.prior] || `Prior: ${answer.prior}.`;
   $("timing").textContent = `Answered in ${Math.round(ms)} ms${service} by /${route}, ` +
     `in an inference batch of ${answer.batch_size}.`;
   $("answer").hidden = false;
@@ -311,6 +326,9 @@ async function compareDrawn() {
     form.append(side, blob, name);
   }
   const sample = $("sample-info").hidden ? null : $("sample-info").dataset.sampleId;
+  // Drawings and dropped pictures can be any pair; the two halves of a course pair are a course pair.
+  form.append("prior", chosenPrior(sample ? "course" : "uniform"));
+  lastRequest = compareDrawn;
   await post("compare", form, sample ? `The halves of course pair ${sample}, sent as two pictures to /compare.`
     : "Your two digits, sent as two pictures to /compare.");
 }
@@ -362,13 +380,23 @@ async function loadSample() {
   info.dataset.sampleId = sample.id;
   info.replaceChildren(picture, text);
   info.hidden = false;
+  await postSample(sample);
+}
+
+async function postSample(sample) {
   const form = new FormData();
-  form.append("image", pngBlob(sample.pair), `${stem}.png`);
+  form.append("image", pngBlob(sample.pair), `${sample.id.replace(/\.png$/, "")}.png`);
+  form.append("prior", chosenPrior("course"));
+  lastRequest = () => postSample(sample);
   await post("compare_pair", form, `Course pair ${sample.id}, sent whole (28×56) to /compare_pair. ` +
     "Press Compare to send its two halves as separate pictures to /compare.");
 }
 
 $("compare").addEventListener("click", compareDrawn);
+// Switching the prior asks the same question again under it, so the two answers can be compared.
+$("prior").addEventListener("change", () => {
+  if (lastRequest && !busy && !$("answer").hidden) lastRequest();
+});
 $("sample").addEventListener("click", loadSample);
 // A file dropped next to a pad must not make the browser leave the page.
 window.addEventListener("dragover", (e) => e.preventDefault());
