@@ -1,6 +1,6 @@
 """Command-line tools on the committed models (no torch needed).
 
-    python -m ensemble predict IN.npz --out pred.csv [--proba proba.csv]
+    python -m ensemble predict IN.npz --out pred.csv [--proba proba.csv] [--prior course|uniform]
     python -m ensemble evaluate IN.npz [--labels LABELS.csv] [--json OUT.json]
     python -m ensemble check-submission PRED.csv --data IN.npz
     python -m ensemble verify
@@ -32,6 +32,7 @@ from ensemble.course_data import (
 )
 from ensemble.evaluation import evaluation_rows, format_rows
 from ensemble.manifest import ManifestError, verify_recorded_artifacts
+from ensemble.priors import PRIORS
 from ensemble.runtime import Ensemble
 
 DEFAULT_MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -42,12 +43,12 @@ COURSE_FILE_HELP = f"a course-format .npz: x {PAIRS_SHAPE_TEXT} {PIXEL_DTYPE} pa
 def predict(args: argparse.Namespace) -> int:
     data = load_course_npz(args.input)
     ens = Ensemble.load(args.models)
-    pred = ens.predict(data.x, progress=True)
+    pred = ens.predict(data.x, progress=True, prior=args.prior)
     ids = data.ids_or_row_numbers()
     write_submission_csv(args.out, ids, pred.label)  # exactly id,label: what the course (and check-submission) accept
     if args.proba:
         write_probabilities_csv(args.proba, ids, pred.probability)
-    print(f"wrote {len(data)} predictions to {args.out} ({pred.label.mean():.1%} labelled 1)"
+    print(f"wrote {len(data)} predictions ({args.prior} prior) to {args.out} ({pred.label.mean():.1%} labelled 1)"
           + (f", probabilities to {args.proba}" if args.proba else ""), file=sys.stderr)
     return 0
 
@@ -125,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="CSV to write (id,label)")
     p.add_argument("--proba", metavar="PROBA_CSV",
                    help="also write id,probability (P(left > right)) to this CSV; --out stays id,label")
+    p.add_argument("--prior", choices=PRIORS, default="course",
+                   help="which pairs to expect (default: course, the course's pairs; uniform: any two digits "
+                        "a != b, for pairs that are not the course's; ensemble/priors.py)")
     p.set_defaults(run=predict)
     e = sub.add_parser("evaluate", help="compare every base model, baseline and stacker on a labelled file")
     e.add_argument("input", help=f"{COURSE_FILE_HELP}; labelled by its y or --labels")

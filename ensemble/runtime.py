@@ -251,7 +251,8 @@ class Ensemble:
         methods["mean"] = ("baseline", pred.base_probabilities.mean(axis=1))
         methods["vote"] = ("baseline", (pred.base_probabilities >= 0.5).mean(axis=1))
         methods["logreg"] = ("stack", self.logreg.predict(pred.features))
-        methods["lightgbm"] = ("stack", pred.probability)
+        # The stacker's answer whatever prior the prediction was asked for (the uniform one is no stacker).
+        methods["lightgbm"] = ("stack", pred.by_prior["course"] if pred.by_prior else pred.probability)
         return methods
 
     def info(self) -> dict:

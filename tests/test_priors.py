@@ -165,3 +165,20 @@ def test_the_manifest_entry_is_used_and_a_bad_one_refused(tmp_path, ensemble):
     (models / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ManifestError, match="priors.digit_frequencies"):
         Ensemble.load(models, device="cpu")
+
+
+def test_the_command_line_predicts_under_either_prior(tmp_path, ensemble):
+    """`python -m ensemble predict --prior uniform` writes the uniform read-out; the default stays the course's."""
+    import csv
+
+    from ensemble.__main__ import main
+
+    x = np.load(ROOT / "samples" / "batch.npz")["x"]
+    for prior in ("course", "uniform"):
+        proba = tmp_path / f"{prior}.csv"
+        argv = ["predict", str(ROOT / "samples" / "batch.npz"), "--out", str(tmp_path / "labels.csv"),
+                "--proba", str(proba)] + (["--prior", prior] if prior == "uniform" else [])
+        assert main(argv) == 0
+        with proba.open() as f:
+            written = [float(row["probability"]) for row in csv.DictReader(f)]
+        np.testing.assert_allclose(written, ensemble.predict(x, prior=prior).probability, atol=1e-6)
