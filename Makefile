@@ -5,7 +5,7 @@ VENV := $(if $(filter python3.11,$(PYTHON)),.venv,.venv-$(PYTHON))
 PY := $(VENV)/bin/python
 PORT ?= 3000
 
-.PHONY: test browser data lint serve samples bench bench-serve clean
+.PHONY: test browser data lint serve samples train-gpu bench bench-serve clean
 
 # The stamp files record which dependency groups the venv holds; they are redone when pyproject.toml changes.
 $(VENV)/.runtime: pyproject.toml
@@ -58,6 +58,11 @@ serve: $(VENV)/.runtime
 
 samples: $(VENV)/.dev
 	$(PY) -m training.samples --out samples
+
+# All ten models on one large GPU in about 8 minutes (bf16, wide towers, large batches, pairs drawn by many
+# processes), exported, stacked and reported into runs/gpu; copy runs/gpu to models/ to ship them.
+train-gpu: $(VENV)/.dev
+	$(PY) -m training.run_all --profile gpu --device cuda --jobs 10 --out runs/gpu --score ../shared/course/val.npz
 
 bench: $(VENV)/.dev
 	$(PY) -m training.bench

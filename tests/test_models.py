@@ -16,7 +16,7 @@ from training.profiles import PROFILES
 SMOKE = PROFILES["smoke"]
 README = Path(__file__).resolve().parent.parent / "docs" / "training.md"  # where the registry table is shown
 STABLE_NAMES = ["resnet_deep", "resnet_fusion", "resnet", "resnet_s2023", "resnet_s2024", "resnet_s2025", "fpn",
-                "resnet_fusion_s123", "cbam_fusion", "efficientnet_b0"]
+                "resnet_fusion_s123", "cbam_fusion", "vgg"]
 
 
 def _swap(x: torch.Tensor) -> torch.Tensor:

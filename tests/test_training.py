@@ -22,7 +22,7 @@ from training.train import RunOptions, train_model
 
 pytestmark = pytest.mark.slow
 
-CHECKPOINT_KEYS = {"model", "optimizer", "scheduler", "epoch", "best_acc", "rng"}
+CHECKPOINT_KEYS = {"model", "averaged", "optimizer", "scheduler", "epoch", "best_acc", "rng"}
 
 
 class Interrupted(Exception):
@@ -173,23 +173,69 @@ def test_resume_after_interruption_is_exact(data_dir, tmp_path):
     assert _without_seconds(history_a["history"]) == _without_seconds(history_b["history"])
 
 
-def test_a_larger_epoch_budget_extends_a_finished_run(data_dir, tmp_path, monkeypatch):
-    """Raising the profile's epochs and resuming continues a finished run; it equals training longer."""
+def test_the_schedule_spends_the_budget_and_ends_at_its_floor(data_dir, tmp_path):
+    """The learning rate warms up, peaks at the configured rate and reaches the floor at the last step."""
+    from training.models import REGISTRY
+    from training.profiles import FINAL_LR_FRACTION, PROFILES
+
+    options = RunOptions(out=tmp_path, data_dir=data_dir, profile="smoke", device="cpu", threads=1, progress=False)
+    train_model("resnet", options)
+    ckpt = torch.load(tmp_path / "checkpoints" / "resnet.pt", weights_only=True)
+    prof, peak = PROFILES["smoke"], REGISTRY["resnet"].lr
+    steps = prof.epochs * -(-prof.pairs_per_epoch // prof.batch_size)
+    assert ckpt["scheduler"]["last_epoch"] == steps
+    # The last step ran at the floor: the learning rate recorded after the final epoch.
+    assert ckpt["history"][-1]["lr"] == pytest.approx(peak * FINAL_LR_FRACTION)
+    assert ckpt["scheduler"]["_last_lr"][0] == pytest.approx(peak * FINAL_LR_FRACTION)
+
+
+def test_a_larger_epoch_budget_is_another_run(data_dir, tmp_path, monkeypatch):
+    """The schedule spans the budget, so raising the epochs trains afresh instead of extending."""
     from training.profiles import PROFILES
 
     common = dict(data_dir=data_dir, profile="smoke", device="cpu", threads=1, progress=False)
-    short, long = tmp_path / "short", tmp_path / "long"
-    assert train_model("resnet", RunOptions(out=short, **common))["epochs"] == 2
+    assert train_model("resnet", RunOptions(out=tmp_path, **common))["epochs"] == 2
+    assert train_model("resnet", RunOptions(out=tmp_path, **common))["status"] == "skipped"
     monkeypatch.setitem(PROFILES, "smoke", replace(PROFILES["smoke"], epochs=3))
-    # Without --resume the finished 2-epoch run is not counted as trained for 3 epochs.
-    extended: list[int] = []
-    result = train_model("resnet", RunOptions(out=short, resume=True, **common), on_epoch_end=extended.append)
-    assert result["status"] == "trained" and result["epochs"] == 3 and extended == [3]
-    assert train_model("resnet", RunOptions(out=long, **common))["epochs"] == 3
-    weights_short, weights_long = load_file(_weights(short, "resnet")), load_file(_weights(long, "resnet"))
-    for key in weights_long:
-        assert torch.equal(weights_short[key], weights_long[key]), key
-    assert train_model("resnet", RunOptions(out=short, **common))["status"] == "skipped"
+    epochs: list[int] = []
+    result = train_model("resnet", RunOptions(out=tmp_path, resume=True, **common), on_epoch_end=epochs.append)
+    assert result["status"] == "trained" and epochs == [1, 2, 3]
+
+
+def test_background_drawing_gives_the_same_pairs(data_dir):
+    """With several drawing processes the next epoch is drawn while this one trains: same pairs."""
+    from training.datasets import TrainingData
+    from training.profiles import PROFILES
+    from training.train import EpochPairs, epoch_pairs
+
+    data = TrainingData.load(data_dir, 256, 128)
+    prof = replace(PROFILES["smoke"], data_workers=2, epochs=3)
+    pairs = EpochPairs(data, 1, prof)
+    try:
+        assert pairs._pool is not None
+        for epoch in range(3):
+            drawn = pairs.get(epoch)
+            direct = epoch_pairs(data, 1, epoch, replace(prof, data_workers=1))
+            for a, b in zip(drawn, direct, strict=True):
+                assert torch.equal(a, b)
+    finally:
+        pairs.close()
+
+
+def test_gpu_profile_trains_on_cpu_at_a_tiny_size(data_dir, tmp_path, monkeypatch):
+    """The GPU profile's recipe (wider, larger batches, pairs drawn by several processes in the
+    background) end to end on the CPU, shrunk: no GPU here, so its 8-minute claim is not tested."""
+    from training.profiles import PROFILES
+
+    gpu = PROFILES["gpu"]
+    assert gpu.data_workers > 1 and gpu.batch_size > PROFILES["default"].batch_size
+    assert gpu.width > PROFILES["default"].width
+    monkeypatch.setitem(PROFILES, "gpu", replace(gpu, width=4, feat_dim=16, epochs=2, pairs_per_epoch=256,
+                                                 batch_size=128, max_val_pairs=128, data_workers=2))
+    result = train_model("resnet", RunOptions(out=tmp_path, data_dir=data_dir, profile="gpu", device="cpu",
+                                              threads=1, progress=False))
+    assert result["status"] == "trained" and result["epochs"] == 2
+    assert _weights(tmp_path, "resnet").is_file()
 
 
 # --------------------------------------------------------------------------- course files

@@ -1,9 +1,12 @@
-"""Training throughput per architecture on this machine.
+"""Training throughput per architecture and step mode on this machine.
 
-    python -m training.bench [--profile default] [--threads N] [--steps 10]
+    python -m training.bench [--profile default] [--threads N] [--steps 10] [--modes]
 
 Times full training steps (forward, focal loss + digit cross-entropy, backward, AdamW) on random
-pairs at the profile's width and batch size, and prints pairs/second (median over steps).
+pairs at the profile's width and batch size, and prints pairs/second (median over steps). With
+``--modes`` every architecture is timed in each step mode side by side (fp32; fp32 + channels-last;
+bf16 autocast + channels-last where the CPU computes bf16 natively), with the mode training picks
+(``training.precision.choose_mode``) marked.
 """
 
 from __future__ import annotations
@@ -19,14 +22,18 @@ import torch
 from ensemble.contract import PAIR_SHAPE
 from ensemble.tables import markdown_table
 from training.models import REGISTRY, build_model, count_parameters, model_names
+from training.precision import FAST_CPU_MODE, FP32, StepMode, choose_mode, cpu_has_native_bf16
 from training.profiles import PROFILES
 from training.train import training_loss
 
+CPU = torch.device("cpu")
 
-def train_throughput(name: str, profile: str, steps: int) -> tuple[float, int]:
+
+def train_throughput(name: str, profile: str, steps: int, mode: StepMode = FP32) -> tuple[float, int]:
+    """Training pairs per second (median over ``steps`` timed steps) and the parameter count."""
     prof = PROFILES[profile]
     torch.manual_seed(0)
-    model = build_model(name, prof.width, prof.feat_dim).train()
+    model = mode.prepare_model(build_model(name, prof.width, prof.feat_dim).train())
     optimizer = torch.optim.AdamW(model.parameters())
     batch = prof.batch_size
     x, y = torch.rand(batch, *PAIR_SHAPE), torch.randint(0, 2, (batch,)).float()
@@ -34,8 +41,9 @@ def train_throughput(name: str, profile: str, steps: int) -> tuple[float, int]:
     times = []
     for step in range(steps + 2):
         start = time.perf_counter()
-        logits, digit_logits = model(x)
-        loss = training_loss(REGISTRY[name], logits, y, digit_logits, digits)
+        with mode.autocast(CPU):
+            logits, digit_logits = model(x)
+            loss = training_loss(REGISTRY[name], logits, y, digit_logits, digits)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -44,25 +52,47 @@ def train_throughput(name: str, profile: str, steps: int) -> tuple[float, int]:
     return batch / statistics.median(times), count_parameters(model)
 
 
+def distinct_architectures() -> list[str]:
+    """One model name per architecture: the seed variants train exactly as fast."""
+    names, seen = [], set()
+    for name in model_names():
+        config = REGISTRY[name]
+        arch = (config.tower, config.head, tuple(config.tower_kwargs.get("layers", ())), config.width_scale)
+        if arch not in seen:
+            seen.add(arch)
+            names.append(name)
+    return names
+
+
+def cpu_modes() -> list[StepMode]:
+    modes = [FP32, StepMode(None, channels_last=True)]
+    return modes + [FAST_CPU_MODE] if cpu_has_native_bf16() else modes
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=list(PROFILES), default="default")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--modes", action="store_true", help="time every step mode side by side")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"profile {args.profile}, {args.threads} thread(s), batch {PROFILES[args.profile].batch_size}\n")
-    rows, seen = [], set()
-    for name in model_names():
-        config = REGISTRY[name]
-        arch = (config.tower, config.head, tuple(config.tower_kwargs.get("layers", ())), config.width_scale)
-        if arch in seen:  # the seed variants train exactly as fast
-            continue
-        seen.add(arch)
-        rate, params = train_throughput(name, args.profile, args.steps)
-        rows.append([name, f"{params:,}", f"{rate:.0f}"])
-    print(markdown_table(rows, ["model", "parameters", "train pairs/s"]))
+    modes = cpu_modes() if args.modes else [None]
+    print(f"profile {args.profile}, {args.threads} thread(s), batch {PROFILES[args.profile].batch_size}, "
+          f"native bf16: {cpu_has_native_bf16()}\n")
+    rows = []
+    for name in distinct_architectures():
+        chosen = choose_mode(CPU, REGISTRY[name].tower)
+        row, params = [name], 0
+        for mode in modes:
+            rate, params = train_throughput(name, args.profile, args.steps, mode or chosen)
+            row.append(f"{rate:.0f}" + (" *" if args.modes and mode == chosen else ""))
+        rows.append([row[0], f"{params:,}", *row[1:]])
+    headers = [f"{m.name} pairs/s" for m in modes] if args.modes else [f"train pairs/s ({chosen.name})"]
+    print(markdown_table(rows, ["model", "parameters", *headers]))
+    if args.modes:
+        print("\n* the mode training uses for this architecture (training.precision.choose_mode)")
     return 0
 
 

@@ -33,6 +33,7 @@ from ensemble.contract import DIGIT_SIZE, join_pair
 from ensemble.course_data import save_course_npz, write_submission_csv
 from training.corrupt import COURSE_SEVERITY, corrupt_digits, sample_severity
 from training.mnist import MnistSourceError, load_mnist
+from training.profiles import CLEAN_SEVERITY_MAX
 
 ADJACENT_FRACTION = 0.8  # the course's pairing rule: 80% of pairs drawn as neighbours (a, a - 1)
 VAL_FRACTION = 0.1  # of the training digits, held out for validation, early stopping and stacking
@@ -149,12 +150,25 @@ def _pick_sources(rng: np.random.Generator, labels: np.ndarray, classes: np.ndar
     return picks
 
 
+def digit_severities(rng: np.random.Generator, n: int, severity: float, spread: float = 0.0,
+                     clean_share: float = 0.0, clean_max: float = CLEAN_SEVERITY_MAX) -> np.ndarray | float:
+    """Per-digit severities: ``severity`` (+- ``spread``), except a ``clean_share`` of the digits, drawn
+    uniformly from [0, clean_max]. A plain scalar when every digit gets the same one."""
+    if spread == 0 and clean_share == 0:
+        return severity
+    sev = sample_severity(rng, n, severity, spread) if spread > 0 else np.full(n, float(severity))
+    if clean_share > 0:
+        clean = rng.random(n) < clean_share
+        sev = np.where(clean, rng.uniform(0.0, clean_max, n), sev)
+    return sev
+
+
 def _make_chunk(args) -> tuple[np.ndarray, np.ndarray]:
-    images, labels, n, seed, stream, epoch, chunk, severity, spread = args
+    images, labels, n, seed, stream, epoch, chunk, severity, spread, clean_share = args
     rng = np.random.default_rng([seed, stream, epoch, chunk])
     digits = sample_digit_pairs(rng, n)
     src = _pick_sources(rng, labels, digits)
-    sev = sample_severity(rng, 2 * n, severity, spread) if spread > 0 else severity
+    sev = digit_severities(rng, 2 * n, severity, spread, clean_share)
     halves = corrupt_digits(images[src.reshape(-1)], rng, sev).reshape(n, 2, DIGIT_SIZE, DIGIT_SIZE)
     pairs = join_pair(halves[:, 0], halves[:, 1])
     return pairs, digits
@@ -162,15 +176,16 @@ def _make_chunk(args) -> tuple[np.ndarray, np.ndarray]:
 
 def make_pairs(images: np.ndarray, labels: np.ndarray, n: int, *, seed: int, epoch: int = 0,
                stream: str = "train", severity: float = COURSE_SEVERITY, severity_spread: float = 0.0,
-               workers: int = 1, progress: bool = False) -> dict[str, np.ndarray]:
+               clean_share: float = 0.0, workers: int = 1, progress: bool = False) -> dict[str, np.ndarray]:
     """Draw n corrupted pairs from source digits; a pure function of its arguments.
 
     Returns ``x`` (n, 28, 56) uint8, ``y`` (n,) 1 when left > right, ``digits`` (n, 2).
     ``severity_spread`` > 0 draws each digit's severity uniformly from severity +- spread
-    (domain randomisation). Work is cut in fixed chunks, so ``workers`` changes speed only.
+    (domain randomisation); ``clean_share`` of the digits are drawn nearly clean instead
+    (``digit_severities``). Work is cut in fixed chunks, so ``workers`` changes speed only.
     """
-    jobs = [(images, labels, min(CHUNK, n - start), seed, STREAMS[stream], epoch, i, severity, severity_spread)
-            for i, start in enumerate(range(0, n, CHUNK))]
+    jobs = [(images, labels, min(CHUNK, n - start), seed, STREAMS[stream], epoch, i, severity, severity_spread,
+             clean_share) for i, start in enumerate(range(0, n, CHUNK))]
     bar = tqdm(total=n, desc=f"{stream} pairs", unit="pair", disable=not progress, leave=False)
     results = []
     if workers > 1 and len(jobs) > 1:

@@ -1,7 +1,8 @@
 """Rebuild every model: data (if missing), the registered base models, export, stacking and the report.
 
-    python -m training.run_all [--profile smoke|default|full] [--models NAME,...] [--jobs N]
-                               [--device auto|cpu|cuda] [--data DIR] [--out DIR] [--resume] [--force]
+    python -m training.run_all [--profile smoke|default|long|compare|gpu|full] [--models NAME,...] [--jobs N]
+                               [--device auto|cpu|cuda] [--precision auto|fp32|bf16] [--data DIR] [--out DIR]
+                               [--resume] [--force] [--skip-export] [--score FILE ...]
 
 ``--out`` receives checkpoints, weights, histories and curves (``ensemble.layout``), so an experiment
 never touches the committed ``models/`` unless you point ``--out`` there. Once every registered model
@@ -32,7 +33,8 @@ import torch
 from ensemble.atomic import atomic_write_text
 from ensemble.layout import ArtifactLayout
 from training.data import build_dataset
-from training.models import model_names
+from training.models import build_model, count_parameters, model_names
+from training.precision import PRECISIONS
 from training.profiles import PROFILES
 from training.report import training_table
 from training.train import RunOptions, train_model
@@ -117,7 +119,9 @@ def train_all(names: list[str], options: RunOptions, jobs: int) -> list[dict]:
                                initargs=(os.getpid(),))
     stopped = False
     try:
-        futures = {pool.submit(_train_in_worker, name, task): name for name, task in tasks.items()}
+        # Largest first: the pool's last busy worker then finishes a small model, not a large one.
+        order = sorted(tasks, key=lambda name: -model_size(name, options.profile))
+        futures = {pool.submit(_train_in_worker, name, tasks[name]): name for name in order}
         for future in as_completed(futures):
             results[futures[future]] = future.result()
     except (KeyboardInterrupt, SystemExit):  # SIGTERM or Ctrl+C: stop the workers, do not wait for them
@@ -130,6 +134,12 @@ def train_all(names: list[str], options: RunOptions, jobs: int) -> list[dict]:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
     return [results[name] for name in names]
+
+
+def model_size(name: str, profile: str) -> int:
+    """Parameters at the profile's width: a rough, cheap proxy of how long a model trains."""
+    prof = PROFILES[profile]
+    return count_parameters(build_model(name, prof.width, prof.feat_dim))
 
 
 def stored_result(layout: ArtifactLayout, name: str) -> dict | None:
@@ -165,6 +175,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="comma-separated names (default: every registered model)")
     parser.add_argument("--jobs", type=int, default=1, help="models trained at once (CPU threads are divided)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help="auto: bf16 + channels-last where the hardware computes bf16 natively, else fp32")
     parser.add_argument("--data", default="data", help="data folder (built here if it has no train.npz)")
     parser.add_argument("--out", default="runs", help="where checkpoints, weights and reports go")
     parser.add_argument("--resume", action="store_true", help="continue interrupted models from their checkpoints")
@@ -193,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     ensure_dataset(data_dir, args.profile)
     options = RunOptions(data_dir=data_dir, out=layout.root, profile=args.profile, device=args.device,
+                         precision=args.precision,
                          resume=args.resume, force=args.force)
     trained = {row["name"]: row for row in train_all(args.names, options, args.jobs)}
     rows = [trained.get(name) or stored_result(layout, name) for name in model_names()]

@@ -3,9 +3,12 @@
     python -m training.train NAME [--profile default] [--data data/] [--out runs/] [--resume]
 
 AdamW, focal loss (or BCE) with optional label smoothing, an auxiliary digit cross-entropy when
-digit labels exist, swap augmentation, ReduceLROnPlateau on validation accuracy, early stopping
-that keeps the best weights, mixed precision on CUDA only. Every epoch writes a checkpoint
-(atomically) from which ``--resume`` continues exactly as if never stopped.
+digit labels exist, swap augmentation, a warm-up + cosine learning rate over the whole budget, an
+exponential moving average (EMA) of the weights that is scored, kept and exported, and early
+stopping that keeps the best EMA weights. Steps run in bf16 autocast with channels-last tensors on
+a CPU that computes bf16 natively, fp16/bf16 autocast on CUDA, fp32 elsewhere or when asked
+(``training.precision``). Every epoch writes a checkpoint (atomically) from which ``--resume``
+continues exactly as if never stopped, mid-schedule included.
 
 Layout under ``--out`` (``ensemble.layout.ArtifactLayout``): ``checkpoints/NAME.pt`` (resumable state,
 not for git) and ``weights/NAME/{weights.safetensors, history.json, curves.png}``.
@@ -20,10 +23,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import random
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from ensemble.atomic import atomic_path, atomic_write_text
@@ -39,13 +45,15 @@ from ensemble.layout import ArtifactLayout
 from training.data import dataset_fingerprint, make_pairs
 from training.datasets import TrainingData
 from training.models import REGISTRY, ModelConfig, build_model, count_parameters
+from training.precision import PRECISIONS, StepMode, choose_mode
 from training.profiles import (
     AUX_DIGIT_WEIGHT,
-    LR_DECAY_FACTOR,
-    LR_PATIENCE,
+    EMA_DECAY,
+    FINAL_LR_FRACTION,
     PROFILES,
     TRAIN_SEVERITY,
     TRAIN_SEVERITY_SPREAD,
+    WARMUP_FRACTION,
     Profile,
 )
 
@@ -64,6 +72,7 @@ class RunOptions:
     out: Path = Path("runs")
     profile: str = "default"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto | fp32 | bf16 (training.precision)
     threads: int | None = None  # torch CPU threads (None: torch's default)
     resume: bool = False  # continue this run from its checkpoint
     force: bool = False  # retrain a model that is already trained
@@ -129,6 +138,34 @@ def swap_halves(x: torch.Tensor, y: torch.Tensor, digits: torch.Tensor | None, m
     return x, y, digits
 
 
+def warmup_cosine(step: int, total_steps: int) -> float:
+    """The learning rate at ``step`` as a fraction of the peak: a linear warm-up from the floor over
+    ``WARMUP_FRACTION`` of the steps, then a cosine that reaches ``FINAL_LR_FRACTION`` at the last step."""
+    warmup = max(1, round(WARMUP_FRACTION * total_steps))
+    last = max(total_steps - 1, warmup)
+    if step < warmup:
+        return FINAL_LR_FRACTION + (1 - FINAL_LR_FRACTION) * step / warmup
+    progress = min(1.0, (step - warmup) / max(1, last - warmup))
+    return FINAL_LR_FRACTION + (1 - FINAL_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def ema_decay(step: int) -> float:
+    """The weight average's decay at its ``step``-th update: short at first, so that the average does not
+    carry the random initial weights for thousands of steps (0.998**750 = 0.22), then ``EMA_DECAY``."""
+    return min(EMA_DECAY, (1 + step) / (10 + step))
+
+
+@torch.no_grad()
+def update_ema(averaged: list[torch.Tensor], current: list[torch.Tensor], updates: torch.Tensor) -> None:
+    """``AveragedModel``'s multi_avg_fn: an exponential moving average with ``ema_decay``'s warm-up."""
+    decay = ema_decay(int(updates))
+    if torch.is_floating_point(averaged[0]):
+        torch._foreach_lerp_(averaged, current, 1 - decay)
+    else:  # integer buffers (batch norm's step counter) are counts, not averages
+        for a, c in zip(averaged, current, strict=True):
+            a.copy_(c)
+
+
 def rng_state() -> dict:
     np_state = np.random.get_state()
     state = {"python": random.getstate(), "torch": torch.get_rng_state(),
@@ -163,20 +200,25 @@ def predict_logits(model: torch.nn.Module, x: np.ndarray, device: torch.device) 
 
 
 class Trainer:
-    """One model with its optimiser, LR schedule and loss scaler, and the progress of its run.
+    """One model with its optimiser, LR schedule, weight average and loss scaler, and its run's progress.
 
-    ``state`` is what a checkpoint adds to the weights: the epochs done, the best validation
-    accuracy and its weights, the epochs since it improved, and the history rows.
+    ``model`` is what the optimiser steps; ``averaged`` is its exponential moving average, the model
+    that is scored each epoch, kept when best and exported. ``state`` is what a checkpoint adds to the
+    weights: the epochs done, the best validation accuracy and its (averaged) weights, the epochs since
+    it improved, and the history rows.
     """
 
-    def __init__(self, config: ModelConfig, prof: Profile, device: torch.device):
-        self.config, self.prof, self.device = config, prof, device
+    def __init__(self, config: ModelConfig, prof: Profile, device: torch.device, steps_per_epoch: int,
+                 mode: StepMode):
+        self.config, self.prof, self.device, self.mode = config, prof, device, mode
         seed_everything(config.seed)
-        self.model = build_model(config.name, prof.width, prof.feat_dim).to(device)
+        self.model = mode.prepare_model(build_model(config.name, prof.width, prof.feat_dim).to(device))
+        self.averaged = AveragedModel(self.model, multi_avg_fn=update_ema, use_buffers=True)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="max",
-                                                                    factor=LR_DECAY_FACTOR, patience=LR_PATIENCE)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+        self.total_steps = steps_per_epoch * prof.epochs
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: warmup_cosine(step, self.total_steps))
+        self.scaler = torch.amp.GradScaler(device.type, enabled=mode.needs_scaler)
         self.state = {"epoch": 0, "best_acc": -1.0, "best_state": None, "bad_epochs": 0, "history": []}
 
     @property
@@ -191,6 +233,7 @@ class Trainer:
         if ckpt.get("run_key") != key:
             return False
         self.model.load_state_dict(ckpt["model"])
+        self.averaged.load_state_dict(ckpt["averaged"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
@@ -200,9 +243,22 @@ class Trainer:
 
     def save_checkpoint(self, path: Path, key: str) -> None:
         with atomic_path(path) as tmp:
-            torch.save({"run_key": key, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                        "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                        "rng": rng_state(), **self.state}, tmp)
+            torch.save({"run_key": key, "model": self.model.state_dict(), "averaged": self.averaged.state_dict(),
+                        "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                        "scaler": self.scaler.state_dict(), "rng": rng_state(), **self.state}, tmp)
+
+    def step(self, xb: torch.Tensor, yb: torch.Tensor, db: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimiser step on one batch, then the schedule and the weight average; (loss, logits)."""
+        with self.mode.autocast(self.device):
+            logits, digit_logits = self.model(xb)
+            loss = training_loss(self.config, logits, yb, digit_logits, db)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.averaged.update_parameters(self.model)
+        return loss.detach(), logits.detach()
 
     def train_one_epoch(self, x: torch.Tensor, y: torch.Tensor, digits: torch.Tensor | None, epoch: int,
                         options: RunOptions) -> dict:
@@ -220,39 +276,33 @@ class Trainer:
             idx = order[start:start + batch_size]
             xb, yb, db = swap_halves(x[idx], y[idx].float(), None if digits is None else digits[idx], swap[idx])
             xb, yb = to_input(xb, self.device), yb.to(self.device)
-            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.device.type == "cuda"):
-                logits, digit_logits = self.model(xb)
-                loss = training_loss(self.config, logits, yb, digit_logits,
-                                     None if db is None else db.to(self.device))
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            loss, logits = self.step(xb, yb, None if db is None else db.to(self.device))
             total_loss += loss.item() * len(idx)
-            correct += ((logits.detach() > 0).float() == yb).sum().item()
+            correct += ((logits > 0).float() == yb).sum().item()
             seen += len(idx)
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}")
         return {"loss": total_loss / seen, "acc": correct / seen}
 
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> dict:
-        logits, _ = predict_logits(self.model, x, self.device)
+        """Pair loss and accuracy of the averaged weights (what is kept and exported), in fp32."""
+        logits, _ = predict_logits(self.averaged.module, x, self.device)
         loss = pair_loss(self.config, torch.from_numpy(logits), torch.from_numpy(y).float()).item()
         return {"loss": loss, "acc": float(((logits > 0).astype(np.int64) == y).mean())}
 
     def end_epoch(self, row: dict) -> None:
-        """Record the epoch's row, step the LR schedule, keep the best weights."""
+        """Record the epoch's row, keep the best averaged weights, count epochs without progress."""
         self.state["history"].append(row)
-        self.scheduler.step(row["val_acc"])
         if row["val_acc"] > self.state["best_acc"]:
             self.state["best_acc"], self.state["bad_epochs"] = row["val_acc"], 0
-            self.state["best_state"] = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.state["best_state"] = {k: v.detach().clone() for k, v in self.averaged.module.state_dict().items()}
         else:
             self.state["bad_epochs"] += 1
         self.state["epoch"] = row["epoch"]
 
     def best_model(self) -> torch.nn.Module:
-        self.model.load_state_dict(self.state["best_state"])
-        return self.model
+        """The averaged model with the best validation accuracy's weights, in eval mode."""
+        self.averaged.module.load_state_dict(self.state["best_state"])
+        return self.averaged.module.eval()
 
 
 # --------------------------------------------------------------------------- curves
@@ -286,13 +336,11 @@ def save_curves(history: list[dict], path: Path, title: str) -> None:
 
 # --------------------------------------------------------------------------- one model
 
-def run_key(name: str, profile: str, data_dir: Path) -> str:
-    """Identifies a training run by its configuration and data. The epoch budget is left out on purpose:
-    raising it and passing ``--resume`` extends a finished run from its checkpoint (the run is
-    deterministic per epoch, so that equals having trained longer from the start)."""
-    settings = {k: v for k, v in PROFILES[profile].to_dict().items() if k != "epochs"}
-    payload = json.dumps({"config": REGISTRY[name].to_dict(), "profile": settings,
-                          "data": dataset_fingerprint(data_dir)}, sort_keys=True, default=str)
+def run_key(name: str, profile: str, data_dir: Path, mode: StepMode) -> str:
+    """Identifies a training run by its configuration, budget, step mode and data. The epoch budget is
+    part of it: the learning-rate schedule spans the whole budget, so a longer run is another run."""
+    payload = json.dumps({"config": REGISTRY[name].to_dict(), "profile": PROFILES[profile].to_dict(),
+                          "mode": mode.name, "data": dataset_fingerprint(data_dir)}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -320,22 +368,24 @@ def train_model(name: str, options: RunOptions = RunOptions(), data: TrainingDat
     retrains a model that is already trained with the same configuration and data.
     """
     config, prof, layout = REGISTRY[name], PROFILES[options.profile], ArtifactLayout(options.out)
-    key = run_key(name, options.profile, options.data_dir)
+    device = resolve_device(options.device)  # before loading data: a missing GPU is said at once
+    mode = choose_mode(device, config.tower, options.precision)
+    key = run_key(name, options.profile, options.data_dir, mode)
     if not options.force and is_trained(layout, name, key, prof.epochs):
         return {**json.loads(layout.history(name).read_text())["result"], "status": "skipped"}
     if options.threads:
         torch.set_num_threads(options.threads)
-    device = resolve_device(options.device)  # before loading data: a missing GPU is said at once
     data = data or TrainingData.load(options.data_dir, prof.max_train_pairs, prof.max_val_pairs)
-    trainer = Trainer(config, prof, device)
+    trainer = Trainer(config, prof, device, steps_per_epoch(data, prof), mode)
     if options.resume and not options.force:
         trainer.load_checkpoint(layout.checkpoint(name), key)
 
+    pairs = EpochPairs(data, config.seed, prof)
     for epoch in range(trainer.state["epoch"], prof.epochs):
         if trainer.stopped_early:
             break
         epoch_start = time.perf_counter()
-        train = trainer.train_one_epoch(*epoch_pairs(data, config.seed, epoch, prof), epoch, options)
+        train = trainer.train_one_epoch(*pairs.get(epoch), epoch, options)
         val = trainer.evaluate(data.val.x, data.val.y)
         row = {"epoch": epoch + 1, "train_loss": train["loss"], "train_acc": train["acc"], "val_loss": val["loss"],
                "val_acc": val["acc"], "lr": trainer.optimizer.param_groups[0]["lr"]}
@@ -350,6 +400,7 @@ def train_model(name: str, options: RunOptions = RunOptions(), data: TrainingDat
                        f"{shifted_text} ({row['seconds']:.0f}s)")
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1)
+    pairs.close()
 
     result = finished_result(trainer, data)
     save_trained(layout, trainer, key, options, result)
@@ -373,25 +424,59 @@ def save_trained(layout: ArtifactLayout, trainer: Trainer, key: str, options: Ru
     name = trainer.config.name
     layout.weights_dir(name).mkdir(parents=True, exist_ok=True)
     with atomic_path(layout.weights(name)) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in trainer.model.state_dict().items()}, str(tmp))
+        save_file({k: v.detach().cpu().contiguous() for k, v in trainer.best_model().state_dict().items()},
+                  str(tmp))
     save_curves(trainer.state["history"], layout.curves(name), f"{name} ({options.profile} profile)")
     atomic_write_text(layout.history(name), json.dumps(
         {"name": name, "run_key": key, "profile": options.profile, "config": trainer.config.to_dict(),
-         "profile_settings": trainer.prof.to_dict(), "device": str(trainer.device), "result": result,
+         "profile_settings": trainer.prof.to_dict(), "device": str(trainer.device), "step_mode": trainer.mode.name,
+         "result": result,
          "early_stopped": trainer.stopped_early, "history": trainer.state["history"]},
         indent=2, default=str) + "\n")
 
 
+def steps_per_epoch(data: TrainingData, prof: Profile) -> int:
+    """Optimiser steps in one epoch: the schedule spans epochs x this."""
+    pairs = prof.pairs_per_epoch if data.sources is not None else len(data.train.x)
+    return math.ceil(pairs / prof.batch_size)
+
+
 def epoch_pairs(data: TrainingData, seed: int, epoch: int, prof: Profile):
     """This epoch's training pairs as tensors: fresh ones from the source digits when the folder has
-    them (with per-digit severities drawn around the course's), else the training file itself."""
+    them (course severity, a share nearly clean), else the training file itself."""
     if data.sources is not None:
         fresh = make_pairs(data.sources["train_images"], data.sources["train_labels"], prof.pairs_per_epoch,
-                           seed=seed, epoch=epoch, severity=TRAIN_SEVERITY, severity_spread=TRAIN_SEVERITY_SPREAD)
+                           seed=seed, epoch=epoch, severity=TRAIN_SEVERITY, severity_spread=TRAIN_SEVERITY_SPREAD,
+                           clean_share=prof.clean_share, workers=prof.data_workers)
         x, y, digits = fresh["x"], fresh["y"], fresh["digits"]
     else:
         x, y, digits = data.train.x, data.train.y, data.train.digits
     return torch.from_numpy(x), torch.from_numpy(y), None if digits is None else torch.from_numpy(digits)
+
+
+class EpochPairs:
+    """A run's training pairs, epoch by epoch. When the profile draws them with several processes (a GPU
+    trains faster than one CPU core corrupts digits), the next epoch's pairs are drawn in the background
+    while this epoch trains; they are the same pairs either way (``make_pairs`` is a pure function)."""
+
+    def __init__(self, data: TrainingData, seed: int, prof: Profile):
+        self.data, self.seed, self.prof = data, seed, prof
+        background = prof.data_workers > 1 and data.sources is not None
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="next-epoch-pairs") if background else None
+        self._next: tuple[int, Future] | None = None
+
+    def get(self, epoch: int):
+        if self._next is not None and self._next[0] == epoch:
+            pairs = self._next[1].result()
+        else:
+            pairs = epoch_pairs(self.data, self.seed, epoch, self.prof)
+        if self._pool is not None and epoch + 1 < self.prof.epochs:
+            self._next = (epoch + 1, self._pool.submit(epoch_pairs, self.data, self.seed, epoch + 1, self.prof))
+        return pairs
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -402,10 +487,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default="data")
     parser.add_argument("--out", default="runs")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="auto: bf16 + channels-last where the hardware computes bf16 natively, else fp32")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint of this run")
     parser.add_argument("--force", action="store_true", help="retrain even if already trained")
     args = parser.parse_args(argv)
     options = RunOptions(data_dir=args.data, out=args.out, profile=args.profile, device=args.device,
+                         precision=args.precision,
                          resume=args.resume, force=args.force)
     print(json.dumps(train_model(args.name, options), indent=2))
     return 0

@@ -1,0 +1,106 @@
+"""A/B runs of the training recipe on one model, each at the same budget: which knobs pay.
+
+    python tools/recipe_ab.py [--model resnet] [--epochs 3] [--pairs 16000] [--jobs 2] [--out runs/ab]
+
+Each variant trains ``--model`` from the built dataset in ``data/`` (training digits only) in its own
+process with one thread, and is scored on the built validation pairs (``val.npz``, all 10,000; training
+digits held out, never the test digits) and on clean pairs (severity 0, from the validation digits).
+Prints and writes ``OUT/recipe_ab.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+from multiprocessing import get_context
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+# name -> (what it changes, overrides of training.train's recipe constants and of the run)
+VARIANTS = {
+    "old recipe: constant lr 1e-3, no EMA, fp32": dict(final=1.0, warmup=0.0, ema=0.0, precision="fp32"),
+    "constant lr 1e-3, no EMA, bf16": dict(final=1.0, warmup=0.0, ema=0.0),
+    "warm-up + cosine, peak 1e-3, no EMA": dict(ema=0.0),
+    "warm-up + cosine, peak 2e-3, no EMA": dict(lr=2e-3, ema=0.0),
+    "warm-up + cosine, peak 2e-3, EMA": dict(lr=2e-3),
+    "warm-up + cosine, peak 2e-3, EMA, 15% clean digits": dict(lr=2e-3, clean=0.15),
+    "warm-up + cosine, peak 2e-3, EMA, 15% clean digits, width 24": dict(lr=2e-3, clean=0.15, width=24),
+}
+
+
+def run_variant(args: tuple[str, dict, str, int, int, str]) -> dict:
+    label, knobs, model, epochs, pairs, out = args
+    import time
+
+    import numpy as np
+    import torch
+
+    from ensemble.course_data import load_course_npz
+    from training import train
+    from training.data import make_pairs
+    from training.models import REGISTRY
+    from training.profiles import PROFILES
+    from training.train import RunOptions, load_weights, predict_logits, train_model
+
+    torch.set_num_threads(1)
+    train.FINAL_LR_FRACTION = knobs.get("final", train.FINAL_LR_FRACTION)
+    train.WARMUP_FRACTION = knobs.get("warmup", train.WARMUP_FRACTION)
+    train.EMA_DECAY = knobs.get("ema", train.EMA_DECAY)
+    REGISTRY[model] = replace(REGISTRY[model], lr=knobs.get("lr", 1e-3))
+    PROFILES["ab"] = replace(PROFILES["default"], epochs=epochs, pairs_per_epoch=pairs, patience=epochs,
+                             clean_share=knobs.get("clean", 0.0), width=knobs.get("width", 16))
+    folder = Path(out) / label.replace(" ", "_").replace(",", "").replace("%", "pct").replace(":", "")
+    if (folder / "result.json").is_file():  # measured before: a rerun adds only new variants
+        return json.loads((folder / "result.json").read_text())
+    start = time.perf_counter()
+    train_model(model, RunOptions(data_dir=ROOT / "data", out=folder, profile="ab", device="cpu",
+                                  precision=knobs.get("precision", "bf16"), progress=False))
+    seconds = time.perf_counter() - start
+    net = load_weights(model, folder, "ab")
+    val = load_course_npz(ROOT / "data" / "val.npz", require=("x", "y"))
+    logits, _ = predict_logits(net, val.x, torch.device("cpu"))
+    with np.load(ROOT / "data" / "sources.npz", allow_pickle=False) as src:
+        clean = make_pairs(src["val_images"], src["val_labels"], 4000, seed=7, stream="val", severity=0.0)
+    clean_logits, clean_digits = predict_logits(net, clean["x"], torch.device("cpu"))
+    result = {"variant": label, "val_acc": float(((logits > 0) == val.y).mean()),
+              "clean_pair_acc": float(((clean_logits > 0) == clean["y"]).mean()),
+              "clean_digit_acc": float((clean_digits.argmax(-1) == clean["digits"]).mean()), "seconds": seconds}
+    (folder / "result.json").write_text(json.dumps(result))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="resnet")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--pairs", type=int, default=16_000, help="fresh pairs per epoch")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--out", default="runs/ab")
+    args = parser.parse_args(argv)
+    from ensemble.atomic import atomic_write_text
+    from ensemble.tables import markdown_table
+
+    tasks = [(label, knobs, args.model, args.epochs, args.pairs, args.out) for label, knobs in VARIANTS.items()]
+    # One process per variant: each patches the recipe's module constants, which must not leak into the next.
+    with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
+        results = list(pool.map(run_variant, tasks))
+    rows = [[r["variant"], f"{r['val_acc']:.4f}", f"{r['clean_pair_acc']:.4f}", f"{r['clean_digit_acc']:.4f}",
+             f"{r['seconds']:.0f}"] for r in results]
+    table = markdown_table(rows, ["variant", "val acc (built, 10,000)", "clean pairs acc", "clean digits acc",
+                                  "seconds"])
+    header = (f"`{args.model}`, {args.epochs} epochs x {args.pairs:,} fresh pairs, batch 128, one thread per run "
+              f"(`python tools/recipe_ab.py --model {args.model} --epochs {args.epochs} --pairs {args.pairs}`)\n\n")
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(args.out) / "recipe_ab.md", header + table + "\n")
+    (Path(args.out) / "recipe_ab.json").write_text(json.dumps(results, indent=2))
+    print(header + table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
