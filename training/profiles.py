@@ -41,18 +41,18 @@ class Profile:
 
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(width=4, feat_dim=16, epochs=2, pairs_per_epoch=256, batch_size=64, patience=5,
-                     max_train_pairs=256, max_val_pairs=128, clean_share=0.15),
-    "default": Profile(width=16, feat_dim=64, epochs=10, pairs_per_epoch=32_000, batch_size=128, patience=10,
-                       max_train_pairs=None, max_val_pairs=5_000, clean_share=0.15),
-    "long": Profile(width=16, feat_dim=64, epochs=15, pairs_per_epoch=32_000, batch_size=128, patience=15,
-                    max_train_pairs=None, max_val_pairs=5_000, clean_share=0.15),
+                     max_train_pairs=256, max_val_pairs=128, clean_share=0.2),
+    "default": Profile(width=16, feat_dim=64, epochs=12, pairs_per_epoch=32_000, batch_size=128, patience=12,
+                       max_train_pairs=None, max_val_pairs=5_000, clean_share=0.2),
+    "long": Profile(width=16, feat_dim=64, epochs=18, pairs_per_epoch=32_000, batch_size=128, patience=18,
+                    max_train_pairs=None, max_val_pairs=5_000, clean_share=0.2),
     # One model on the course's 50,000 fixed pairs vs 50,000 fresh pairs per epoch: the same budget.
     "compare": Profile(width=16, feat_dim=64, epochs=4, pairs_per_epoch=50_000, batch_size=128, patience=6,
                        max_train_pairs=None, max_val_pairs=5_000),
     "gpu": Profile(width=48, feat_dim=128, epochs=12, pairs_per_epoch=120_000, batch_size=512, patience=12,
-                   max_train_pairs=None, max_val_pairs=None, clean_share=0.15, data_workers=12),
+                   max_train_pairs=None, max_val_pairs=None, clean_share=0.2, data_workers=12),
     "full": Profile(width=48, feat_dim=192, epochs=60, pairs_per_epoch=100_000, batch_size=256, patience=60,
-                    max_train_pairs=None, max_val_pairs=None, clean_share=0.15, data_workers=12),
+                    max_train_pairs=None, max_val_pairs=None, clean_share=0.2, data_workers=12),
 }
 
 # Fresh training pairs are drawn at the course's severity: the generator is the course's own process,

@@ -35,7 +35,7 @@ class ModelConfig:
     seed: int = 1
     loss: str = "focal"  # "focal" or "bce"
     label_smoothing: float = 0.0
-    lr: float = 1e-3
+    lr: float = 2e-3  # the peak of the warm-up + cosine schedule (tools/recipe_ab.py: 2e-3 beat 1e-3)
     weight_decay: float = 5e-4
     width_scale: float = 1.0  # relative to the profile's base width
     description: str = ""
