@@ -2,7 +2,7 @@
 
 - ``smoke``: all ten models in a few minutes on 2 CPU cores, for tests; accuracy does not matter.
 - ``default``: the committed models; all ten within 100 minutes on 2 CPU cores (``--jobs 2``, bf16).
-- ``long``: the default recipe with a 1.5x budget (at most 150 minutes with ``--jobs 2``).
+- ``long``: the default recipe with twice the pairs (16 epochs x 48,000), about twice the time.
 - ``compare``: one model trained on the course's own files or on fresh pairs, same budget
   (``python -m training.compare_sources``).
 - ``gpu``: all ten in about 8 minutes on one large GPU: wider towers, large batches, pairs drawn
@@ -17,7 +17,29 @@ scored, kept and exported. The budget is known in advance, so the schedule spend
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import json
+import os
+import typing as t
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from ensemble.atomic import atomic_write_text
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The recipe's settings a profile may override (a tuned profile does, ``training.tune``); ``None`` keeps
+    the default: the model's own ``ModelConfig.lr`` / ``weight_decay``, the constants below for the rest."""
+
+    lr: float | None = None  # peak learning rate of the warm-up + cosine schedule, for every model trained
+    weight_decay: float | None = None  # AdamW's, for every model trained
+    aux_digit_weight: float | None = None  # AUX_DIGIT_WEIGHT
+    warmup_fraction: float | None = None  # WARMUP_FRACTION
+    final_lr_fraction: float | None = None  # FINAL_LR_FRACTION
+
+    def overrides(self) -> dict[str, float]:
+        """The settings this recipe changes (those not None)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 @dataclass(frozen=True)
@@ -34,9 +56,16 @@ class Profile:
     max_val_pairs: int | None  # cap on the validation pairs scored each epoch (None: all)
     clean_share: float = 0.0  # share of training digits drawn nearly clean (severity U[0, CLEAN_SEVERITY_MAX])
     data_workers: int = 1  # processes drawing each epoch's fresh pairs (a GPU trains faster than one CPU draws)
+    recipe: Recipe = field(default_factory=Recipe)  # overrides of the training recipe (none by default)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The profile's settings; ``recipe`` only when it overrides something, so the run key of a run with
+        the default recipe (``training.train.run_key``) is what it was before recipes could be overridden."""
+        settings = asdict(self)
+        settings["recipe"] = self.recipe.overrides()
+        if not settings["recipe"]:
+            del settings["recipe"]
+        return settings
 
 
 PROFILES: dict[str, Profile] = {
@@ -44,7 +73,7 @@ PROFILES: dict[str, Profile] = {
                      max_train_pairs=256, max_val_pairs=128, clean_share=0.2),
     "default": Profile(width=16, feat_dim=64, epochs=12, pairs_per_epoch=32_000, batch_size=128, patience=12,
                        max_train_pairs=None, max_val_pairs=5_000, clean_share=0.2),
-    "long": Profile(width=16, feat_dim=64, epochs=18, pairs_per_epoch=32_000, batch_size=128, patience=18,
+    "long": Profile(width=16, feat_dim=64, epochs=16, pairs_per_epoch=48_000, batch_size=128, patience=16,
                     max_train_pairs=None, max_val_pairs=5_000, clean_share=0.2),
     # One model on the course's 50,000 fixed pairs vs 50,000 fresh pairs per epoch: the same budget.
     "compare": Profile(width=16, feat_dim=64, epochs=4, pairs_per_epoch=50_000, batch_size=128, patience=6,
@@ -68,3 +97,72 @@ AUX_DIGIT_WEIGHT = 0.5  # weight of the digit cross-entropy next to the pair los
 WARMUP_FRACTION = 0.05  # of all steps, rising linearly from FINAL_LR_FRACTION to the peak (ModelConfig.lr)
 FINAL_LR_FRACTION = 0.01  # the floor the cosine reaches at the last step, relative to the peak
 EMA_DECAY = 0.998  # per step: the average spans the last ~500 steps (two epochs of the default profile)
+
+
+# --------------------------------------------------------------------------- profile files
+
+PROFILE_FILE_FORMAT = "digit-compare profile 1"
+
+
+class ProfileFileError(ValueError):
+    """A profile file that cannot be read as a Profile; the message names the file and the field."""
+
+
+def _check_type(path: Path, where: str, value: t.Any, hint: t.Any) -> None:
+    allowed = tuple(a for a in (t.get_args(hint) or (hint,)))
+    if float in allowed:
+        allowed = (*allowed, int)
+    if value is None and type(None) in allowed:
+        return
+    if isinstance(value, bool) or not isinstance(value, tuple(a for a in allowed if a is not type(None))):
+        raise ProfileFileError(f"{path}: {where} must be {' or '.join(a.__name__ for a in allowed)}, got {value!r}")
+
+
+def _typed(path: Path, cls: type, values: t.Any, where: str) -> dict[str, t.Any]:
+    """``values`` checked against the dataclass ``cls``: every field named is one of its fields, of its type."""
+    if not isinstance(values, dict):
+        raise ProfileFileError(f"{path}: {where} must be an object")
+    hints = t.get_type_hints(cls)
+    unknown = sorted(set(values) - set(hints))
+    if unknown:
+        raise ProfileFileError(f"{path}: unknown field(s) {', '.join(unknown)} in {where}; known: {', '.join(hints)}")
+    for name, value in values.items():
+        if name != "recipe":
+            _check_type(path, f"{where}.{name}", value, hints[name])
+    return dict(values)
+
+
+def load_profile_file(path: str | os.PathLike) -> Profile:
+    """A profile written by ``write_profile_file`` (``training.tune`` writes its best trial as one): JSON with
+    ``profile`` holding every ``Profile`` field, its ``recipe`` the overrides. ProfileFileError when malformed."""
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ProfileFileError(f"{path}: not a readable JSON profile file ({err})") from err
+    if not isinstance(document, dict) or document.get("format") != PROFILE_FILE_FORMAT:
+        raise ProfileFileError(f"{path}: not a profile file (expected \"format\": \"{PROFILE_FILE_FORMAT}\")")
+    settings = _typed(path, Profile, document.get("profile"), "profile")
+    missing = [f.name for f in fields(Profile) if f.name not in settings and f.name not in ("recipe", "data_workers")]
+    if missing:
+        raise ProfileFileError(f"{path}: profile is missing {', '.join(missing)}")
+    recipe = Recipe(**_typed(path, Recipe, settings.pop("recipe", {}), "profile.recipe"))
+    return Profile(**settings, recipe=recipe)
+
+
+def write_profile_file(path: str | os.PathLike, profile: Profile, source: dict[str, t.Any] | None = None) -> Path:
+    """Write ``profile`` as a profile file (atomically); ``source`` says where it comes from (a study's trial)."""
+    document = {"format": PROFILE_FILE_FORMAT, "profile": {**asdict(profile), "recipe": profile.recipe.overrides()},
+                "source": source or {}}
+    atomic_write_text(path, json.dumps(document, indent=2) + "\n")
+    return Path(path)
+
+
+def get_profile(spec: str) -> Profile:
+    """A named profile (``PROFILES``) or, for a path to a ``.json`` file, the profile file there: what every
+    ``profile`` argument of training, export and stacking may be (``--profile-file PATH`` passes the path)."""
+    if spec in PROFILES:
+        return PROFILES[spec]
+    if spec.endswith(".json"):
+        return load_profile_file(spec)
+    raise KeyError(f"unknown profile {spec!r}; known: {', '.join(PROFILES)}, or a profile file (.json)")

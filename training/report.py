@@ -13,7 +13,7 @@ from ensemble.layout import ArtifactLayout
 from ensemble.tables import markdown_table
 from training.corrupt import COURSE_SEVERITY
 from training.data import SHIFTED_SEVERITIES
-from training.profiles import PROFILES
+from training.profiles import get_profile
 
 # The training results table: (key of a result row, column title, format). One meaning per title, in every table
 # of the project: "val acc" is the whole val.npz scored by the exported graph (the manifest's val_acc, known once
@@ -105,7 +105,7 @@ def write_report(out: str | Path, metrics: dict, training_rows: list[dict], prof
     for path, scored in metrics.get("scored", {}).items():
         lines += [f"## `{path}` ({scored['n']} labelled pairs, scored only)", "", format_rows(scored["rows"]), ""]
     lines += _stacking_section(metrics, layout.figures)
-    val_pairs = PROFILES[profile].max_val_pairs
+    val_pairs = get_profile(profile).max_val_pairs
     subset = f"the first {val_pairs:,} pairs" if val_pairs else "all pairs"
     rows = [{**row, "val_full_acc": metrics["val_acc"][row["name"]]} if row["name"] in metrics.get("val_acc", {})
             else row for row in training_rows]

@@ -1,8 +1,12 @@
 """Rebuild every model: data (if missing), the registered base models, export, stacking and the report.
 
-    python -m training.run_all [--profile smoke|default|long|compare|gpu|full] [--models NAME,...] [--jobs N]
+    python -m training.run_all [--profile smoke|default|long|compare|gpu|full | --profile-file PATH]
+                               [--models NAME,...] [--jobs N]
                                [--device auto|cpu|cuda] [--precision auto|fp32|bf16] [--data DIR] [--out DIR]
                                [--resume] [--force] [--skip-export] [--score FILE ...]
+
+``--profile-file PATH`` trains with a profile file instead of a named profile: the best trial of
+``python -m training.tune`` is written as one (``training.profiles.load_profile_file``).
 
 ``--out`` receives checkpoints, weights, histories and curves (``ensemble.layout``), so an experiment
 never touches the committed ``models/`` unless you point ``--out`` there. Once every registered model
@@ -35,7 +39,7 @@ from ensemble.layout import ArtifactLayout
 from training.data import build_dataset
 from training.models import build_model, count_parameters, model_names
 from training.precision import PRECISIONS
-from training.profiles import PROFILES
+from training.profiles import PROFILES, ProfileFileError, get_profile
 from training.report import training_table
 from training.train import RunOptions, train_model
 
@@ -138,7 +142,7 @@ def train_all(names: list[str], options: RunOptions, jobs: int) -> list[dict]:
 
 def model_size(name: str, profile: str) -> int:
     """Parameters at the profile's width: a rough, cheap proxy of how long a model trains."""
-    prof = PROFILES[profile]
+    prof = get_profile(profile)
     return count_parameters(build_model(name, prof.width, prof.feat_dim))
 
 
@@ -171,6 +175,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m training.run_all", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=list(PROFILES), default="default")
+    parser.add_argument("--profile-file", metavar="PATH",
+                        help="train with a profile file instead (e.g. the best trial of python -m training.tune)")
     parser.add_argument("--models", default=",".join(model_names()),
                         help="comma-separated names (default: every registered model)")
     parser.add_argument("--jobs", type=int, default=1, help="models trained at once (CPU threads are divided)")
@@ -191,6 +197,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(model_names())}")
     args.names = names
+    if args.profile_file:
+        try:
+            get_profile(args.profile_file)
+        except (KeyError, ProfileFileError) as err:
+            parser.error(str(err))
+        args.profile = args.profile_file  # every step below takes a profile name or a profile file's path
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
     missing = [p for p in args.score if not Path(p).is_file()]

@@ -1,6 +1,6 @@
 """One training loop for every registered model.
 
-    python -m training.train NAME [--profile default] [--data data/] [--out runs/] [--resume]
+    python -m training.train NAME [--profile default | --profile-file PATH] [--data data/] [--out runs/] [--resume]
 
 AdamW, focal loss (or BCE) with optional label smoothing, an auxiliary digit cross-entropy when
 digit labels exist, swap augmentation, a warm-up + cosine learning rate over the whole budget, an
@@ -55,6 +55,7 @@ from training.profiles import (
     TRAIN_SEVERITY_SPREAD,
     WARMUP_FRACTION,
     Profile,
+    get_profile,
 )
 
 EVAL_BATCH = 1024
@@ -70,7 +71,7 @@ class RunOptions:
 
     data_dir: Path = Path("data")
     out: Path = Path("runs")
-    profile: str = "default"
+    profile: str = "default"  # a name in PROFILES, or the path of a profile file (training.profiles.get_profile)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto | fp32 | bf16 (training.precision)
     threads: int | None = None  # torch CPU threads (None: torch's default)
@@ -116,12 +117,14 @@ def pair_loss(config: ModelConfig, logits: torch.Tensor, y: torch.Tensor) -> tor
 
 
 def training_loss(config: ModelConfig, logits: torch.Tensor, y: torch.Tensor, digit_logits: torch.Tensor,
-                  digits: torch.Tensor | None) -> torch.Tensor:
-    """The pair loss, plus the auxiliary digit cross-entropy when the pairs' digit labels are known."""
+                  digits: torch.Tensor | None, aux_weight: float | None = None) -> torch.Tensor:
+    """The pair loss, plus the auxiliary digit cross-entropy (weighted ``aux_weight``, default
+    ``AUX_DIGIT_WEIGHT``) when the pairs' digit labels are known."""
     loss = pair_loss(config, logits.float(), y)
     if digits is None:
         return loss
-    return loss + AUX_DIGIT_WEIGHT * F.cross_entropy(digit_logits.float().reshape(-1, 10), digits.reshape(-1))
+    weight = AUX_DIGIT_WEIGHT if aux_weight is None else aux_weight
+    return loss + weight * F.cross_entropy(digit_logits.float().reshape(-1, 10), digits.reshape(-1))
 
 
 def to_input(x_uint8: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -138,15 +141,19 @@ def swap_halves(x: torch.Tensor, y: torch.Tensor, digits: torch.Tensor | None, m
     return x, y, digits
 
 
-def warmup_cosine(step: int, total_steps: int) -> float:
+def warmup_cosine(step: int, total_steps: int, warmup_fraction: float | None = None,
+                  final_fraction: float | None = None) -> float:
     """The learning rate at ``step`` as a fraction of the peak: a linear warm-up from the floor over
-    ``WARMUP_FRACTION`` of the steps, then a cosine that reaches ``FINAL_LR_FRACTION`` at the last step."""
-    warmup = max(1, round(WARMUP_FRACTION * total_steps))
+    ``warmup_fraction`` of the steps, then a cosine that reaches ``final_fraction`` at the last step
+    (defaults: ``WARMUP_FRACTION``, ``FINAL_LR_FRACTION``; a profile's recipe may override them)."""
+    warmup_fraction = WARMUP_FRACTION if warmup_fraction is None else warmup_fraction
+    final = FINAL_LR_FRACTION if final_fraction is None else final_fraction
+    warmup = max(1, round(warmup_fraction * total_steps))
     last = max(total_steps - 1, warmup)
     if step < warmup:
-        return FINAL_LR_FRACTION + (1 - FINAL_LR_FRACTION) * step / warmup
+        return final + (1 - final) * step / warmup
     progress = min(1.0, (step - warmup) / max(1, last - warmup))
-    return FINAL_LR_FRACTION + (1 - FINAL_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * progress))
+    return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def ema_decay(step: int) -> float:
@@ -214,10 +221,13 @@ class Trainer:
         seed_everything(config.seed)
         self.model = mode.prepare_model(build_model(config.name, prof.width, prof.feat_dim).to(device))
         self.averaged = AveragedModel(self.model, multi_avg_fn=update_ema, use_buffers=True)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        recipe = prof.recipe  # the profile's overrides of the recipe (None: the model's own, or the default)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=config.lr if recipe.lr is None else recipe.lr,
+            weight_decay=config.weight_decay if recipe.weight_decay is None else recipe.weight_decay)
         self.total_steps = steps_per_epoch * prof.epochs
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: warmup_cosine(step, self.total_steps))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: warmup_cosine(
+            step, self.total_steps, recipe.warmup_fraction, recipe.final_lr_fraction))
         self.scaler = torch.amp.GradScaler(device.type, enabled=mode.needs_scaler)
         self.state = {"epoch": 0, "best_acc": -1.0, "best_state": None, "bad_epochs": 0, "history": []}
 
@@ -251,7 +261,7 @@ class Trainer:
         """One optimiser step on one batch, then the schedule and the weight average; (loss, logits)."""
         with self.mode.autocast(self.device):
             logits, digit_logits = self.model(xb)
-            loss = training_loss(self.config, logits, yb, digit_logits, db)
+            loss = training_loss(self.config, logits, yb, digit_logits, db, self.prof.recipe.aux_digit_weight)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -339,7 +349,7 @@ def save_curves(history: list[dict], path: Path, title: str) -> None:
 def run_key(name: str, profile: str, data_dir: Path, mode: StepMode) -> str:
     """Identifies a training run by its configuration, budget, step mode and data. The epoch budget is
     part of it: the learning-rate schedule spans the whole budget, so a longer run is another run."""
-    payload = json.dumps({"config": REGISTRY[name].to_dict(), "profile": PROFILES[profile].to_dict(),
+    payload = json.dumps({"config": REGISTRY[name].to_dict(), "profile": get_profile(profile).to_dict(),
                           "mode": mode.name, "data": dataset_fingerprint(data_dir)}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -354,7 +364,7 @@ def is_trained(layout: ArtifactLayout, name: str, key: str, epochs: int) -> bool
 
 def load_weights(name: str, out: str | Path, profile: str) -> torch.nn.Module:
     """A trained model from ``OUT/weights/NAME/weights.safetensors`` in eval mode."""
-    prof = PROFILES[profile]
+    prof = get_profile(profile)
     model = build_model(name, prof.width, prof.feat_dim)
     model.load_state_dict(load_file(ArtifactLayout(out).weights(name)))
     return model.eval()
@@ -367,7 +377,7 @@ def train_model(name: str, options: RunOptions = RunOptions(), data: TrainingDat
     With ``options.resume`` a checkpoint of the same run continues where it stopped; ``options.force``
     retrains a model that is already trained with the same configuration and data.
     """
-    config, prof, layout = REGISTRY[name], PROFILES[options.profile], ArtifactLayout(options.out)
+    config, prof, layout = REGISTRY[name], get_profile(options.profile), ArtifactLayout(options.out)
     device = resolve_device(options.device)  # before loading data: a missing GPU is said at once
     mode = choose_mode(device, config.tower, options.precision)
     key = run_key(name, options.profile, options.data_dir, mode)
@@ -484,6 +494,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", choices=list(REGISTRY))
     parser.add_argument("--profile", choices=list(PROFILES), default="default")
+    parser.add_argument("--profile-file", metavar="PATH",
+                        help="train with a profile file instead (e.g. the best trial of python -m training.tune)")
     parser.add_argument("--data", default="data")
     parser.add_argument("--out", default="runs")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -492,9 +504,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint of this run")
     parser.add_argument("--force", action="store_true", help="retrain even if already trained")
     args = parser.parse_args(argv)
-    options = RunOptions(data_dir=args.data, out=args.out, profile=args.profile, device=args.device,
-                         precision=args.precision,
-                         resume=args.resume, force=args.force)
+    options = RunOptions(data_dir=args.data, out=args.out, profile=args.profile_file or args.profile,
+                         device=args.device, precision=args.precision, resume=args.resume, force=args.force)
     print(json.dumps(train_model(args.name, options), indent=2))
     return 0
 
