@@ -184,8 +184,10 @@ class DigitCompare:
         data = batch.data
         probabilities, labels, digits = batch_columns(rows, batch.prior)
         if batch.format == "csv":
+            # The course's submission format has no room for the prior: a header names it.
             return Response(format_submission_csv(data.ids_or_row_numbers(), labels), media_type="text/csv",
-                            headers={"Content-Disposition": 'attachment; filename="submission.csv"'})
+                            headers={"Content-Disposition": 'attachment; filename="submission.csv"',
+                                     "X-Prior": batch.prior})
         return JSONResponse(BatchResult(
             n=len(labels), prior=batch.prior, probabilities=probabilities.tolist(), labels=labels.tolist(),
             digits=digits.tolist(), ids=None if data.ids is None else data.ids.tolist(),

@@ -8,10 +8,12 @@ One pipeline, shared by every image endpoint of the service (Pillow + numpy only
   undecodable or corrupt inputs raise an ``InvalidImageError`` subclass whose message says what is
   wrong. EXIF orientation is applied; only the first frame of animations is used.
 - ``prepare_digit(image)``: one digit, the MNIST recipe. To grayscale (transparent pixels count as
-  background), invert when the ink is darker than the background (dark ink on paper), subtract the
-  background level, stretch the ink peak to full scale and drop paper noise, crop to the ink, fit the
-  longest side into 20 pixels keeping the aspect ratio, and paste into 28x28 so that the centre of mass
-  lands where MNIST has it, (14, 14) (integer shift, clipped so the digit stays inside the frame).
+  background), invert when the ink is darker than the background (dark ink on paper), enlarge a small
+  picture (under 112 px) so that it is fitted like a large one, level uneven lighting (subtract the paper's
+  own brightness), subtract the background level, stretch the ink peak to full scale and drop paper noise,
+  crop to the ink, fit the longest side into 20 pixels keeping the aspect ratio, and paste into 28x28 so
+  that the centre of mass lands where MNIST has it, (14, 14) (integer shift, clipped so the digit stays
+  inside the frame). ``prepare_digit_bytes(data, name)``: ``open_image`` then this, as ``/compare`` does.
 - ``prepare_pair(image)``: one course-style pair (left digit in columns 0-27, right in 28-55). Same
   grayscale / polarity handling and the same blank test (``require_ink``) on each half, then only a
   resize to 28x56 when the size differs: course data is already centred, so a 28x56 light-on-black
@@ -45,13 +47,13 @@ WORK_MAX_SIDE = 1024
 #: Smaller pictures are enlarged (bilinear, by a whole factor) to at least this side before the crop and
 #: the fit into 20x20, so that a digit is always fitted from several source pixels per output pixel (area
 #: averaging). Without it a 28-px picture was fitted at a scale of about 1, pixel for pixel and crisp, while
-#: the same digit enlarged was area-averaged: 2,000 free-form pairs of MNIST test digits read 0.880 right
-#: at 28 px and 0.950 enlarged to 112 px (docs/freeform.md), from the same digits. 4 x 28 px.
+#: the same digit enlarged was area-averaged: in 1,000 free-form pairs of MNIST test digits the digits read
+#: 0.880 right at 28 px and 0.950 enlarged to 112 px (docs/priors.md), the same digits. 4 x 28 px.
 WORK_MIN_SIDE = 112
 #: Uneven lighting (a photo lit from one side) is levelled by subtracting the paper's own brightness, estimated
 #: by a grey-level opening (the ink, thinner than the window, is removed; the slow light gradient is kept) on a
 #: copy reduced to at most LIGHTING_SIDE pixels, with a window of LIGHTING_WINDOW of its side. Free-form photos
-#: with a 25-45% light falloff read 0.862 right without it and 0.95 when evenly lit (docs/freeform.md).
+#: with a 25-45% light falloff read 0.862 right without it and 0.95 when evenly lit (docs/priors.md).
 LIGHTING_SIDE = 64
 LIGHTING_WINDOW = 0.5
 #: Blank test (``require_ink``, shared by every image endpoint): a picture, or a pair's half, holds a

@@ -264,7 +264,8 @@ def build_openapi(*, version: str, max_pairs: int, max_request_bytes: int, max_i
                                          "example": {"pairs": [EXAMPLE_PAIR.tolist()], "ids": ["PAIR_0"]}},
                     "multipart/form-data": {"schema": batch_multipart}}},
                 "responses": _responses(
-                    {"description": "probabilities, labels and digits (format=csv: the submission file)",
+                    {"description": "probabilities, labels and digits (format=csv: the submission file, its prior "
+                                    "in the header X-Prior)",
                      "content": {**_json({"$ref": "#/components/schemas/BatchResult"}),
                                  "text/csv": {"schema": {"type": "string"}}}},
                     "400", "408", "413", "415", "503")}},

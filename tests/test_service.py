@@ -376,6 +376,9 @@ def test_each_route_has_its_default_prior_and_takes_the_other(client, ensemble):
                              data={} if prior is None else {"prior": prior}).json()
         assert upload["prior"] == (prior or "course")
         np.testing.assert_allclose(upload["probabilities"], expected.probability, atol=PROB_TOL)
+        submission = client.post("/compare_batch", json={**body, "format": "csv"})
+        assert submission.headers["x-prior"] == (prior or "course")  # the CSV itself is the course's format
+        assert [int(line.split(",")[1]) for line in submission.text.splitlines()[1:]] == expected.label.tolist()
     # the two priors do differ on these pairs (else the checks above could not tell them apart)
     assert np.abs(ensemble.predict(pairs, prior="uniform").probability
                   - ensemble.predict(pairs).probability).max() > 0.01
