@@ -5,7 +5,7 @@ VENV := $(if $(filter python3.11,$(PYTHON)),.venv,.venv-$(PYTHON))
 PY := $(VENV)/bin/python
 PORT ?= 3000
 
-.PHONY: test browser data lint serve samples train-gpu bench bench-serve clean
+.PHONY: test browser postgresql data lint serve samples train-gpu bench bench-serve clean
 
 # The stamp files record which dependency groups the venv holds; they are redone when pyproject.toml changes.
 $(VENV)/.runtime: pyproject.toml
@@ -20,7 +20,7 @@ $(VENV)/.dev: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[training,dev]"
 	touch $@ $(VENV)/.runtime
 
-test: $(VENV)/.dev browser
+test: $(VENV)/.dev browser postgresql
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
@@ -37,6 +37,20 @@ browser:
 			chromium chromium-driver </dev/null; \
 	else \
 		echo "note: the browser test needs chromium and chromium-driver: sudo apt-get install chromium chromium-driver"; \
+	fi
+
+# The shared-study test (tests/test_tune.py) starts its own PostgreSQL server in a temporary folder with Debian's
+# initdb and pg_ctl (as an unprivileged user). As root on Debian they are installed here, as for the browser test;
+# elsewhere it says what to install, and that test skips saying why.
+postgresql:
+	@if ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null 2>&1; then \
+		true; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing postgresql for the shared-study test (apt-get)"; \
+		apt-get update -qq </dev/null && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 postgresql </dev/null; \
+	else \
+		echo "note: the shared-study test needs PostgreSQL's server binaries: sudo apt-get install postgresql"; \
 	fi
 
 # The web page's picture in README (docs/ui.png): the browser test writes it only when asked, so `make test`
