@@ -37,7 +37,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ensemble import Ensemble
 from ensemble.contract import join_pair
 from ensemble.course_data import format_submission_csv
 from ensemble.manifest import ManifestError, verify_serving_artifacts
@@ -50,6 +49,7 @@ from ensemble.preprocess import (
 )
 from ensemble.priors import Prior
 from ensemble.runtime import MODELS_ENV
+from ensemble.student import ModelChoiceError, load_model, resolve_model, served_names, verify_student
 from serving import settings
 from serving.errors import log_client_errors_as_one_line
 from serving.guard import FrontDoor, RouteRule
@@ -83,10 +83,13 @@ MODELS_DIR = Path(os.environ.get(MODELS_ENV) or ROOT / "models")
 # Checked here, in the `bentoml serve` process itself: a refused model exits with the message before any worker
 # starts (a worker failing its start is restarted by BentoML every few seconds, forever).
 try:
+    MODEL = resolve_model()  # DIGIT_COMPARE_MODEL: the ensemble (default) or the distilled student
     MANIFEST = verify_serving_artifacts(MODELS_DIR)
-except ManifestError as _err:
+    if MODEL == "student":
+        verify_student(MODELS_DIR, MANIFEST)
+except (ManifestError, ModelChoiceError) as _err:
     raise SystemExit(f"digit_compare: refusing to serve the models in {MODELS_DIR}: {_err}") from None
-MODEL_NAMES: tuple[str, ...] = tuple(m["name"] for m in MANIFEST["models"])
+MODEL_NAMES: tuple[str, ...] = served_names(MANIFEST, MODEL)  # what each answer's "models" lists
 
 IncludeInputs = t.Annotated[bool, Strict(), Field(description="answer the preprocessed halves as base64 PNG")]
 PriorField = t.Annotated[Prior, Field(description="the prior over digit pairs: course or uniform (ensemble.priors)")]
@@ -99,7 +102,7 @@ class Scorer:
 
     def __init__(self) -> None:
         # Verifies the hashes, picks the execution provider.
-        self.ensemble = Ensemble.load(MODELS_DIR, threads=settings.SCORER_THREADS)
+        self.ensemble = load_model(MODELS_DIR, MODEL, threads=settings.SCORER_THREADS)
         self._lock = threading.Lock()  # one inference at a time (no reliance on onnxruntime's thread safety)
         logger.info("loaded %d models from %s on %s", len(self.ensemble.names), MODELS_DIR, self.ensemble.provider)
 
@@ -112,7 +115,7 @@ class Scorer:
     @bentoml.api
     def describe(self) -> dict[str, t.Any]:
         """Models, manifest version and hashes, training data, metrics, provider, priors."""
-        return {**self.ensemble.info(), "score_columns": [*SCORE_COLUMNS, *self.ensemble.names]}
+        return {"model": MODEL, **self.ensemble.info(), "score_columns": [*SCORE_COLUMNS, *self.ensemble.names]}
 
 
 async def _get_info(request: Request) -> Response:

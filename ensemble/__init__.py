@@ -7,6 +7,7 @@ digit pairs.
 - ``ensemble.manifest``: ``models/manifest.json``, the contract between training and serving, and its hashes.
 - ``ensemble.features``: the stacking features, one function for training and serving.
 - ``ensemble.runtime``: ``Ensemble``, the base models' fused ONNX graph and the stackers (onnxruntime + lightgbm).
+- ``ensemble.student``: the distilled student served in the ensemble's place when asked (DIGIT_COMPARE_MODEL=student).
 - ``ensemble.evaluation``, ``ensemble.metrics``: the comparison table of ``python -m ensemble evaluate``.
 - ``ensemble.bench``: the served-product benchmark; ``ensemble.atomic``: atomic file writes.
 - ``python -m ensemble``: predict, evaluate and check submissions on the command line.

@@ -4,6 +4,10 @@
     python -m ensemble evaluate IN.npz [--labels LABELS.csv] [--json OUT.json]
     python -m ensemble check-submission PRED.csv --data IN.npz
     python -m ensemble verify
+    python -m ensemble install-student STUDENT_DIR        (a distilled student into --models' manifest)
+
+``--model student`` (or DIGIT_COMPARE_MODEL=student) predicts and evaluates with the distilled student
+(``ensemble.student``) when the models folder lists one; the ensemble by default.
 
 IN.npz is a course file (``ensemble.course_data``): ``x`` holds the pairs (``ensemble.contract``).
 """
@@ -33,7 +37,7 @@ from ensemble.course_data import (
 from ensemble.evaluation import evaluation_rows, format_rows
 from ensemble.manifest import ManifestError, verify_recorded_artifacts
 from ensemble.priors import PRIORS
-from ensemble.runtime import Ensemble
+from ensemble.student import MODELS, ModelChoiceError, install_student, load_model, resolve_model
 
 DEFAULT_MODELS = Path(__file__).resolve().parent.parent / "models"
 #: What the input arguments' help says a course file holds.
@@ -42,14 +46,15 @@ COURSE_FILE_HELP = f"a course-format .npz: x {PAIRS_SHAPE_TEXT} {PIXEL_DTYPE} pa
 
 def predict(args: argparse.Namespace) -> int:
     data = load_course_npz(args.input)
-    ens = Ensemble.load(args.models)
+    ens = load_model(args.models, args.model)
     pred = ens.predict(data.x, progress=True, prior=args.prior)
     ids = data.ids_or_row_numbers()
     write_submission_csv(args.out, ids, pred.label)  # exactly id,label: what the course (and check-submission) accept
     if args.proba:
         write_probabilities_csv(args.proba, ids, pred.probability)
-    print(f"wrote {len(data)} predictions ({args.prior} prior) to {args.out} ({pred.label.mean():.1%} labelled 1)"
-          + (f", probabilities to {args.proba}" if args.proba else ""), file=sys.stderr)
+    print(f"wrote {len(data)} predictions ({resolve_model(args.model)}, {args.prior} prior) to {args.out} "
+          f"({pred.label.mean():.1%} labelled 1)" + (f", probabilities to {args.proba}" if args.proba else ""),
+          file=sys.stderr)
     return 0
 
 
@@ -61,7 +66,7 @@ def evaluate(args: argparse.Namespace) -> int:
         y = data.y
     else:
         raise CourseDataError(f"{args.input}: has no labels ('y'); pass --labels LABELS.csv")
-    ens = Ensemble.load(args.models)
+    ens = load_model(args.models, args.model)
     rows = evaluation_rows(ens, ens.predict(data.x, progress=True), y)
     print(f"{args.input}: {len(y)} labelled pairs\n")
     print(format_rows(rows))
@@ -116,10 +121,20 @@ def verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def install(args: argparse.Namespace) -> int:
+    """Copy a distilled student into the models folder and record it in its manifest."""
+    entry = install_student(args.student, args.models, force=args.force)
+    print(f"installed the student of {args.student} into {args.models} (serve it with DIGIT_COMPARE_MODEL=student): "
+          f"{entry['params']:,} parameters, distilled from the fused graph {entry['teacher']['fused_sha256'][:12]}...")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ensemble", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=str(DEFAULT_MODELS), help="models folder (default: the committed one)")
+    parser.add_argument("--model", choices=MODELS, help="which model predicts and evaluates: the ensemble or the "
+                        "distilled student (default: $DIGIT_COMPARE_MODEL, else ensemble)")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("predict", help="write a submission CSV for a course-format .npz")
     p.add_argument("input", help=COURSE_FILE_HELP)
@@ -141,11 +156,16 @@ def main(argv: list[str] | None = None) -> int:
     c.set_defaults(run=check_submission)
     v = sub.add_parser("verify", help="check the sha256 of every artifact the manifest records")
     v.set_defaults(run=verify)
+    i = sub.add_parser("install-student", help="copy a distilled student (python -m training.distill --out DIR) into "
+                       "--models and record it in the manifest")
+    i.add_argument("student", help="the student folder (student.json, student.onnx, ...)")
+    i.add_argument("--force", action="store_true", help="even when distilled from another ensemble than --models'")
+    i.set_defaults(run=install)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         return args.run(args)
-    except (CourseDataError, ManifestError) as err:
+    except (CourseDataError, ManifestError, ModelChoiceError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -11,6 +11,7 @@ for paths, so the layout is written down once::
       ensemble.onnx, ensemble_int8.onnx    all base models fused into one graph (fp32, int8)
       stacker_lightgbm.txt, stacker_logreg.json, reference_predictions.npz
       manifest.json                        the contract between training and serving (ensemble.manifest)
+      student.onnx, student_int8.onnx      the distilled student (training.distill), student.json its record
       training_results.json, REPORT.md, report/   the results table, the report and its figures
 
 The manifest names each artifact by a role (``fused``, ``lightgbm``, ``onnx:NAME``, ...); ``role_paths``
@@ -79,6 +80,19 @@ class ArtifactLayout:
     @property
     def reference(self) -> Path:
         return self.root / "reference_predictions.npz"
+
+    # --- the distilled student (training.distill, ensemble.student); its weights: weights("student")
+    @property
+    def student(self) -> Path:
+        return self.root / "student.onnx"
+
+    @property
+    def student_int8(self) -> Path:
+        return self.root / "student_int8.onnx"
+
+    @property
+    def student_record(self) -> Path:
+        return self.root / "student.json"
 
     @property
     def manifest(self) -> Path:

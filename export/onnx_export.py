@@ -101,6 +101,20 @@ class ParityError(RuntimeError):
     """ONNX Runtime and PyTorch disagree beyond the tolerance."""
 
 
+def model_parity(name: str, model: nn.Module, path: Path, pairs: np.ndarray,
+                 torch_tol: float = 1e-4) -> tuple[float, np.ndarray, np.ndarray]:
+    """One exported graph against its PyTorch model: ParityError when a logit or digit probability differs by
+    more than ``torch_tol``; else (the largest logit difference, ONNX Runtime's logits and digit probabilities)."""
+    with torch.no_grad():
+        ref_logit, ref_digits = ExportWrapper(model)(torch.from_numpy(pairs))
+    logit, digits = cpu_session(path).run(None, {INPUT: pairs})
+    diff = float(np.abs(logit - ref_logit.numpy()).max())
+    if diff > torch_tol or float(np.abs(digits - ref_digits.numpy()).max()) > torch_tol:
+        raise ParityError(f"{name}: ONNX Runtime differs from PyTorch by {diff:.3g} on logits "
+                          f"(tolerance {torch_tol:g}) over {len(pairs)} pairs")
+    return diff, logit, digits
+
+
 def check_parity(models: dict[str, nn.Module], paths: dict[str, Path], fused_path: Path, pairs: np.ndarray,
                  torch_tol: float = 1e-4, fused_tol: float = 1e-5) -> dict:
     """Every logit of ONNX Runtime within ``torch_tol`` of PyTorch, the fused graph within ``fused_tol``
@@ -108,14 +122,7 @@ def check_parity(models: dict[str, nn.Module], paths: dict[str, Path], fused_pat
     report: dict[str, float] = {}
     singles_logits, singles_digits = [], []
     for name, model in models.items():
-        with torch.no_grad():
-            ref_logit, ref_digits = ExportWrapper(model)(torch.from_numpy(pairs))
-        logit, digits = cpu_session(paths[name]).run(None, {INPUT: pairs})
-        diff = float(np.abs(logit - ref_logit.numpy()).max())
-        report[name] = diff
-        if diff > torch_tol or float(np.abs(digits - ref_digits.numpy()).max()) > torch_tol:
-            raise ParityError(f"{name}: ONNX Runtime differs from PyTorch by {diff:.3g} on logits "
-                              f"(tolerance {torch_tol:g}) over {len(pairs)} pairs")
+        report[name], logit, digits = model_parity(name, model, paths[name], pairs, torch_tol)
         singles_logits.append(logit)
         singles_digits.append(digits)
     fused_logits, fused_digits = cpu_session(fused_path).run(None, {INPUT: pairs})

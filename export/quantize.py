@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -93,11 +94,24 @@ def leading_convs(model: onnx.ModelProto, model_names: list[str], count: int = F
 
 def quantize_fused(fused: Path, out: Path, calibration: np.ndarray, model_names: list[str]) -> None:
     """Write the int8 version of the fused graph at ``out`` (atomically)."""
+    quantize_graph(fused, out, calibration, lambda model: leading_convs(model, model_names))
+
+
+def first_convs(model: onnx.ModelProto, count: int = FP32_LEADING_CONVS) -> list[str]:
+    """The first ``count`` Conv nodes of a single-model graph (the student's): those kept fp32."""
+    return [node.name for node in model.graph.node if node.op_type == "Conv"][:count]
+
+
+def quantize_graph(source: Path, out: Path, calibration: np.ndarray,
+                   keep_fp32: Callable[[onnx.ModelProto], list[str]]) -> None:
+    """Write the int8 version of the graph ``source`` at ``out`` (atomically): its convolutions quantized (QDQ,
+    per-channel int8 weights, uint8 activations calibrated at the percentile), except the nodes ``keep_fp32``
+    names in the prepared graph."""
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         # Folds BatchNorm into the convolutions and infers shapes, as ONNX Runtime recommends before quantizing.
-        quant_pre_process(str(fused), str(prepared), skip_symbolic_shape=True)
-        keep = leading_convs(onnx.load(prepared), model_names)
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        keep = keep_fp32(onnx.load(prepared))
         quantized = Path(tmp) / "int8.onnx"
         quantize_static(str(prepared), str(quantized), _PairsReader(calibration), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,

@@ -119,11 +119,12 @@ def test_the_import_graph_has_no_circles():
     assert find_cycle(import_graph()) is None
 
 
-def test_only_the_orchestrator_under_training_calls_the_export_step():
+def test_only_the_orchestrators_under_training_call_the_export_step():
+    """run_all (the ensemble: train, export, stack) and distill (the student: distil, export, quantize)."""
     graph = import_graph()
     importers = sorted(m for m, edges in graph.items()
                        if m.startswith("training") and any(e.startswith("export") for e in edges))
-    assert importers == ["training.run_all"]
+    assert importers == ["training.distill", "training.run_all"]
 
 
 def test_no_module_imports_a_main_module():

@@ -84,7 +84,12 @@ def build_model(name: str, width: int = 32, feat_dim: int = 128) -> SiameseNet:
     """Build a registered model; ``width`` and ``feat_dim`` come from the training profile."""
     if name not in REGISTRY:
         raise KeyError(f"unknown model {name!r}; known: {', '.join(REGISTRY)}")
-    config = REGISTRY[name]
+    return build_from_config(REGISTRY[name], width, feat_dim)
+
+
+def build_from_config(config: ModelConfig, width: int = 32, feat_dim: int = 128) -> SiameseNet:
+    """Build a model from its configuration, registered or not (the distilled student is not: it is not one
+    of the ensemble's members)."""
     tower = TOWERS[config.tower](width=max(4, round(width * config.width_scale)), feat_dim=feat_dim,
                                  **config.tower_kwargs)
     return SiameseNet(tower, feat_dim, head=config.head)
