@@ -2,7 +2,7 @@
 
     python -m ensemble.bench [--models models] [--duration 10] [--concurrency 1,4,16,64]
                              [--batches 1,8,32,64,256] [--repeats 7] [--out docs] [--url URL]
-                             [--serve-env NAME=VALUE ...]
+                             [--serve-env NAME=VALUE ...] [--model ensemble|student|ensemble,student]
 
 1. **In process**: pairs/s of ``Ensemble.predict`` (fused graph + stacker) with the fp32 and the int8
    graph at each batch size, median of ``--repeats``, the two precisions interleaved so that a noisy
@@ -19,6 +19,10 @@
    e.g. ``DIGIT_COMPARE_MAX_BATCH_SIZE=32`` to compare batching settings.
 4. Writes ``OUT/bench.md`` (the tables), ``OUT/bench.json`` (the numbers) and ``OUT/bench.png``
    (throughput and p99 against concurrency), as Triton's perf_analyzer reports do.
+
+``--model ensemble,student`` measures the distilled student (``ensemble.student``) beside the ensemble in the same
+run: both in process, then a server of each (``DIGIT_COMPARE_MODEL``) in turn, and a side-by-side table;
+``bench.json`` then holds one entry per model, and each model after the first its own ``bench_MODEL.png``.
 
 The load generator is asyncio + aiohttp (a BentoML dependency, so this runs in the run-time
 environment): one Python thread driving 64 connections costs the 2-core server far less CPU than
@@ -50,7 +54,8 @@ from PIL import Image
 from tabulate import tabulate
 
 from ensemble.atomic import atomic_path, atomic_write_text
-from ensemble.runtime import MODELS_ENV, Ensemble
+from ensemble.runtime import MODELS_ENV
+from ensemble.student import MODEL_ENV, load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 CONCURRENCY = (1, 4, 16, 64)
@@ -60,11 +65,15 @@ BATCH_REQUEST_PAIRS = 256
 
 # --------------------------------------------------------------------------- in process
 
-def in_process(models: Path, pairs: np.ndarray, batches: tuple[int, ...], repeats: int) -> list[dict]:
+INT8_ROLE = {"ensemble": "fused_int8", "student": "student_int8"}
+
+
+def in_process(models: Path, pairs: np.ndarray, batches: tuple[int, ...], repeats: int,
+               model: str = "ensemble") -> list[dict]:
     """Pairs/s per precision and batch size (median over repeats; precisions interleaved)."""
-    ensembles = {"fp32": Ensemble.load(models, device="cpu", precision="fp32")}
-    if "fused_int8" in ensembles["fp32"].manifest["artifacts"]:
-        ensembles["int8"] = Ensemble.load(models, device="cpu", precision="int8")
+    ensembles = {"fp32": load_model(models, model, device="cpu", precision="fp32")}
+    if INT8_ROLE[model] in ensembles["fp32"].manifest["artifacts"]:
+        ensembles["int8"] = load_model(models, model, device="cpu", precision="int8")
     rows = []
     for batch in batches:
         x = pairs[:batch]
@@ -303,6 +312,57 @@ def course_like_pairs(n: int) -> np.ndarray:
     return np.ascontiguousarray(np.resize(x, (n, *x.shape[1:])))
 
 
+def bench_model(model: str, models: Path, pairs: np.ndarray, args: argparse.Namespace,
+                serve_env: dict[str, str]) -> dict:
+    """One model's numbers: in process, then over HTTP against a server of it (or ``--url``)."""
+    batches = tuple(int(b) for b in args.batches.split(","))
+    concurrency = tuple(int(c) for c in args.concurrency.split(","))
+    print(f"{model}, in process: batches {batches}, {args.repeats} repeats", file=sys.stderr)
+    local = in_process(models, pairs, batches, args.repeats, model)
+    print(_table(local))
+    print(f"{model}, over HTTP: {concurrency} clients, {args.duration:g} s each", file=sys.stderr)
+    env = {**serve_env, MODEL_ENV: model}
+    with contextlib.nullcontext(args.url) if args.url else serving(models, env) as url:
+        sweep, batch = over_http(url, pairs, concurrency, args.duration)
+    print(_table(sweep))
+    print(_table([batch]))
+    return {"in_process": local, "compare_pair": sweep, "compare_batch": batch, "serve_env": serve_env}
+
+
+def model_sections(name: str, result: dict, plot_file: str) -> list[str]:
+    """One model's part of bench.md."""
+    local, sweep, batch, serve_env = (result[k] for k in ("in_process", "compare_pair", "compare_batch", "serve_env"))
+    what = "`Ensemble.predict`: fused graph + stacker" if name == "ensemble" else f"the {name}: one graph"
+    best = max(local, key=lambda r: r["fp32 pairs/s"])
+    env_words = ", ".join(f"`{k}={v}`" for k, v in serve_env.items())
+    title = "" if name == "ensemble" else f" ({name})"
+    return [f"## In process ({what})", "", _table(local), "",
+            f"Best fp32 batch: {best['batch']} ({best['fp32 pairs/s']:.0f} pairs/s).", "",
+            f"## Over HTTP: `compare_pair`, closed loop{title}", "",
+            *([f"Server environment: {env_words}.", ""] if serve_env else []),
+            "`api`/`scorer`/`client cpu ms/ans`: CPU milliseconds per answer (all threads) of the API worker, "
+            "the scorer worker and this load generator.", "", _table(sweep), "",
+            f"## Over HTTP: `compare_batch`, {BATCH_REQUEST_PAIRS} pairs per request, one client{title}", "",
+            _table([batch]), "", f"![throughput and p99 against concurrency]({plot_file})", ""]
+
+
+def side_by_side(results: dict[str, dict]) -> list[dict]:
+    """Each model's fp32 pairs/s in process at each batch, and answers/s at each concurrency, with the ratio of
+    each model to the first."""
+    first = next(iter(results))
+    rows = []
+    for i, row in enumerate(results[first]["in_process"]):
+        rows.append({"measure": f"in process, batch {row['batch']} (pairs/s)",
+                     **{m: r["in_process"][i]["fp32 pairs/s"] for m, r in results.items()}})
+    for i, row in enumerate(results[first]["compare_pair"]):
+        rows.append({"measure": f"compare_pair, {row['clients']} clients (answers/s)",
+                     **{m: r["compare_pair"][i]["answers/s"] for m, r in results.items()}})
+    for row in rows:
+        for m in list(results)[1:]:
+            row[f"{m} / {first}"] = row[m] / row[first]
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ensemble.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -315,38 +375,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "docs"), help="where bench.md and bench.png go")
     parser.add_argument("--serve-env", action="append", default=[], metavar="NAME=VALUE",
                         help="environment of the server it starts, e.g. DIGIT_COMPARE_MAX_BATCH_SIZE=32 (repeatable)")
+    parser.add_argument("--model", default="ensemble", help="ensemble, student, or both side by side: "
+                        "ensemble,student (the student: a models folder that lists one)")
     args = parser.parse_args(argv)
     serve_env = dict(item.split("=", 1) for item in args.serve_env)
-    concurrency = tuple(int(c) for c in args.concurrency.split(","))
+    names = [m.strip() for m in args.model.split(",") if m.strip()]
+    if not names or any(m not in INT8_ROLE for m in names) or (args.url and len(names) > 1):
+        parser.error("--model: ensemble, student or ensemble,student (one model with --url)")
     batches = tuple(int(b) for b in args.batches.split(","))
     models, out = Path(args.models), Path(args.out)
     pairs = course_like_pairs(max(max(batches), 2 * BATCH_REQUEST_PAIRS))
+    results = {name: bench_model(name, models, pairs, args, serve_env) for name in names}
 
-    print(f"in process: batches {batches}, {args.repeats} repeats", file=sys.stderr)
-    local = in_process(models, pairs, batches, args.repeats)
-    print(_table(local))
-    print(f"over HTTP: {concurrency} clients, {args.duration:g} s each", file=sys.stderr)
-    with contextlib.nullcontext(args.url) if args.url else serving(models, serve_env) as url:
-        sweep, batch = over_http(url, pairs, concurrency, args.duration)
-    print(_table(sweep))
-    print(_table([batch]))
-
-    best = max(local, key=lambda r: r["fp32 pairs/s"])
-    env_words = ", ".join(f"`{k}={v}`" for k, v in serve_env.items())
-    text = ["## In process (`Ensemble.predict`: fused graph + stacker)", "", _table(local), "",
-            f"Best fp32 batch: {best['batch']} ({best['fp32 pairs/s']:.0f} pairs/s).", "",
-            "## Over HTTP: `compare_pair`, closed loop", "",
-            *([f"Server environment: {env_words}.", ""] if serve_env else []),
-            "`api`/`scorer`/`client cpu ms/ans`: CPU milliseconds per answer (all threads) of the API worker, "
-            "the scorer worker and this load generator.", "", _table(sweep), "",
-            f"## Over HTTP: `compare_batch`, {BATCH_REQUEST_PAIRS} pairs per request, one client", "",
-            _table([batch]), "", "![throughput and p99 against concurrency](bench.png)", ""]
+    plots = {name: "bench.png" if i == 0 else f"bench_{name}.png" for i, name in enumerate(names)}
+    text = [line for name in names for line in model_sections(name, results[name], plots[name])]
+    if len(names) > 1:
+        comparison = side_by_side(results)
+        print(_table(comparison))
+        text += ["## Side by side (fp32)", "", _table(comparison, 2), ""]
     atomic_write_text(out / "bench.md", "\n".join(text))
-    atomic_write_text(out / "bench.json", json.dumps({"in_process": local, "compare_pair": sweep,
-                                                      "compare_batch": batch, "serve_env": serve_env},
-                                                     indent=2) + "\n")
-    plot(sweep, out / "bench.png")
-    print(f"wrote {out / 'bench.md'} and {out / 'bench.png'}", file=sys.stderr)
+    numbers = results[names[0]] if len(names) == 1 else {"models": results, "side_by_side": comparison}
+    atomic_write_text(out / "bench.json", json.dumps(numbers, indent=2) + "\n")
+    for name in names:
+        plot(results[name]["compare_pair"], out / plots[name])
+    print(f"wrote {out / 'bench.md'} and {', '.join(str(out / p) for p in plots.values())}", file=sys.stderr)
     return 0
 
 

@@ -175,3 +175,23 @@ def test_the_service_serves_the_student_when_asked(distilled, tmp_path):
     assert list(answer["models"]) == ["student"]  # the answer names the model that gave it
     assert answer["probability"] == pytest.approx(float(expected.by_prior["course"][0]), abs=1e-5)
     assert uniform["probability"] == pytest.approx(float(expected.by_prior["uniform"][0]), abs=1e-5)
+
+
+@pytest.mark.slow
+def test_the_bench_measures_the_student_beside_the_ensemble(distilled, tmp_path):
+    from ensemble.bench import main as bench
+
+    models, _ = distilled
+    out = tmp_path / "bench"
+    assert bench(["--models", str(models), "--model", "ensemble,student", "--duration", "1", "--concurrency", "1,2",
+                  "--batches", "1,4", "--repeats", "1", "--out", str(out)]) == 0
+    result = json.loads((out / "bench.json").read_text())
+    assert list(result["models"]) == ["ensemble", "student"]
+    for numbers in result["models"].values():
+        assert all(r["fp32 pairs/s"] > 0 for r in numbers["in_process"])
+        assert all(r["answers"] > 0 and r["errors"] == 0 for r in numbers["compare_pair"])
+    rows = {r["measure"]: r for r in result["side_by_side"]}
+    row = rows["in process, batch 4 (pairs/s)"]
+    assert row["student / ensemble"] == pytest.approx(row["student"] / row["ensemble"])
+    assert (out / "bench_student.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "## Side by side (fp32)" in (out / "bench.md").read_text()
