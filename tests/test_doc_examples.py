@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.server_process import serve_repository
+from tests.server_process import bentoml_serve
 from tools.doc_examples import ROOT, _Number, differences, documents, find_sections, parse_curl, process
 from tools.doc_examples import _producer as producer
 
@@ -27,7 +27,9 @@ REGENERATE = "regenerate them with: python -m tools.doc_examples --write"
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
-    with serve_repository(tmp_path_factory.mktemp("bentoml")) as server, \
+    # serve_repository's environment (CPU, a private BentoML home), with time to start on a loaded machine.
+    env = {"BENTOML_HOME": str(tmp_path_factory.mktemp("bentoml")), "DIGIT_COMPARE_DEVICE": "cpu"}
+    with bentoml_serve("service:DigitCompare", ROOT, env, ready_timeout=600) as server, \
             httpx.Client(base_url=server.url, timeout=300) as c:
         yield c
 

@@ -459,10 +459,11 @@ def served(url: str | None) -> Iterator[httpx.Client]:
         with httpx.Client(base_url=url, timeout=300) as client:
             yield client
         return
-    from tests.server_process import serve_repository
+    from tests.server_process import bentoml_serve
 
-    with tempfile.TemporaryDirectory(prefix="doc-examples-bentoml-") as home, serve_repository(Path(home)) as server, \
-            httpx.Client(base_url=server.url, timeout=300) as client:
+    with tempfile.TemporaryDirectory(prefix="doc-examples-bentoml-") as home, \
+            bentoml_serve("service:DigitCompare", ROOT, {"BENTOML_HOME": home, "DIGIT_COMPARE_DEVICE": "cpu"},
+                          ready_timeout=600) as server, httpx.Client(base_url=server.url, timeout=300) as client:
         yield client
 
 
