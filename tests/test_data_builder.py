@@ -223,14 +223,27 @@ def test_severity_mixture_draws_the_shares_it_says():
     assert digit_severities(rng, 10, 6.0) == 6.0  # no mixture: one scalar, the course's path
 
 
-def test_make_pairs_with_clean_share_has_clean_and_course_digits(pools):
-    """A quarter of the digits drawn clean: about a quarter of the halves keep every ink pixel."""
+def test_make_pairs_draws_a_clean_share_of_its_digits(pools, monkeypatch):
+    """make_pairs hands the corruption one severity per digit: clean_share of them nearly clean."""
+    import training.data
+
     images, labels = pools["val"]
-    pairs = make_pairs(images, labels, 1000, seed=3, clean_share=0.25, workers=1)
-    halves = np.concatenate([pairs["x"][:, :, :28], pairs["x"][:, :, 28:]])
-    # A course-severity digit has noise of sd 18 over its background; a near-clean one (s <= 2: sd <= 6) not.
-    background_sd = np.array([h[h < 60].std() for h in halves])
-    assert 0.2 < (background_sd < 8).mean() < 0.3
+    seen = []
+
+    def recording_corrupt(digits, rng, severity):
+        seen.append(np.broadcast_to(severity, (len(digits),)).copy())
+        return corrupt_digits(digits, rng, severity)
+
+    monkeypatch.setattr(training.data, "corrupt_digits", recording_corrupt)
+    pairs = make_pairs(images, labels, 3000, seed=3, clean_share=0.25, workers=1)
+    severities = np.concatenate(seen)
+    assert len(severities) == 2 * len(pairs["x"])
+    assert abs((severities <= 2).mean() - 0.25) < 0.025  # binomial sd at n=6,000: 0.006
+    assert set(np.unique(severities[severities > 2])) == {6.0}
+    # And the default draws every digit at the course's severity.
+    seen.clear()
+    make_pairs(images, labels, 100, seed=3, workers=1)
+    assert all(np.all(s == 6.0) for s in seen)
 
 
 # --------------------------------------------------------------------------- command line
