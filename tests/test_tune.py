@@ -8,6 +8,7 @@ import json
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -207,3 +208,32 @@ def test_a_malformed_profile_file_is_refused_naming_the_field(tmp_path):
     path.write_text(json.dumps(document))
     with pytest.raises(ProfileFileError, match="unknown field.*widht"):
         load_profile_file(path)
+
+
+@pytest.mark.slow
+def test_ctrl_c_leaves_the_study_consistent_and_a_rerun_resumes_it(tiny_data, tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    process = _tune_process(tiny_data, tmp_path, url, "cut", trials=3)
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline and process.poll() is None:  # until a trial is running
+        try:
+            if any(tr.state == TrialState.RUNNING for tr in _study(url, "cut").get_trials()):
+                break
+        except Exception:  # the study is not there yet
+            pass
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    output = process.communicate(timeout=300)[0]
+    assert process.returncode == 130, output
+    assert "the same command resumes the study" in output
+    trials = _study(url, "cut").get_trials()
+    assert not [tr for tr in trials if tr.state == TrialState.RUNNING]  # consistent: nothing left running
+    cut = [tr for tr in trials if tr.state == TrialState.FAIL]
+    assert len(cut) == 1 and cut[0].user_attrs["interrupted"] and cut[0].params
+    assert "interrupted" in (tmp_path / "trials.md").read_text()  # the results were written on the way out
+    # the same command again: the interrupted recipe runs first, and completes
+    assert tune.main([*SMOKE_ARGS, "--data", str(tiny_data), "--out", str(tmp_path), "--n-trials", "1",
+                      "--study", "cut", "--storage", url]) == 0
+    retry = _study(url, "cut").get_trials()[-1]
+    assert retry.state == TrialState.COMPLETE and retry.user_attrs["retry_of"] == cut[0].number
+    assert retry.params == cut[0].params

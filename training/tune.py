@@ -280,8 +280,9 @@ def trials_table(study: optuna.Study) -> str:
         seconds = (tr.datetime_complete - tr.datetime_start).total_seconds() if tr.datetime_complete else math.nan
         epochs = " ".join(f"{tr.intermediate_values[s]:.4f}" for s in sorted(tr.intermediate_values))
         retry_of = tr.user_attrs.get("retry_of", tr.system_attrs.get("failed_trial"))
-        note = ("hand-chosen" if tr.user_attrs.get("baseline") else "interrupted" if tr.user_attrs.get("interrupted")
-                else f"retry of {retry_of}" if retry_of is not None else "")
+        note = ", ".join(word for word, applies in (("hand-chosen", tr.user_attrs.get("baseline")),
+                                                    ("interrupted", tr.user_attrs.get("interrupted")),
+                                                    (f"retry of {retry_of}", retry_of is not None)) if applies)
         rows.append([tr.number, tr.state.name.lower(), "" if tr.value is None else f"{tr.value:.4f}", epochs,
                      "" if math.isnan(seconds) else f"{seconds:.0f}",
                      *(_cell(tr.params.get(p)) for p in PARAMS), tr.user_attrs.get("worker", ""), note])
