@@ -42,9 +42,9 @@ SAMPLES = ROOT / "samples"
 SCREENSHOT = ROOT / "docs" / "ui.png"
 #: Set to 1 (``make screenshot``) to write SCREENSHOT; otherwise the page is photographed into a temporary file.
 SCREENSHOT_ENV = "DIGIT_COMPARE_SCREENSHOT"
-#: The drawn 7 and 3 under the uniform prior answer left > right with at least this probability (0.896 measured
-#: with the models of 2026-11-29; issue 17's target, 0.9, is for the retrained models).
-UNIFORM_7_VS_3 = 0.85
+#: The drawn 7 and 3 under the uniform prior answer left > right with at least this probability (issue 17's
+#: target): 0.9967 measured with the models of 2026-12-02 (0.896 with those of 2026-11-29).
+UNIFORM_7_VS_3 = 0.9
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 PAD = 280  # the pads' bitmap size (ui/app.js draws on 280x280 whatever the size on screen)
@@ -443,9 +443,8 @@ def test_drawn_seven_and_three_under_the_uniform_prior(page, client):
     digit probabilities and /info's digit frequencies), above the course stacker's answer for the same pair
     (7 vs 3 is rare in the course: it said 0.704 for the README's drawing).
 
-    Measured with the models of 2026-11-29: 0.896 (the heads read the 7 at about 85% and the 3 at about 71%),
-    course prior 0.70; issue 17 asks for >= 0.9, which the retrained models (issue 16) should reach: raise
-    UNIFORM_7_VS_3 to 0.9 then."""
+    Measured with the models of 2026-12-02: 0.9967, course prior 0.9694; with those of 2026-11-29: 0.896 (the
+    heads read the 7 at about 85% and the 3 at about 71%), course prior 0.704."""
     _draw_seven(page, _by_id(page, "canvas-left"))
     _draw_three(page, _by_id(page, "canvas-right"))
     answer = _click_and_wait(page, "compare")["body"]
