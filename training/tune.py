@@ -143,6 +143,8 @@ class Objective:
         prof = recipe_profile(base, suggest(trial, base), self.budget.epochs, self.budget.pairs, self.budget.val_pairs)
         trial.set_user_attr("worker", self.worker)
         try:
+            if self.stop.is_set():  # stopping: a trial another thread started meanwhile does not train
+                raise Interrupted("stopped before training")
             return self._train(trial, config, prof)
         except (KeyboardInterrupt, Interrupted):
             trial.set_user_attr("interrupted", True)  # the trial is failed; a resumed study runs it again
@@ -379,6 +381,14 @@ def _print_progress(study: optuna.Study, trial: FrozenTrial) -> None:
     print(progress_line(study, trial), flush=True)
 
 
+def _stop_when(stop: threading.Event) -> t.Callable[[optuna.Study, FrozenTrial], None]:
+    """A callback that ends the optimisation once ``stop`` is set (no new trial starts)."""
+    def callback(study: optuna.Study, trial: FrozenTrial) -> None:
+        if stop.is_set():
+            study.stop()
+    return callback
+
+
 def run(budget: Budget, *, out: Path, data_dir: Path, study_name: str, storage: str | None = None,
         n_trials: int | None = 12, timeout: float | None = None, jobs: int = 1,
         pruner: optuna.pruners.BasePruner | None = None, progress: bool = True) -> optuna.Study:
@@ -395,7 +405,11 @@ def run(budget: Budget, *, out: Path, data_dir: Path, study_name: str, storage: 
         if n_trials != 0:
             with stopping_on_signals(stop):
                 study.optimize(objective, n_trials=n_trials, timeout=timeout, n_jobs=jobs,
-                               callbacks=[_print_progress], catch=(Interrupted,))
+                               callbacks=[_print_progress, _stop_when(stop)], catch=(Interrupted,))
+            # The signal's KeyboardInterrupt can land where Python only prints it (a weakref callback during
+            # garbage collection); the event cannot be lost, so the run still ends as interrupted.
+            if stop.is_set():
+                raise KeyboardInterrupt
     finally:
         written = write_results(study, out, budget, url)
         print(f"results: {', '.join(str(p) for p in written.values())}", file=sys.stderr)
