@@ -45,7 +45,8 @@ def test_bento_holds_only_what_serving_needs(bento_home):
     assert {"serving/__init__.py", "serving/guard.py", "serving/inputs.py", "serving/openapi.py",
             "serving/webui.py"} <= set(files)  # the HTTP layer beside service.py
     assert sorted(f for f in files if f.startswith("models/")) == [
-        "models/ensemble.onnx", "models/manifest.json", "models/stacker_lightgbm.txt", "models/stacker_logreg.json"]
+        "models/ensemble.onnx", "models/manifest.json", "models/stacker_lightgbm.txt", "models/stacker_logreg.json",
+        "models/student.onnx"]
     assert not any(f.startswith(("training/", "export/", "tests/")) for f in files)
     # the web page (plain files, no build step) and the sample pairs it offers; nothing else from samples/
     assert sorted(f for f in files if f.startswith("ui/")) == sorted(f"ui/{name}" for name, _ in UI_FILES.values())
