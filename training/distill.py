@@ -69,6 +69,7 @@ from training.precision import choose_mode
 from training.profiles import AUX_DIGIT_WEIGHT, PROFILES, TRAIN_SEVERITY, Profile
 from training.train import (
     SWAP_PROBABILITY,
+    apply_step,
     predict_logits,
     resolve_device,
     seed_everything,
@@ -226,12 +227,7 @@ class StudentTrainer:
         with self.mode.autocast(self.device):
             logit, digit_logits = self.model(xb)
             loss = distillation_loss(logit, digit_logits, pb, qb, yb, db, s.alpha, s.temperature, s.digit_weight)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        self.averaged.update_parameters(self.model)
+        apply_step(self, loss)
         return loss.item()
 
     def epoch(self, targets: Targets, epoch: int) -> float:

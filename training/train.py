@@ -206,6 +206,17 @@ def predict_logits(model: torch.nn.Module, x: np.ndarray, device: torch.device) 
     return torch.cat(logits).numpy(), torch.cat(digit_logits).numpy()
 
 
+def apply_step(trainer: Trainer, loss: torch.Tensor) -> None:
+    """What every training step does after its loss (the base models' ``Trainer`` and ``training.distill``'s
+    student): backward, the optimiser step (loss-scaled where the mode needs it), the schedule, the weight average."""
+    trainer.optimizer.zero_grad(set_to_none=True)
+    trainer.scaler.scale(loss).backward()
+    trainer.scaler.step(trainer.optimizer)
+    trainer.scaler.update()
+    trainer.scheduler.step()
+    trainer.averaged.update_parameters(trainer.model)
+
+
 class Trainer:
     """One model with its optimiser, LR schedule, weight average and loss scaler, and its run's progress.
 
@@ -262,12 +273,7 @@ class Trainer:
         with self.mode.autocast(self.device):
             logits, digit_logits = self.model(xb)
             loss = training_loss(self.config, logits, yb, digit_logits, db, self.prof.recipe.aux_digit_weight)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        self.averaged.update_parameters(self.model)
+        apply_step(self, loss)
         return loss.detach(), logits.detach()
 
     def train_one_epoch(self, x: torch.Tensor, y: torch.Tensor, digits: torch.Tensor | None, epoch: int,
