@@ -1,0 +1,189 @@
+"""Unit tests of the training loop's pieces (training/train.py), each against values worked out by hand from
+its definition: the swap augmentation, the focal loss, the pair loss with label smoothing, the training loss
+with its auxiliary digit term, and one optimiser step (what it computes, what it updates, what it leaves)."""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from training.models import REGISTRY, ModelConfig
+from training.precision import FP32
+from training.profiles import AUX_DIGIT_WEIGHT, PROFILES
+from training.train import Trainer, focal_loss, pair_loss, swap_halves, training_loss
+
+LN3 = math.log(3.0)  # the logit of p = 0.75
+
+
+def _bce(p: float, target: float) -> float:
+    return -(target * math.log(p) + (1 - target) * math.log(1 - p))
+
+
+# --------------------------------------------------------------------------- swap augmentation
+
+def test_swap_halves_swaps_the_masked_pairs_flips_their_labels_and_digits():
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.integers(0, 256, (3, 28, 56), dtype=np.uint8))
+    before = x.clone()
+    y = torch.tensor([1.0, 0.0, 1.0])
+    digits = torch.tensor([[7, 3], [2, 5], [9, 8]])
+    mask = torch.tensor([True, True, False])
+
+    xs, ys, ds = swap_halves(x, y, digits, mask)
+
+    for i in (0, 1):  # swapped: right digit now on the left, column order inside each digit kept
+        expected = np.concatenate([before[i, :, 28:].numpy(), before[i, :, :28].numpy()], axis=1)
+        np.testing.assert_array_equal(xs[i].numpy(), expected)
+    np.testing.assert_array_equal(xs[2].numpy(), before[2].numpy())
+    assert ys.tolist() == [0.0, 1.0, 1.0]  # left > right flips exactly where the digits were swapped
+    assert ds.tolist() == [[3, 7], [5, 2], [9, 8]]
+    assert torch.equal(x, before), "swap_halves must not change its input batch"
+
+
+def test_swap_halves_without_digit_labels_and_with_an_empty_mask():
+    x = torch.arange(2 * 28 * 56, dtype=torch.int32).reshape(2, 28, 56)
+    y = torch.tensor([1.0, 0.0])
+    xs, ys, ds = swap_halves(x, y, None, torch.tensor([False, True]))
+    assert ds is None and ys.tolist() == [1.0, 1.0]
+    assert torch.equal(xs[0], x[0]) and torch.equal(xs[1, :, :28], x[1, :, 28:])
+    xs, ys, _ = swap_halves(x, y, None, torch.tensor([False, False]))
+    assert torch.equal(xs, x) and ys.tolist() == [1.0, 0.0]
+
+
+def test_a_swapped_pair_keeps_its_truth():
+    """The label of a swapped pair is the truth of the swapped digits: left > right, recomputed from them."""
+    digits = torch.tensor([[4, 1], [0, 6], [3, 2], [8, 9]])
+    y = (digits[:, 0] > digits[:, 1]).float()
+    _, ys, ds = swap_halves(torch.zeros(4, 28, 56), y, digits, torch.tensor([True, False, True, True]))
+    assert ys.tolist() == (ds[:, 0] > ds[:, 1]).float().tolist()
+
+
+# --------------------------------------------------------------------------- losses
+
+def test_focal_loss_worked_out_by_hand():
+    logits = torch.tensor([0.0, LN3, LN3])
+    targets = torch.tensor([1.0, 1.0, 0.0])
+    # (1 - p_true)^2 * BCE per element, alpha 1: p = 0.5, 0.75, 0.75; p_true = 0.5, 0.75, 0.25
+    expected = (0.5 ** 2 * math.log(2) + 0.25 ** 2 * _bce(0.75, 1) + 0.75 ** 2 * _bce(0.75, 0)) / 3
+    assert focal_loss(logits, targets).item() == pytest.approx(expected, rel=1e-6)
+    assert focal_loss(logits, targets, alpha=0.25).item() == pytest.approx(0.25 * expected, rel=1e-6)
+    expected_gamma1 = (0.5 * math.log(2) + 0.25 * _bce(0.75, 1) + 0.75 * _bce(0.75, 0)) / 3
+    assert focal_loss(logits, targets, gamma=1.0).item() == pytest.approx(expected_gamma1, rel=1e-6)
+    plain = (math.log(2) + _bce(0.75, 1) + _bce(0.75, 0)) / 3  # gamma 0: plain binary cross-entropy
+    assert focal_loss(logits, targets, gamma=0.0).item() == pytest.approx(plain, rel=1e-6)
+
+
+def test_focal_loss_with_a_smoothed_target():
+    # target 0.9, p = 0.75: p_true = 0.75 * 0.9 + 0.25 * 0.1 = 0.7
+    value = focal_loss(torch.tensor([LN3]), torch.tensor([0.9])).item()
+    assert value == pytest.approx(0.3 ** 2 * _bce(0.75, 0.9), rel=1e-6)
+
+
+@pytest.mark.parametrize("loss", ["bce", "focal"])
+def test_pair_loss_smooths_labels_towards_one_half(loss):
+    config = ModelConfig("t", "resnet", loss=loss, label_smoothing=0.2)
+    logits, y = torch.tensor([LN3, LN3]), torch.tensor([1.0, 0.0])
+    # smoothing 0.2: targets 1 -> 0.9, 0 -> 0.1
+    if loss == "bce":
+        expected = (_bce(0.75, 0.9) + _bce(0.75, 0.1)) / 2
+    else:  # p_true = 0.7 and 0.3
+        expected = (0.3 ** 2 * _bce(0.75, 0.9) + 0.7 ** 2 * _bce(0.75, 0.1)) / 2
+    assert pair_loss(config, logits, y).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_pair_loss_follows_each_registered_models_loss():
+    logits, y = torch.tensor([LN3, -LN3]), torch.tensor([1.0, 1.0])
+    for config in REGISTRY.values():
+        smoothed = 1 - 0.5 * config.label_smoothing
+        p = (0.75, 0.25)
+        bce = [_bce(pi, smoothed) for pi in p]
+        if config.loss == "focal":
+            weights = [(1 - (pi * smoothed + (1 - pi) * (1 - smoothed))) ** 2 for pi in p]
+            expected = sum(w * b for w, b in zip(weights, bce, strict=True)) / 2
+        else:
+            assert config.loss == "bce", config
+            expected = sum(bce) / 2
+        assert pair_loss(config, logits, y).item() == pytest.approx(expected, rel=1e-6), config.name
+
+
+def test_training_loss_adds_the_weighted_digit_cross_entropy():
+    config = ModelConfig("t", "resnet", loss="bce")
+    logits, y = torch.tensor([0.0, LN3]), torch.tensor([1.0, 0.0])
+    pair = (math.log(2) + _bce(0.75, 0)) / 2
+    assert training_loss(config, logits, y, torch.zeros(2, 2, 10), None).item() == pytest.approx(pair, rel=1e-6)
+    # uniform digit logits: cross-entropy ln 10 per half, whatever the labels
+    digits = torch.tensor([[3, 1], [0, 9]])
+    uniform = torch.zeros(2, 2, 10)
+    total = training_loss(config, logits, y, uniform, digits).item()
+    assert total == pytest.approx(pair + AUX_DIGIT_WEIGHT * math.log(10), rel=1e-6)
+    assert training_loss(config, logits, y, uniform, digits, aux_weight=2.0).item() == pytest.approx(
+        pair + 2.0 * math.log(10), rel=1e-6)
+    # a confident, right digit head: logit 10 on the true class -> cross-entropy log(1 + 9 e^-10)
+    sure = torch.zeros(2, 2, 10)
+    sure[torch.arange(2)[:, None], torch.arange(2)[None, :], digits] = 10.0
+    right = math.log(1 + 9 * math.exp(-10))
+    assert training_loss(config, logits, y, sure, digits, aux_weight=1.0).item() == pytest.approx(
+        pair + right, rel=1e-5)
+
+
+# --------------------------------------------------------------------------- one step
+
+def _trainer(steps_per_epoch: int = 10) -> Trainer:
+    prof = replace(PROFILES["smoke"], epochs=1)
+    return Trainer(REGISTRY["resnet"], prof, torch.device("cpu"), steps_per_epoch, FP32)
+
+
+def _batch(n: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 28, 56, generator=g)
+    digits = torch.randint(0, 10, (n, 2), generator=g)
+    return x, (digits[:, 0] > digits[:, 1]).float(), digits
+
+
+def _reference_loss_and_grads(trainer: Trainer, x, y, digits) -> tuple[float, list[torch.Tensor]]:
+    """The loss and gradients of this batch alone, on a copy of the model as it is now (the head's dropout
+    draws the same mask as the step's, both seeded 0 just before)."""
+    model = copy.deepcopy(trainer.model).train()
+    torch.manual_seed(0)
+    logits, digit_logits = model(x)
+    loss = training_loss(trainer.config, logits, y, digit_logits, digits, trainer.prof.recipe.aux_digit_weight)
+    loss.backward()
+    return loss.item(), [p.grad.clone() for p in model.parameters()]
+
+
+def test_a_step_returns_this_batchs_loss_and_steps_on_its_gradient_alone():
+    torch.set_num_threads(1)
+    trainer = _trainer(steps_per_epoch=100)  # warm-up over the first 5 steps
+    trainer.model.train()
+    batches = [_batch(seed=s) for s in (0, 1)]
+    lrs = []
+    for x, y, digits in batches:
+        expected_loss, expected_grads = _reference_loss_and_grads(trainer, x, y, digits)
+        before = [p.detach().clone() for p in trainer.model.parameters()]
+        torch.manual_seed(0)
+        loss, logits = trainer.step(x, y, digits)
+        assert loss.item() == pytest.approx(expected_loss, rel=1e-5)
+        assert logits.shape == (16,) and not logits.requires_grad and not loss.requires_grad
+        # the gradients are this batch's alone (zeroed before each backward), and the weights moved
+        for grad, expected in zip((p.grad for p in trainer.model.parameters()), expected_grads, strict=True):
+            torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-6)
+        assert any(not torch.equal(b, p) for b, p in zip(before, trainer.model.parameters(), strict=True))
+        lrs.append(trainer.optimizer.param_groups[0]["lr"])
+    # the schedule advanced once per step (warm-up: rising to the peak), the weight average took both steps
+    peak = trainer.config.lr
+    assert trainer.scheduler.last_epoch == 2 and lrs[0] < lrs[1] < peak
+    assert int(trainer.averaged.n_averaged) == 2
+
+
+def test_steps_on_one_batch_lower_its_loss():
+    torch.set_num_threads(1)
+    trainer = _trainer(steps_per_epoch=40)
+    trainer.model.train()
+    x, y, digits = _batch(32, seed=3)
+    losses = [trainer.step(x, y, digits)[0].item() for _ in range(15)]
+    assert losses[-1] < 0.7 * losses[0], losses
