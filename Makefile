@@ -91,3 +91,60 @@ lint: $(VENV)/.dev
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# ---- Container images and Kubernetes (docs/deploy.md) ----
+# The engine: docker where its daemon answers, else podman (a docker client without a daemon, as on these
+# machines, does not count). Podman's settings for hosts like these live in deploy/podman/containers.conf, passed by
+# CONTAINERS_CONF (never the machine's /etc/containers); docker ignores it.
+.PHONY: container-tools base-image image image-gpu test-container
+ifndef ENGINE
+ENGINE := $(shell docker info >/dev/null 2>&1 && echo docker || echo podman)
+endif
+IMAGE ?= digit-compare:latest
+GPU_IMAGE ?= digit-compare:gpu
+# The tag bentofile.yaml's docker.base_image names.
+BASE_IMAGE := digit-compare-base:bookworm
+# Builds reach PyPI through whatever the host trusts: where a TLS-inspecting proxy's CA is in the host's bundle
+# (as here), podman's build steps see that bundle, read-only, never copied into a layer (docker build cannot
+# mount volumes: its hosts need no such CA).
+CA_BUNDLE ?= /etc/ssl/certs/ca-certificates.crt
+BUILD_CA := $(if $(and $(filter podman,$(ENGINE)),$(wildcard $(CA_BUNDLE))),--volume $(CA_BUNDLE):/etc/ssl/certs/ca-certificates.crt:ro)
+container-tools base-image image image-gpu test-container: export CONTAINERS_CONF := $(CURDIR)/deploy/podman/containers.conf
+
+# podman (with Debian's runc, CNI networking and catatonit as the pods' init), debootstrap: installed as root on
+# Debian where missing, like the browser test's chromium. Nothing to do where docker's daemon answers.
+container-tools:
+	@if [ "$(ENGINE)" = docker ] || { command -v podman && command -v runc && command -v debootstrap; } >/dev/null; then \
+		true; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing podman, runc and debootstrap for the container images (apt-get)"; \
+		apt-get update -qq </dev/null && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 --no-install-recommends \
+			podman runc debootstrap containernetworking-plugins iptables catatonit </dev/null; \
+	else \
+		echo "note: the container images need docker, or podman and debootstrap: sudo apt-get install podman debootstrap"; \
+	fi
+
+# Cached in the engine's image store: rebuilt only when deploy/base/ changes (FORCE=1 to take newer Debian fixes).
+base-image: container-tools $(VENV)/.runtime
+	deploy/base/build-base-image.sh $(ENGINE) $(BASE_IMAGE) $(PY)
+
+# The Bento (bentoml build) and its CPU image (bentoml containerize), then what the image weighs and where.
+# containerize runs from a fresh temporary folder that is also its TMPDIR: BentoML 1.4.40 refuses a
+# dockerfile_template whose re-rendered copy lies outside the working directory (bentoml/BentoML#5566).
+image: base-image
+	@tag=$$($(VENV)/bin/bentoml build --output tag | sed -n 's/^__tag__://p') && test -n "$$tag" && \
+	work=$$(mktemp -d) && trap 'rm -rf "$$work"' EXIT && \
+	(cd "$$work" && TMPDIR="$$work" $(CURDIR)/$(VENV)/bin/bentoml containerize --backend $(ENGINE) "$$tag" \
+		--image-tag $(IMAGE) $(subst --volume ,--opt volume=,$(BUILD_CA))) && \
+	deploy/image-size.sh $(ENGINE) $(IMAGE)
+
+# The GPU image: the CPU image plus onnxruntime-gpu's CUDA 13 and cuDNN 9 libraries from their PyPI wheels.
+image-gpu: image
+	$(ENGINE) build --tag $(GPU_IMAGE) --build-arg BASE=$(IMAGE) $(BUILD_CA) deploy/gpu
+	deploy/image-size.sh $(ENGINE) $(GPU_IMAGE)
+
+# The container tests (tests/ marked `container`): the image built and run, kube play of deploy/k8s/cpu. Not in
+# `make test`, to keep it short; CI (.ci/run) runs both.
+test-container: $(VENV)/.dev container-tools
+	$(PY) -m pytest -q -m container
