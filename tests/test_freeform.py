@@ -98,8 +98,12 @@ def test_tiny_run_end_to_end_writes_the_table(real_digits, ensemble, tmp_path, c
         numbers = _worked_out(result)
         assert shown[result.name] == [f"{numbers['digits']:.3f}", f"{numbers['course']:.3f}",
                                       f"{numbers['uniform']:.3f}", str(result.refused)]
-        # real digits: far above chance (1/10 for a digit, 1/2 for a pair); not a benchmark
-        assert numbers["digits"] > 0.5 and numbers["uniform"] > 0.65, (result.name, numbers)
+        # real digits, as docs/freeform.md measures them on 2,000 pairs: digits 0.99, pairs 0.98-1.00 under the
+        # uniform prior, 0.95-0.98 under the course's. This run (48 digits, 24 pairs) measured digits
+        # 0.958-0.979, pairs 0.958-1.0 under either prior; the bars allow 3 digits and 2 pairs wrong per
+        # rendering, and a reading that fails one rendering (the polarity, the crop, the JPEG) falls far below.
+        assert numbers["digits"] >= 0.93 and numbers["uniform"] >= 0.9, (result.name, numbers)
+        assert numbers["course"] >= 0.85, (result.name, numbers)
 
 
 def test_noise_labelled_as_digits_scores_at_chance(ensemble):
