@@ -135,22 +135,33 @@ def test_64_concurrent_clients_get_no_false_errors(server):
 
 
 class _Watch:
-    """Samples the API worker's resident memory and /readyz's answer time until stopped."""
+    """Samples the API worker's resident memory and /readyz's answer time until stopped.
+
+    The sampling thread only records (an assertion there would end the thread, not fail the test): what
+    /readyz answered other than 200, and any error, are checked in the test's own thread on leaving."""
 
     def __init__(self, server) -> None:
         self.server, self.pid = server, _worker_pid(server, "digit_compare")
         self.peak_rss, self.worst_readyz = _rss_bytes(self.pid), 0.0
+        self.probes, self.bad_answers = 0, []
+        self.error: BaseException | None = None
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        with httpx.Client(base_url=self.server.url, timeout=30) as client:
-            while not self._done.is_set():
-                self.peak_rss = max(self.peak_rss, _rss_bytes(self.pid))
-                start = time.monotonic()
-                assert client.get("/readyz").status_code == 200
-                self.worst_readyz = max(self.worst_readyz, time.monotonic() - start)
-                time.sleep(0.05)
+        try:
+            with httpx.Client(base_url=self.server.url, timeout=30) as client:
+                while not self._done.is_set():
+                    self.peak_rss = max(self.peak_rss, _rss_bytes(self.pid))
+                    start = time.monotonic()
+                    status = client.get("/readyz").status_code
+                    self.worst_readyz = max(self.worst_readyz, time.monotonic() - start)
+                    self.probes += 1
+                    if status != 200:
+                        self.bad_answers.append(status)
+                    time.sleep(0.05)
+        except BaseException as err:  # noqa: BLE001 - reported in the test's thread by __exit__
+            self.error = err
 
     def __enter__(self) -> _Watch:
         self._thread.start()
@@ -159,6 +170,9 @@ class _Watch:
     def __exit__(self, *exc: object) -> None:
         self._done.set()
         self._thread.join(30)
+        assert not self._thread.is_alive(), "the /readyz probe did not stop within 30 s"
+        assert self.error is None, f"the /readyz probe failed: {self.error!r}"
+        assert self.probes > 0 and not self.bad_answers, (self.probes, self.bad_answers)
 
 
 def _post_eight(url: str, **kwargs) -> list[httpx.Response]:
