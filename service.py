@@ -10,12 +10,16 @@
 - ``GET /info``, ``GET /ui`` (the web page, ``serving/webui.py``), ``/docs.json`` (the OpenAPI description,
   ``serving/openapi.py``), and BentoML's ``/healthz``, ``/livez``, ``/readyz``, ``/metrics``.
 
+Two layouts (``DIGIT_COMPARE_LAYOUT``, ``serving.settings``): ``in_process`` (the default without a GPU), where
+each of the ``DigitCompare`` workers runs the models itself and coalesces concurrent single pairs into one
+inference call; and ``scorer`` (the default with a GPU), where ``Scorer`` holds the models behind BentoML's
+adaptive batching in one process and the API workers call it (``serving/scoring.py``: retries, chunks of a
+batch, single pairs coalesced).
+
 Every answer names its ``prior`` (``ensemble.priors``: ``course``, the stacker fitted on course pairs, or
 ``uniform``, any two digits a != b). Every client mistake, on every route, is a 4xx in the one shape
-``{"error": "...", "detail": ...}`` (``serving/guard.py``). ``Scorer`` holds the models behind BentoML's
-adaptive batching; ``DigitCompare`` decodes and checks inputs and calls it (``serving/scoring.py``: retries,
-chunks of a batch, single pairs coalesced). Settings come from ``DIGIT_COMPARE_*`` environment variables,
-read at import; a refused model stops ``bentoml serve`` with a message naming the file.
+``{"error": "...", "detail": ...}`` (``serving/guard.py``). Settings come from ``DIGIT_COMPARE_*`` environment
+variables, read at import; a refused model stops ``bentoml serve`` with a message naming the file.
 """
 
 from __future__ import annotations
@@ -68,7 +72,9 @@ from serving.scoring import (
     NEVER_RECYCLE,
     SCORE_COLUMNS,
     UNAVAILABLE,
+    LocalScorer,
     ScorerClient,
+    base_columns,
     batch_columns,
     comparison,
     score_rows,
@@ -95,27 +101,39 @@ IncludeInputs = t.Annotated[bool, Strict(), Field(description="answer the prepro
 PriorField = t.Annotated[Prior, Field(description="the prior over digit pairs: course or uniform (ensemble.priors)")]
 
 
+def load_served_model() -> t.Any:
+    """The model this process serves (verifies the hashes, picks the execution provider)."""
+    model = load_model(MODELS_DIR, MODEL, threads=settings.SCORER_THREADS)
+    logger.info("loaded %d models from %s on %s (layout %s)", len(model.names), MODELS_DIR, model.provider,
+                settings.LAYOUT)
+    return model
+
+
+def describe_model(model: t.Any) -> dict[str, t.Any]:
+    """Models, manifest version and hashes, training data, metrics, provider, priors, score row columns."""
+    return {"model": MODEL, **model.info(), "score_columns": [*SCORE_COLUMNS, *base_columns(model.names)]}
+
+
 @bentoml.service(name="digit_compare_scorer", workers=1, traffic={"timeout": settings.SCORER_TIMEOUT_S},
-                 runner_connection=NEVER_RECYCLE)
+                 runner_connection=NEVER_RECYCLE, logging={"access": {"enabled": settings.ACCESS_LOG}})
 class Scorer:
     """The models behind BentoML's adaptive batching. Internal: only DigitCompare calls it."""
 
     def __init__(self) -> None:
-        # Verifies the hashes, picks the execution provider.
-        self.ensemble = load_model(MODELS_DIR, MODEL, threads=settings.SCORER_THREADS)
+        self.model = load_served_model()
         self._lock = threading.Lock()  # one inference at a time (no reliance on onnxruntime's thread safety)
-        logger.info("loaded %d models from %s on %s", len(self.ensemble.names), MODELS_DIR, self.ensemble.provider)
 
     @bentoml.api(batchable=True, max_batch_size=settings.MAX_BATCH_SIZE, max_latency_ms=settings.MAX_LATENCY_MS)
     def score(self, pairs: t.Annotated[np.ndarray, AfterValidator(validate_score_input)]) -> np.ndarray:
-        """(N, 28, 56) uint8 pairs -> one row per pair: SCORE_COLUMNS, then each base model's probability."""
+        """(N, 28, 56) uint8 pairs -> one score row per pair (serving.scoring: SCORE_COLUMNS, then each base
+        model's probability under each prior)."""
         with self._lock:
-            return score_rows(self.ensemble.predict(pairs), len(pairs))
+            return score_rows(self.model.predict(pairs), len(pairs))
 
     @bentoml.api
     def describe(self) -> dict[str, t.Any]:
         """Models, manifest version and hashes, training data, metrics, provider, priors."""
-        return {"model": MODEL, **self.ensemble.info(), "score_columns": [*SCORE_COLUMNS, *self.ensemble.names]}
+        return describe_model(self.model)
 
 
 async def _get_info(request: Request) -> Response:
@@ -136,17 +154,31 @@ extra_app = Starlette(routes=[Route("/info", _get_info, methods=["GET"]),
 
 
 @bentoml.asgi_app(extra_app, path="/")
-@bentoml.service(name="digit_compare", workers=1, traffic={"timeout": settings.REQUEST_TIMEOUT_S})
+@bentoml.service(name="digit_compare", workers=settings.WORKERS, traffic={"timeout": settings.REQUEST_TIMEOUT_S},
+                 logging={"access": {"enabled": settings.ACCESS_LOG}})
 class DigitCompare:
     """Is the left handwritten digit greater than the right one? Ten Siamese CNNs, read under a prior."""
 
-    scorer = bentoml.depends(Scorer)
+    # The layout is chosen here, at import, because BentoML builds the service graph from the class's
+    # `bentoml.depends` attributes: `bentoml serve` starts one process per dependency it finds (and, in a
+    # container, `--depends NAME=URL` points it at a remote one). Without the attribute no Scorer process
+    # exists, and each API worker runs the models itself (LocalScorer). Both layouts are BentoML's own
+    # mechanisms: a dependency service with adaptive batching, or workers of one service.
+    if settings.LAYOUT == "scorer":
+        scorer = bentoml.depends(Scorer)
 
     def __init__(self) -> None:
-        self.client = ScorerClient(self.scorer, chunk=settings.MAX_BATCH_SIZE,
-                                   chunks_in_flight=settings.BATCH_IN_FLIGHT,
-                                   single_calls_in_flight=settings.SINGLE_PAIR_CALLS_IN_FLIGHT,
-                                   max_wait_s=settings.MAX_LATENCY_MS / 1000, max_waiting=settings.MAX_WAITING_PAIRS)
+        wait_s = settings.MAX_LATENCY_MS / 1000
+        if settings.LAYOUT == "scorer":
+            self.models: ScorerClient | LocalScorer = ScorerClient(
+                self.scorer, chunk=settings.MAX_BATCH_SIZE, chunks_in_flight=settings.BATCH_IN_FLIGHT,
+                single_calls_in_flight=settings.SINGLE_PAIR_CALLS_IN_FLIGHT, max_wait_s=wait_s,
+                max_waiting=settings.MAX_WAITING_PAIRS)
+        else:
+            model = load_served_model()
+            self.models = LocalScorer(model, chunk=settings.MAX_BATCH_SIZE, max_group=settings.MAX_BATCH_SIZE,
+                                      max_wait_s=wait_s, max_waiting=settings.MAX_WAITING_PAIRS,
+                                      info=describe_model(model))
         self._decode_limiter = anyio.CapacityLimiter(settings.DECODE_CONCURRENCY)
         self._parse_limiter = anyio.CapacityLimiter(1)
 
@@ -154,7 +186,7 @@ class DigitCompare:
         started = time.perf_counter()
         try:
             pair = await anyio.to_thread.run_sync(prepare, limiter=self._decode_limiter)
-            row = await self.client.score_one(pair)
+            row = await self.models.score_one(pair)
         except InvalidImageError as err:
             return client_error(err)
         except UNAVAILABLE as err:
@@ -179,7 +211,7 @@ class DigitCompare:
         """Many pairs at once: JSON `pairs` or an uploaded course `.npz` -> probabilities and labels."""
         try:
             batch = await read_batch(request, self._parse_limiter, settings.LARGE_BODY_BYTES)
-            rows = await self.client.score_many(batch.data.x)
+            rows = await self.models.score_many(batch.data.x)
         except ClientError as err:
             return client_error(err)
         except UNAVAILABLE as err:
@@ -198,8 +230,8 @@ class DigitCompare:
         ).model_dump())
 
     async def describe(self) -> dict[str, t.Any]:
-        scorer = await self.client.call("describe")  # models, manifest, artifact hashes, data, metrics, provider
-        return {**scorer, "priors": {**scorer["priors"], "defaults": settings.DEFAULT_PRIORS},
+        models = await self.models.describe()  # models, manifest, artifact hashes, data, metrics, provider
+        return {**models, "priors": {**models["priors"], "defaults": settings.DEFAULT_PRIORS},
                 **settings.settings_info(), "bentoml_version": bentoml.__version__}
 
     @bentoml.api(route="/info")

@@ -137,6 +137,9 @@ class Prediction:
     features: np.ndarray  # (N, F) the stacking features
     prior: str = "course"  # which prior produced probability and label (ensemble.priors)
     by_prior: dict[str, np.ndarray] | None = None  # every prior's P(left > right), each (N,)
+    #: each base model's P(left > right) under every prior, each (N, M): under ``course`` its pair head (as
+    #: ``base_probabilities``), under ``uniform`` the Bayes read-out of that model's own digit heads
+    base_by_prior: dict[str, np.ndarray] | None = None
 
 
 class LogisticStacker:
@@ -238,11 +241,14 @@ class Ensemble:
         mean_digits = digit_probs.mean(axis=1)  # (N, 2, 10)
         by_prior = {"course": self.booster.predict(features, num_threads=1),
                     "uniform": uniform_greater_probability(mean_digits, self.digit_frequencies)}
+        base_probabilities = sigmoid(logits.astype(np.float64))
+        base_by_prior = {"course": base_probabilities,
+                         "uniform": uniform_greater_probability(digit_probs, self.digit_frequencies)}  # (N, M)
         probability = by_prior[prior]
         return Prediction(probability=probability, label=(probability >= 0.5).astype(np.int64),
-                          base_probabilities=sigmoid(logits.astype(np.float64)),
+                          base_probabilities=base_probabilities,
                           digits=mean_digits.argmax(axis=-1), logits=logits, digit_probs=digit_probs,
-                          features=features, prior=prior, by_prior=by_prior)
+                          features=features, prior=prior, by_prior=by_prior, base_by_prior=base_by_prior)
 
     def method_probabilities(self, pred: Prediction) -> dict[str, tuple[str, np.ndarray]]:
         """Every scoring method side by side: name -> (kind, P(left > right))."""

@@ -111,7 +111,8 @@ class Student:
         return Prediction(probability=probability, label=(probability >= 0.5).astype(np.int64),
                           base_probabilities=by_prior["course"][:, None], digits=digit_probs.argmax(axis=-1),
                           logits=logit[:, None], digit_probs=digit_probs[:, None], features=np.zeros((len(pairs), 0)),
-                          prior=prior, by_prior=by_prior)
+                          prior=prior, by_prior=by_prior,
+                          base_by_prior={name: p[:, None] for name, p in by_prior.items()})
 
     def method_probabilities(self, pred: Prediction) -> dict[str, tuple[str, np.ndarray]]:
         """The evaluation table's rows: the student alone."""

@@ -62,7 +62,9 @@ class Comparison(BaseModel):
     prior: str = Field(description="which prior over digit pairs produced the probability: "
                                    + "; ".join(f"{name}: {text}" for name, text in DESCRIPTIONS.items()))
     digits: Digits
-    models: dict[str, float] = Field(description="each base model's probability that left > right")
+    models: dict[str, float] = Field(description="each base model's probability that left > right under the "
+                                     "answer's prior: with `course`, its pair head; with `uniform`, the Bayes "
+                                     "read-out of its own digit heads (as the answer's, for that model alone)")
     batch_size: int = Field(description="pairs in the inference call that served this request (adaptive batching)")
     # Added for the web page (issue 11); the fields above are unchanged, so older clients read answers as before.
     digit_probabilities: DigitProbabilities

@@ -1,9 +1,19 @@
-"""The API worker's side of the scorer: what a score row holds, calling the scorer (retries, chunks, coalescing
-of single pairs), and turning rows into answers. Kept out of ``service.py`` so that file reads as the API.
+"""The API worker's side of the models: what a score row holds, where the rows come from (the models in this
+process, or the ``Scorer`` service), and turning rows into answers. Kept out of ``service.py`` so that file reads
+as the API.
 
-The scorer (``service.Scorer.score``) answers one row of floats per pair, ``SCORE_COLUMNS`` then one column per
-base model. Both priors' probabilities are in every row (the uniform read-out costs nothing next to the
-models), so single pairs asking for different priors still share one batch; the API picks its prior's column.
+A score row holds, per pair, ``SCORE_COLUMNS`` then each base model's probability under each prior (``PRIORS``
+order, one block of M columns each). Both priors are in every row (the uniform read-outs cost nothing next to
+the models), so single pairs asking for different priors still share one inference call; the answer picks its
+prior's columns.
+
+Two backends with one interface (``score_one``, ``score_many``, ``describe``), chosen by the service's layout
+(``serving.settings.LAYOUT``):
+
+- ``LocalScorer``: the models in the API worker itself (the CPU layout): no process hop, concurrent single pairs
+  coalesced into one inference call, one call at a time per worker.
+- ``ScorerClient``: calls the ``Scorer`` service (``bentoml.depends``; the GPU layout), its adaptive batching
+  behind it.
 """
 
 from __future__ import annotations
@@ -15,6 +25,8 @@ import time
 import typing as t
 
 import aiohttp
+import anyio
+import anyio.to_thread
 import numpy as np
 from bentoml.exceptions import ServiceUnavailable
 from starlette.responses import JSONResponse
@@ -27,13 +39,14 @@ from serving.openapi import Comparison, DigitProbabilities, Digits, PreparedInpu
 from serving.webui import png_base64
 
 if t.TYPE_CHECKING:
-    from ensemble.runtime import Prediction
+    from ensemble.runtime import Ensemble, Prediction
+    from ensemble.student import Student
 
 logger = logging.getLogger("bentoml.digit_compare")
 
-#: Columns of the array ``score`` returns, one row per pair: each prior's P(left > right), the digits read, the
-#: batch size, then each half's ten digit probabilities (the digit heads averaged), then one column per base
-#: model, in ``Ensemble.names`` order (``/info`` lists them all as ``score_columns``).
+#: Columns of a score row, one row per pair: each prior's P(left > right), the digits read, the batch size, then
+#: each half's ten digit probabilities (the digit heads averaged), then ``base_columns``: each base model's
+#: probability under each prior, in ``Ensemble.names`` order (``/info`` lists them all as ``score_columns``).
 SCORE_COLUMNS = (*(f"{prior}_probability" for prior in PRIORS), "left_digit", "right_digit", "batch_size",
                  *(f"{side}_p{d}" for side in ("left", "right") for d in range(10)))
 _PROB = {prior: i for i, prior in enumerate(PRIORS)}
@@ -64,16 +77,22 @@ class ScorerUnavailable(Exception):
     """The scorer shed the call (overload) or could not be reached: a 503 with Retry-After."""
 
 
+def base_columns(names: t.Sequence[str]) -> list[str]:
+    """The names of a score row's last columns: ``PRIOR:MODEL`` for each prior, then each model."""
+    return [f"{prior}:{name}" for prior in PRIORS for name in names]
+
+
 def score_rows(prediction: Prediction, n: int) -> np.ndarray:
-    """The scorer's answer for ``n`` pairs: (n, len(SCORE_COLUMNS) + M) rows."""
+    """The score rows of ``n`` pairs: (n, len(SCORE_COLUMNS) + len(PRIORS) * M)."""
     m = prediction.base_probabilities.shape[1]
-    rows = np.empty((n, len(SCORE_COLUMNS) + m), dtype=np.float64)
+    rows = np.empty((n, len(SCORE_COLUMNS) + len(PRIORS) * m), dtype=np.float64)
     for prior, column in _PROB.items():
         rows[:, column] = prediction.by_prior[prior]
     rows[:, _LEFT:_RIGHT + 1] = prediction.digits
     rows[:, _BATCH] = n
     rows[:, _LEFT_P:_BASE] = prediction.digit_probs.mean(axis=1).reshape(n, -1)  # (N, M, 2, 10) -> (N, 20)
-    rows[:, _BASE:] = prediction.base_probabilities
+    for k, prior in enumerate(PRIORS):
+        rows[:, _BASE + k * m:_BASE + (k + 1) * m] = prediction.base_by_prior[prior]
     return rows
 
 
@@ -82,6 +101,8 @@ def comparison(row: np.ndarray, prior: str, model_names: tuple[str, ...], starte
     """One score row as the image routes' answer; ``pair``: the preprocessed pair, when the request asked
     for its halves (include_inputs); ``started``: the request's perf_counter()."""
     probability = float(row[_PROB[prior]])
+    m = len(model_names)
+    models = row[_BASE + _PROB[prior] * m:_BASE + (_PROB[prior] + 1) * m]  # each model under the asked prior
     inputs = None
     if pair is not None:  # asked for by the web page only: two small PNGs, no reason to put them in every answer
         left, right = split_pair(pair)
@@ -91,7 +112,7 @@ def comparison(row: np.ndarray, prior: str, model_names: tuple[str, ...], starte
         probability=probability,
         prior=prior,
         digits=Digits(left=int(row[_LEFT]), right=int(row[_RIGHT])),
-        models={name: float(p) for name, p in zip(model_names, row[_BASE:], strict=True)},
+        models={name: float(p) for name, p in zip(model_names, models, strict=True)},
         batch_size=int(row[_BATCH]),
         digit_probabilities=DigitProbabilities(left=row[_LEFT_P:_RIGHT_P].tolist(), right=row[_RIGHT_P:_BASE].tolist()),
         elapsed_ms=(time.perf_counter() - started) * 1000.0,
@@ -148,6 +169,10 @@ class ScorerClient:
     async def score(self, pairs: np.ndarray) -> np.ndarray:
         return np.asarray(await self.call("score", pairs), dtype=np.float64)
 
+    async def describe(self) -> dict[str, t.Any]:
+        """The scorer's models, manifest, artifact hashes, data, metrics, provider."""
+        return await self.call("describe")
+
     async def score_one(self, pair: np.ndarray) -> np.ndarray:
         """One pair's row. Raises ScorerUnavailable or Overloaded (both: answer 503)."""
         return await self._single_pairs.score(pair)
@@ -177,6 +202,41 @@ class ScorerClient:
             for task in pending:  # a failed chunk: do not leave the others running for nobody
                 task.cancel()
         return np.concatenate(parts)
+
+
+class LocalScorer:
+    """The models inside this API worker (the CPU layout): no hop to another process.
+
+    ``score_one`` coalesces concurrent single pairs into one inference call (``serving.coalesce``: while a call
+    runs, the pairs that arrive wait and go together in the next); ``score_many`` scores a batch in chunks of
+    ``chunk`` pairs, so single pairs get a turn between two chunks. One inference call at a time, in a thread
+    (ONNX Runtime and LightGBM release the GIL), so the event loop keeps reading requests meanwhile.
+    """
+
+    def __init__(self, model: Ensemble | Student, *, chunk: int, max_group: int, max_wait_s: float,
+                 max_waiting: int, info: dict[str, t.Any]) -> None:
+        self.model, self.chunk, self._info = model, chunk, info
+        self._inference = anyio.CapacityLimiter(1)  # FIFO: chunks of a batch and groups of single pairs take turns
+        self._single_pairs = PairCoalescer(self.score, max_group=max_group, max_in_flight=1,
+                                           max_wait_s=max_wait_s, max_waiting=max_waiting)
+
+    def _score_now(self, pairs: np.ndarray) -> np.ndarray:
+        return score_rows(self.model.predict(pairs), len(pairs))
+
+    async def score(self, pairs: np.ndarray) -> np.ndarray:
+        return await anyio.to_thread.run_sync(self._score_now, pairs, limiter=self._inference)
+
+    async def score_one(self, pair: np.ndarray) -> np.ndarray:
+        """One pair's row. Raises Overloaded (answer 503) when too many pairs wait or one waited too long."""
+        return await self._single_pairs.score(pair)
+
+    async def score_many(self, x: np.ndarray) -> np.ndarray:
+        """All pairs' rows, chunk by chunk."""
+        return np.concatenate([await self.score(x[start:start + self.chunk])
+                               for start in range(0, len(x), self.chunk)])
+
+    async def describe(self) -> dict[str, t.Any]:
+        return self._info
 
 
 #: What the 503 answers catch: the scorer shed a call, or a single pair waited too long for one.

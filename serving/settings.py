@@ -5,10 +5,36 @@ from __future__ import annotations
 
 import os
 import typing as t
+from collections.abc import Callable
 
 from ensemble.preprocess import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
-from ensemble.runtime import DEVICE_ENV, usable_cpus
+from ensemble.runtime import DEVICE_ENV, resolve_device, usable_cpus
 from serving.inputs import MAX_PAIRS, MAX_REQUEST_BYTES, env_float, env_int
+
+LAYOUT_ENV = "DIGIT_COMPARE_LAYOUT"
+#: Where the models run. ``in_process``: inside each API worker (no hop between processes: on a CPU, the hop's
+#: pickling and internal HTTP cost more CPU per answer than the models; docs/speed.md). ``scorer``: in one
+#: ``Scorer`` process behind BentoML's adaptive batching, fed by the API workers (on a GPU, one process owns
+#: the device and large batches pay). ``auto``: ``scorer`` when the models would run on a GPU, else
+#: ``in_process``.
+LAYOUTS = ("auto", "in_process", "scorer")
+
+
+def choose_layout(setting: str | None = None, device: Callable[[], str] = resolve_device) -> str:
+    """``in_process`` or ``scorer`` from a setting (argument, else $DIGIT_COMPARE_LAYOUT, else auto);
+    ``device()`` says where the models would run (``cpu`` or ``cuda``: $DIGIT_COMPARE_DEVICE, else a probe)."""
+    setting = (setting or os.environ.get(LAYOUT_ENV) or "auto").lower()
+    if setting not in LAYOUTS:
+        raise ValueError(f"{LAYOUT_ENV} must be one of {', '.join(LAYOUTS)}, got {setting!r}")
+    if setting != "auto":
+        return setting
+    return "scorer" if device() == "cuda" else "in_process"
+
+
+LAYOUT = choose_layout()
+#: API worker processes (BentoML's ``workers``): one per usable CPU, so every core reads requests (and, in
+#: process, runs models); each worker has its own ONNX Runtime session in the in-process layout.
+WORKERS = env_int("DIGIT_COMPARE_WORKERS", usable_cpus())
 
 #: Adaptive batching of single-pair requests: at most this many pairs per inference call ...
 MAX_BATCH_SIZE = env_int("DIGIT_COMPARE_MAX_BATCH_SIZE", 64)
@@ -27,10 +53,14 @@ SINGLE_PAIR_CALLS_IN_FLIGHT = 2
 #: ... and at most this many single pairs wait for a call (more are refused with 503 at once, as are pairs that
 #: waited longer than MAX_LATENCY_MS): 16 full batches, a few seconds of inference on 2 CPU cores.
 MAX_WAITING_PAIRS = 16 * MAX_BATCH_SIZE
-#: ONNX Runtime threads in the scorer (default: one per usable CPU). One fewer leaves a core to the API worker
-#: and helps a crowd of single pairs when they are not coalesced, but with coalescing it measured the same at 64
-#: clients (205 vs 218 answers/s) and halved compare_batch (330 vs 584 pairs/s; docs/bench.md, 2 cores).
+#: ONNX Runtime threads of each process that runs the models (default: one per usable CPU). In the scorer layout,
+#: one fewer (leaving a core to the API worker) measured the same at 64 clients (205 vs 218 answers/s) and halved
+#: compare_batch (330 vs 584 pairs/s; 2 cores).
 SCORER_THREADS = env_int("DIGIT_COMPARE_SCORER_THREADS", usable_cpus())
+#: BentoML's access log, one line per request (``DIGIT_COMPARE_ACCESS_LOG=1`` turns it on). Off by default: it
+#: cost about 3% of the API worker's CPU per answer (docs/speed.md), and where the service is deployed an
+#: ingress or load balancer logs the requests anyway. Client errors and 5xx are logged whatever this says.
+ACCESS_LOG = os.environ.get("DIGIT_COMPARE_ACCESS_LOG", "0").strip().lower() in ("1", "true", "yes", "on")
 #: A client that sends no byte for this long, or not its whole body within BODY_TIMEOUT_S, gets a 408.
 BODY_IDLE_TIMEOUT_S = env_float("DIGIT_COMPARE_BODY_IDLE_TIMEOUT_S", 15.0)
 BODY_TIMEOUT_S = env_float("DIGIT_COMPARE_BODY_TIMEOUT_S", 100.0)
@@ -53,6 +83,7 @@ def settings_info() -> dict[str, t.Any]:
     """What /info reports of these settings."""
     return {
         "device_setting": os.environ.get(DEVICE_ENV, "auto"),
+        "layout": LAYOUT, "workers": WORKERS, "access_log": ACCESS_LOG,
         "batching": {"max_batch_size": MAX_BATCH_SIZE, "max_latency_ms": MAX_LATENCY_MS,
                      "batch_endpoint_chunk": MAX_BATCH_SIZE, "batch_endpoint_chunks_in_flight": BATCH_IN_FLIGHT,
                      "single_pair_calls_in_flight": SINGLE_PAIR_CALLS_IN_FLIGHT,

@@ -45,6 +45,8 @@ from ensemble.course_data import read_labels_csv
 from ensemble.preprocess import prepare_digit, prepare_pair
 from tests.server_process import serve_repository
 
+LAYOUTS = ("in_process", "scorer")
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"  # real held-out digits written by `python -m training.samples` (README examples)
 MAX_BODY = 8 * 1024 * 1024
@@ -58,11 +60,20 @@ pytestmark = pytest.mark.slow
 # --------------------------------------------------------------------------- the server
 
 
+@pytest.fixture(scope="module", params=LAYOUTS)
+def layout(request) -> str:
+    """Every test of this module runs against both layouts (serving.settings.LAYOUTS): the models in the API
+    workers, and the models in the Scorer service behind BentoML's adaptive batching."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    # On the CPU: answers are compared with the in-process ensemble on the CPU to 1e-5.
+def server(tmp_path_factory, layout):
+    # On the CPU: answers are compared with the in-process ensemble on the CPU to 1e-5. The access log (off by
+    # default) is on: the fuzzing test reads which requests got a 200 from it.
     with serve_repository(tmp_path_factory.mktemp("bentoml"), DIGIT_COMPARE_MAX_REQUEST_BYTES=str(MAX_BODY),
-                          DIGIT_COMPARE_MAX_PAIRS=str(MAX_PAIRS),
+                          DIGIT_COMPARE_MAX_PAIRS=str(MAX_PAIRS), DIGIT_COMPARE_LAYOUT=layout,
+                          DIGIT_COMPARE_ACCESS_LOG="1",
                           DIGIT_COMPARE_BODY_IDLE_TIMEOUT_S=str(BODY_IDLE_TIMEOUT_S)) as srv:
         yield srv
 
@@ -136,7 +147,8 @@ def _assert_matches(result: dict, ensemble: Ensemble, pair: np.ndarray, inputs: 
         assert result["greater"] is bool(expected.label[0])
     assert (result["digits"]["left"], result["digits"]["right"]) == tuple(int(d) for d in expected.digits[0])
     assert list(result["models"]) == list(ensemble.names)
-    np.testing.assert_allclose(list(result["models"].values()), expected.base_probabilities[0], atol=PROB_TOL)
+    # each model under the answer's prior: its pair head (course) or the read-out of its digit heads (uniform)
+    np.testing.assert_allclose(list(result["models"].values()), expected.base_by_prior[prior][0], atol=PROB_TOL)
     assert result["batch_size"] >= 1
     # the digits read come with their probabilities: the ten digit heads averaged, per half
     digit_probs = expected.digit_probs[0].mean(axis=0)  # (2, 10)
@@ -256,8 +268,9 @@ def test_internal_batch_route_is_not_public(client, content_type, status):
 # --------------------------------------------------------------------------- info
 
 
-def test_info_reports_models_manifest_provider_and_settings(client, ensemble):
+def test_info_reports_models_manifest_provider_and_settings(client, ensemble, layout):
     info = client.get("/info").json()
+    assert info["layout"] == layout and info["workers"] >= 1
     manifest = json.loads((ROOT / "models" / "manifest.json").read_text())
     assert info["models"] == list(ensemble.names) and len(info["models"]) == 10
     assert info["format_version"] == manifest["format_version"]
@@ -280,6 +293,28 @@ def test_info_reports_models_manifest_provider_and_settings(client, ensemble):
 
 
 # --------------------------------------------------------------------------- compare
+
+
+def test_each_models_probability_is_read_under_the_answers_prior(client, ensemble):
+    """Under ``uniform`` each model's entry is that model's own Bayes read-out of its digit heads, worked out
+    here by hand with a double sum; under ``course`` its pair head, sigmoid of its logit."""
+    left, right = _drawn_digit(31), _drawn_digit(32)
+    files = {"left": ("l.png", _encode(left)), "right": ("r.png", _encode(right))}
+    pair = np.concatenate([prepare_digit(left), prepare_digit(right)], axis=1)
+    raw = ensemble.predict(pair[None])
+    q = ensemble.digit_frequencies
+    by_hand = {}
+    for m, name in enumerate(ensemble.names):
+        lik_left, lik_right = raw.digit_probs[0, m, 0] / q, raw.digit_probs[0, m, 1] / q
+        greater = sum(lik_left[a] * lik_right[b] for a in range(10) for b in range(a))
+        different = sum(lik_left[a] * lik_right[b] for a in range(10) for b in range(10) if a != b)
+        by_hand[name] = greater / different
+    uniform = client.post("/compare", files=files, data={"prior": "uniform"}).json()
+    assert uniform["models"] == pytest.approx(by_hand, abs=PROB_TOL)
+    course = client.post("/compare", files=files, data={"prior": "course"}).json()
+    assert course["models"] == pytest.approx({name: 1 / (1 + np.exp(-raw.logits[0, m]))
+                                              for m, name in enumerate(ensemble.names)}, abs=PROB_TOL)
+    assert uniform["models"] != pytest.approx(course["models"], abs=0.01)  # the two really differ
 
 
 def test_compare_two_photos(client, ensemble):
@@ -483,7 +518,7 @@ def test_compare_batch_npz_without_ids_uses_row_numbers(client):
 # --------------------------------------------------------------------------- adaptive batching
 
 
-def test_concurrent_single_pair_requests_are_batched_and_not_mixed_up(client, ensemble, server):
+def test_concurrent_single_pair_requests_are_batched_and_not_mixed_up(client, ensemble, server, layout):
     pairs = _pairs(48, seed=8)
     images = [_encode(Image.fromarray(p)) for p in pairs]
 
@@ -498,10 +533,11 @@ def test_concurrent_single_pair_requests_are_batched_and_not_mixed_up(client, en
     assert max(sizes) > 1, f"no request was batched with another: {sizes}"
     for result, pair in zip(results, pairs, strict=True):  # each answer belongs to its own request
         _assert_matches(result, ensemble, pair)
-    metrics = client.get("/metrics").text
-    count = [line for line in metrics.splitlines()
-             if line.startswith("bentoml_service_adaptive_batch_size_count") and 'method_name="score"' in line]
-    assert count and float(count[0].rsplit(" ", 1)[1]) > 0
+    if layout == "scorer":  # the scorer's adaptive batching formed the batches
+        metrics = client.get("/metrics").text
+        count = [line for line in metrics.splitlines()
+                 if line.startswith("bentoml_service_adaptive_batch_size_count") and 'method_name="score"' in line]
+        assert count and float(count[0].rsplit(" ", 1)[1]) > 0
 
 
 # --------------------------------------------------------------------------- bad input: 4xx, never 5xx
@@ -759,7 +795,7 @@ def _metric(text: str, name: str, **labels: str) -> float:
     return total
 
 
-def test_metrics_count_requests_and_latency_per_route(client):
+def test_metrics_count_requests_and_latency_per_route(client, layout):
     before = client.get("/metrics").text
     for _ in range(3):
         assert client.post("/compare_pair", files={"image": ("p.png", PAIR_PNG)}).status_code == 200
@@ -776,9 +812,10 @@ def test_metrics_count_requests_and_latency_per_route(client):
     expected = {"compare_pair 200": 3, "compare_batch 400": 1, "compare_pair latency": 3}
     for key, (name, labels) in moved.items():
         assert _metric(after, name, **labels) - _metric(before, name, **labels) == expected[key], key
-    # the latency histogram has real buckets, and the scorer's batch sizes are there too
+    # the latency histogram has real buckets, and in the scorer layout the scorer's batch sizes are there too
     assert _metric(after, "bentoml_service_request_duration_seconds_bucket", endpoint="/compare_pair", le="+Inf") >= 3
-    assert _metric(after, "bentoml_service_adaptive_batch_size_count", method_name="score") >= 3
+    if layout == "scorer":
+        assert _metric(after, "bentoml_service_adaptive_batch_size_count", method_name="score") >= 3
 
 
 def test_unknown_paths_leave_metrics_bounded(client):

@@ -1,0 +1,145 @@
+"""The service's two layouts (serving.settings): which one is chosen, how the in-process one coalesces single
+pairs, and that a real ``bentoml serve`` of each gives the same answers to the same requests."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from serving.coalesce import Overloaded
+from serving.scoring import LocalScorer
+from serving.settings import LAYOUT_ENV, choose_layout
+from tests.server_process import serve_repository
+
+
+@pytest.mark.parametrize("device, layout", [("cuda", "scorer"), ("cpu", "in_process")])
+def test_auto_picks_the_scorer_service_with_a_gpu_and_in_process_without(device, layout, monkeypatch):
+    monkeypatch.delenv(LAYOUT_ENV, raising=False)
+    assert choose_layout(device=lambda: device) == layout
+    assert choose_layout("auto", device=lambda: device) == layout
+
+
+@pytest.mark.parametrize("setting", ["in_process", "scorer", "SCORER"])
+def test_an_explicit_layout_wins_whatever_the_device(setting, monkeypatch):
+    monkeypatch.setenv(LAYOUT_ENV, setting)
+    for device in ("cpu", "cuda"):
+        assert choose_layout(device=lambda d=device: d) == setting.lower()
+
+
+def test_an_unknown_layout_is_refused_naming_the_variable(monkeypatch):
+    monkeypatch.setenv(LAYOUT_ENV, "sideways")
+    with pytest.raises(ValueError, match=f"{LAYOUT_ENV} must be one of auto, in_process, scorer, got 'sideways'"):
+        choose_layout(device=lambda: "cpu")
+
+
+class _CountingModel:
+    """Stands in for the ensemble: remembers each inference call; a pair's 'probability' is its first pixel."""
+
+    names = ("a", "b")
+
+    def __init__(self, seconds: float = 0.02) -> None:
+        self.calls: list[int] = []
+        self.seconds = seconds
+
+    def predict(self, pairs: np.ndarray):
+        import time
+
+        from ensemble.runtime import Prediction
+
+        self.calls.append(len(pairs))
+        time.sleep(self.seconds)  # an inference takes a while, so requests pile up behind it
+        n = len(pairs)
+        p = pairs[:, 0, 0].astype(np.float64) / 255
+        digit_probs = np.full((n, 2, 2, 10), 0.1)
+        return Prediction(probability=p, label=(p >= 0.5).astype(np.int64), base_probabilities=np.stack([p, p], 1),
+                          digits=np.zeros((n, 2), np.int64), logits=np.zeros((n, 2)), digit_probs=digit_probs,
+                          features=np.zeros((n, 0)), by_prior={"course": p, "uniform": 1 - p},
+                          base_by_prior={"course": np.stack([p, p], 1), "uniform": np.stack([1 - p, 1 - p], 1)})
+
+
+def _local(model: _CountingModel, **kwargs) -> LocalScorer:
+    options = {"chunk": 64, "max_group": 64, "max_wait_s": 10.0, "max_waiting": 1024, **kwargs}
+    return LocalScorer(model, info={"models": list(model.names)}, **options)
+
+
+def _pair(value: int) -> np.ndarray:
+    pair = np.zeros((28, 56), np.uint8)
+    pair[0, 0] = value
+    return pair
+
+
+def test_concurrent_single_pairs_share_inference_calls_and_keep_their_own_rows():
+    model = _CountingModel()
+    scorer = _local(model)
+
+    async def main() -> list[np.ndarray]:
+        return await asyncio.gather(*(scorer.score_one(_pair(v)) for v in range(40)))
+
+    rows = asyncio.run(main())
+    assert sum(model.calls) == 40
+    assert len(model.calls) <= 3, model.calls  # the first alone, then the crowd that waited behind it
+    assert model.calls[0] == 1  # a lone request goes at once: nothing waits for company
+    for value, row in enumerate(rows):
+        assert row[0] == pytest.approx(value / 255)  # course probability column: its own pair's
+        assert row[1] == pytest.approx(1 - value / 255)  # uniform
+
+
+def test_a_batch_is_scored_in_chunks_in_order():
+    model = _CountingModel(seconds=0.0)
+    scorer = _local(model, chunk=16)
+    x = np.stack([_pair(v) for v in range(40)])
+    rows = asyncio.run(scorer.score_many(x))
+    assert model.calls == [16, 16, 8]
+    np.testing.assert_allclose(rows[:, 0], np.arange(40) / 255)
+
+
+def test_too_many_waiting_single_pairs_are_refused_as_overload():
+    model = _CountingModel(seconds=0.2)
+    scorer = _local(model, max_waiting=4)
+
+    async def main() -> list:
+        return await asyncio.gather(*(scorer.score_one(_pair(v)) for v in range(12)), return_exceptions=True)
+
+    outcomes = asyncio.run(main())
+    refused = [o for o in outcomes if isinstance(o, Overloaded)]
+    assert refused and all("already waiting" in str(o) for o in refused)
+    assert sum(model.calls) == len(outcomes) - len(refused)
+
+
+# --------------------------------------------------------------------------- both layouts, real servers
+
+
+def _png(pair: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pair).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.slow
+def test_both_layouts_serve_the_same_answers(tmp_path):
+    rng = np.random.default_rng(5)
+    pairs = rng.integers(0, 256, (6, 28, 56), dtype=np.uint8)
+    pairs[:, :, :] = np.where(rng.random((6, 28, 56)) < 0.8, 0, pairs)  # sparse ink, as course pairs have
+    answers = {}
+    for layout in ("in_process", "scorer"):
+        with serve_repository(tmp_path / layout, DIGIT_COMPARE_LAYOUT=layout) as server, \
+                httpx.Client(base_url=server.url, timeout=120) as client:
+            assert client.get("/info").json()["layout"] == layout
+            singles = [client.post("/compare_pair", files={"image": ("p.png", _png(p))}, data={"prior": prior}).json()
+                       for p in pairs for prior in ("course", "uniform")]
+            batch = client.post("/compare_batch", json={"pairs": pairs.tolist(), "prior": "uniform"}).json()
+            answers[layout] = (singles, batch)
+    (singles_a, batch_a), (singles_b, batch_b) = answers["in_process"], answers["scorer"]
+    for a, b in zip(singles_a, singles_b, strict=True):
+        assert a["prior"] == b["prior"] and a["greater"] == b["greater"] and a["digits"] == b["digits"]
+        assert a["probability"] == pytest.approx(b["probability"], abs=1e-6)
+        assert a["models"] == pytest.approx(b["models"], abs=1e-6)
+        for side in ("left", "right"):
+            np.testing.assert_allclose(a["digit_probabilities"][side], b["digit_probabilities"][side], atol=1e-6)
+    assert batch_a["labels"] == batch_b["labels"] and batch_a["digits"] == batch_b["digits"]
+    np.testing.assert_allclose(batch_a["probabilities"], batch_b["probabilities"], atol=1e-6)
