@@ -22,7 +22,7 @@ $(VENV)/.dev: pyproject.toml
 
 test: $(VENV)/.dev browser postgresql
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not container"
 
 # The browser test (tests/test_ui.py) drives Debian's Chromium through Debian's chromedriver. As root on Debian
 # (CI's fresh machine) they are installed here, non-interactively; where both exist this does nothing. Elsewhere
