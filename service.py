@@ -80,6 +80,7 @@ from serving.scoring import (
     score_rows,
     unavailable,
 )
+from serving.shutdown import DrainBeforeExit
 from serving.webui import UI_PATHS, UIError
 from serving.webui import routes as ui_routes
 
@@ -122,12 +123,15 @@ class Scorer:
     def __init__(self) -> None:
         self.model = load_served_model()
         self._lock = threading.Lock()  # one inference at a time (no reliance on onnxruntime's thread safety)
+        # On SIGTERM, keep scoring until the API workers have finished their requests (serving/shutdown.py).
+        self._drain = DrainBeforeExit(limit_s=settings.SCORER_DRAIN_LIMIT_S)
+        self._drain.install()
 
     @bentoml.api(batchable=True, max_batch_size=settings.MAX_BATCH_SIZE, max_latency_ms=settings.MAX_LATENCY_MS)
     def score(self, pairs: t.Annotated[np.ndarray, AfterValidator(validate_score_input)]) -> np.ndarray:
         """(N, 28, 56) uint8 pairs -> one score row per pair (serving.scoring: SCORE_COLUMNS, then each base
         model's probability under each prior)."""
-        with self._lock:
+        with self._drain.working(), self._lock:
             return score_rows(self.model.predict(pairs), len(pairs))
 
     @bentoml.api

@@ -67,6 +67,9 @@ BODY_TIMEOUT_S = env_float("DIGIT_COMPARE_BODY_TIMEOUT_S", 100.0)
 #: Whole request (BentoML's traffic timeout, 504 after it). Sized for the largest batch: 10,000 pairs
 #: take ~50 s at the ~200 pairs/s of this 2-core CPU under load, two at once ~105 s (120 s was too short).
 REQUEST_TIMEOUT_S = 300
+#: On SIGTERM the scorer keeps serving the API workers' last calls for at most this long (serving/shutdown.py):
+#: with the API workers' own drain it keeps the whole stop within 10 s (a pod's default grace period is 30 s).
+SCORER_DRAIN_LIMIT_S = 8.0
 #: The scorer's, for one inference call.
 SCORER_TIMEOUT_S = 60
 #: Images decoded at the same time per worker (bounds memory: a 25 MP RGBA image is 100 MB decoded).
