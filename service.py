@@ -58,14 +58,17 @@ from serving import settings
 from serving.errors import log_client_errors_as_one_line
 from serving.guard import FrontDoor, RouteRule
 from serving.inputs import (
+    INLINE_DECODE_BYTES,
     MAX_ID_CHARS,
     MAX_PAIRS,
     MAX_REQUEST_BYTES,
     ClientError,
     client_error,
+    decode_inline,
     read_batch,
     validate_score_input,
 )
+from serving.memory import trace_if_asked
 from serving.metrics import bound_path_labels
 from serving.openapi import BatchResult, Comparison, build_openapi
 from serving.scoring import (
@@ -121,6 +124,7 @@ class Scorer:
     """The models behind BentoML's adaptive batching. Internal: only DigitCompare calls it."""
 
     def __init__(self) -> None:
+        trace_if_asked()  # DIGIT_COMPARE_TRACEMALLOC=DIR: where this worker's memory goes (serving/memory.py)
         self.model = load_served_model()
         self._lock = threading.Lock()  # one inference at a time (no reliance on onnxruntime's thread safety)
         # On SIGTERM, keep scoring until the API workers have finished their requests (serving/shutdown.py).
@@ -172,6 +176,7 @@ class DigitCompare:
         scorer = bentoml.depends(Scorer)
 
     def __init__(self) -> None:
+        trace_if_asked()
         wait_s = settings.MAX_LATENCY_MS / 1000
         if settings.LAYOUT == "scorer":
             self.models: ScorerClient | LocalScorer = ScorerClient(
@@ -186,10 +191,12 @@ class DigitCompare:
         self._decode_limiter = anyio.CapacityLimiter(settings.DECODE_CONCURRENCY)
         self._parse_limiter = anyio.CapacityLimiter(1)
 
-    async def _answer(self, prepare: t.Callable[[], np.ndarray], prior: str, include_inputs: bool) -> Comparison:
+    async def _answer(self, uploads: tuple[Path, ...], prepare: t.Callable[..., np.ndarray], prior: str,
+                      include_inputs: bool) -> Comparison:
+        """Decode the uploads into a pair (``prepare(*contents)``), score it, answer under ``prior``."""
         started = time.perf_counter()
         try:
-            pair = await anyio.to_thread.run_sync(prepare, limiter=self._decode_limiter)
+            pair = await self._decode(uploads, prepare)
             row = await self.models.score_one(pair)
         except InvalidImageError as err:
             return client_error(err)
@@ -197,19 +204,27 @@ class DigitCompare:
             return unavailable(err)
         return comparison(row, prior, MODEL_NAMES, started, pair if include_inputs else None)
 
+    async def _decode(self, uploads: tuple[Path, ...], prepare: t.Callable[..., np.ndarray]) -> np.ndarray:
+        if sum(path.stat().st_size for path in uploads) <= INLINE_DECODE_BYTES:
+            contents = [path.read_bytes() for path in uploads]
+            if all(decode_inline(data) for data in contents):  # small pictures: cheaper than a thread hop
+                return prepare(*contents)
+        return await anyio.to_thread.run_sync(lambda: prepare(*(path.read_bytes() for path in uploads)),
+                                              limiter=self._decode_limiter)
+
     @bentoml.api
     async def compare(self, left: Path, right: Path, include_inputs: IncludeInputs = False,
                       prior: PriorField = "uniform") -> Comparison:
         """Two pictures of single digits (multipart files `left` and `right`): is left > right?"""
-        return await self._answer(lambda: join_pair(prepare_digit_bytes(left.read_bytes(), "left"),
-                                                    prepare_digit_bytes(right.read_bytes(), "right")),
+        return await self._answer((left, right), lambda a, b: join_pair(prepare_digit_bytes(a, "left"),
+                                                                        prepare_digit_bytes(b, "right")),
                                   prior, include_inputs)
 
     @bentoml.api
     async def compare_pair(self, image: Path, include_inputs: IncludeInputs = False,
                            prior: PriorField = "course") -> Comparison:
         """One course-style 28x56 pair picture (multipart file `image`; other sizes are resized)."""
-        return await self._answer(lambda: prepare_pair_bytes(image.read_bytes(), "image"), prior, include_inputs)
+        return await self._answer((image,), lambda data: prepare_pair_bytes(data, "image"), prior, include_inputs)
 
     async def compare_batch(self, request: Request) -> Response:
         """Many pairs at once: JSON `pairs` or an uploaded course `.npz` -> probabilities and labels."""

@@ -136,6 +136,16 @@ def open_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS, max_bytes: int =
     return image
 
 
+def header_pixels(data: bytes) -> int | None:
+    """The number of pixels the image header declares (nothing decoded); None when there is no readable header."""
+    try:
+        with Image.open(io.BytesIO(data), formats=_allowed_formats()) as image:
+            width, height = image.size
+    except Exception:  # untrusted bytes: any parser failure means "not a small, readable picture"
+        return None
+    return width * height
+
+
 def _open_header(data: bytes, max_pixels: int, name: str) -> Image.Image:
     """Pillow's lazy open: the format and size from the header, no pixel decoded yet."""
     try:

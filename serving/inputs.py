@@ -32,7 +32,7 @@ from ensemble.course_data import (
     read_npy_header,
     validate_course_arrays,
 )
-from ensemble.preprocess import ImageTooLargeError
+from ensemble.preprocess import ImageTooLargeError, header_pixels
 from ensemble.priors import UnknownPriorError, check_prior
 
 logger = logging.getLogger("bentoml.digit_compare")
@@ -72,6 +72,21 @@ MAX_REQUEST_BYTES = env_int("DIGIT_COMPARE_MAX_REQUEST_BYTES", 64 * 1024 * 1024)
 MAX_NPZ_UNPACKED_BYTES = MAX_PAIRS * PAIR_SHAPE[0] * PAIR_SHAPE[1] * 8 + 16 * 1024 * 1024
 #: Ids longer than this are refused (an .npz 'id' header could declare a dtype of gigabytes per string).
 MAX_ID_CHARS = 256
+#: Uploads of at most this many bytes in all, whose headers declare at most INLINE_DECODE_PIXELS pixels each, are
+#: decoded on the event loop: a course pair (28x56) or a small digit picture takes a fraction of a millisecond,
+#: less than handing it to a thread and back (docs/speed.md). Anything larger goes to a thread, so a big photo
+#: never stalls the other requests.
+INLINE_DECODE_BYTES = 64 * 1024
+INLINE_DECODE_PIXELS = 256 * 256
+
+
+def decode_inline(data: bytes) -> bool:
+    """Whether this upload is small enough to decode on the event loop (an unreadable one is not: its error is
+    raised, with the same message, on the thread path)."""
+    pixels = header_pixels(data)
+    return pixels is not None and pixels <= INLINE_DECODE_PIXELS
+
+
 #: The keys of a course .npz that are read; any other member is ignored, unread.
 NPZ_KEYS = ("x", "y", "id", "digits")
 
