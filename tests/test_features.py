@@ -113,6 +113,12 @@ def test_prior_greater_probability_by_hand(left, right, expected):
     assert prior_greater_probability(_pair(left, right)) == pytest.approx(expected, rel=1e-9, abs=1e-12)
 
 
+def test_prior_greater_probability_of_a_pair_the_rule_never_draws_is_finite():
+    """Both halves a certain 5: the rule never pairs equal digits, so no pair has any weight; the clip keeps
+    the answer 0 instead of 0 / 0."""
+    assert prior_greater_probability(_pair({5: 1.0}, {5: 1.0})) == 0.0
+
+
 def test_prior_greater_probability_divides_the_frequencies_out():
     """0 vs 2 next to a 1: with the frequencies divided out the answer is below one half, without it above."""
     p = prior_greater_probability(_pair({0: 0.5, 2: 0.5}, {1: 1.0}))
@@ -167,6 +173,21 @@ def test_stacking_features_by_hand():
         -LOGIT_CLIP, rel=1e-5)
 
 
+def test_stacking_features_of_float32_outputs_are_computed_in_float64():
+    """The fused graph answers float32; the features are computed from it in float64, so a certain digit's
+    read-out is the logit clipped at 1e-6 (13.8155), not float32's 1 - 1e-6 rounded (13.8023)."""
+    logits, digit_probs = _inputs()
+    wide, _ = stacking_features(logits, digit_probs, NAMES)
+    narrow, names = stacking_features(logits.astype(np.float32), digit_probs.astype(np.float32), NAMES)
+    np.testing.assert_allclose(narrow[:, names.index("digit_greater.a")], [LOGIT_CLIP, -LOGIT_CLIP], rtol=1e-6)
+    np.testing.assert_allclose(narrow, wide, rtol=1e-6, atol=1e-6)
+
+
+def test_a_zero_logit_is_no_vote_for_greater():
+    table, names = stacking_features(np.array([[0.0, 2.0], [0.0, -1.0]]), _inputs()[1], NAMES)
+    np.testing.assert_array_equal(table[:, names.index("vote_share")], [0.5, 0.0])
+
+
 def test_stacking_features_pick_and_order_the_recorded_columns():
     logits, digit_probs = _inputs()
     full, names = stacking_features(logits, digit_probs, NAMES)
@@ -174,8 +195,10 @@ def test_stacking_features_pick_and_order_the_recorded_columns():
     table, picked = stacking_features(logits, digit_probs, NAMES, wanted)
     assert picked == wanted
     np.testing.assert_array_equal(table, full[:, [names.index(n) for n in wanted]])
-    with pytest.raises(FeatureMismatchError, match="unknown stacking feature.*logit.c"):
-        stacking_features(logits, digit_probs, NAMES, ["logit.a", "logit.c"])
+    with pytest.raises(FeatureMismatchError) as refused:
+        stacking_features(logits, digit_probs, NAMES, ["logit.a", "logit.c", "logit.d"])
+    assert str(refused.value) == ("unknown stacking feature(s) logit.c, logit.d: the stacker was fitted on features "
+                                  "this code does not compute (retrain or update the code)")
 
 
 @pytest.mark.parametrize("logits_shape, probs_shape, names", [
@@ -198,14 +221,20 @@ def test_check_feature_spec_accepts_what_this_code_computes():
     assert check_feature_spec(spec, NAMES) == ["logit.a", "vote_share"]
 
 
+OLD_VERSION = (f"the stackers were fitted on stacking features version {FEATURE_SET_VERSION - 1}, this code computes "
+               f"version {FEATURE_SET_VERSION} (re-stack: python -m training.run_all)")
+NO_NAMES = "'features.names' must be the non-empty list of stacking feature names"
+
+
 @pytest.mark.parametrize("spec, message", [
-    (["logit.a"], "must be an object with 'version' and 'names'"),
-    ({"version": FEATURE_SET_VERSION - 1, "names": ["logit.a"]}, f"version {FEATURE_SET_VERSION - 1}"),
-    ({"names": ["logit.a"]}, "version None"),
-    ({"version": FEATURE_SET_VERSION, "names": []}, "non-empty list"),
-    ({"version": FEATURE_SET_VERSION, "names": "logit.a"}, "non-empty list"),
-    ({"version": FEATURE_SET_VERSION, "names": ["logit.z"]}, "unknown stacking feature"),
+    (["logit.a"], "'features' must be an object with 'version' and 'names'"),
+    ({"version": FEATURE_SET_VERSION - 1, "names": ["logit.a"]}, OLD_VERSION),
+    ({"names": ["logit.a"]}, OLD_VERSION.replace(f"version {FEATURE_SET_VERSION - 1},", "version None,")),
+    ({"version": FEATURE_SET_VERSION, "names": []}, NO_NAMES),
+    ({"version": FEATURE_SET_VERSION, "names": "logit.a"}, NO_NAMES),
+    ({"version": FEATURE_SET_VERSION, "names": ["logit.z"]}, "unknown stacking feature(s) logit.z: the stacker"),
 ])
 def test_check_feature_spec_refuses_what_it_cannot_compute(spec, message):
-    with pytest.raises(FeatureMismatchError, match=message):
+    with pytest.raises(FeatureMismatchError) as refused:
         check_feature_spec(spec, NAMES)
+    assert str(refused.value).startswith(message), str(refused.value)

@@ -207,12 +207,14 @@ def make_pairs(images: np.ndarray, labels: np.ndarray, n: int, *, seed: int, epo
 # --------------------------------------------------------------------------- builder
 
 def save_preview(path: Path, x: np.ndarray, digits: np.ndarray, n: int = 24, cols: int = 4) -> None:
-    """A grid of pairs titled with their digits and label, so a person sees the data at a glance."""
+    """A grid of pairs titled with their digits and label, so a person sees the data at a glance (the first
+    ``n``, or all of them when there are fewer)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    n = min(n, len(x))  # a dataset of fewer than n training pairs (--n-train 5) used to raise IndexError
     rows = (n + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.4, rows * 1.5))
     for i, ax in enumerate(axes.flat):
