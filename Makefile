@@ -5,7 +5,7 @@ VENV := $(if $(filter python3.11,$(PYTHON)),.venv,.venv-$(PYTHON))
 PY := $(VENV)/bin/python
 PORT ?= 3000
 
-.PHONY: test browser postgresql data lint serve samples train-gpu bench bench-serve clean
+.PHONY: test browser postgresql data lint mutation serve samples train-gpu bench bench-serve clean
 
 # The stamp files record which dependency groups the venv holds; they are redone when pyproject.toml changes.
 $(VENV)/.runtime: pyproject.toml
@@ -88,6 +88,12 @@ bench-serve: $(VENV)/.dev
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .
+
+# Mutation testing of the modules the fast tests must pin down (docs/mutation.md): mutmut, two mutants at a time,
+# then the score per module and the survivors. About an hour on 2 cores; not part of `make test`.
+mutation: $(VENV)/.dev
+	$(PY) -m tools.mutation run --jobs 2
+	$(PY) -m tools.mutation report
 
 clean:
 	rm -rf $(VENV) .pytest_cache
