@@ -477,6 +477,11 @@ def test_compare_batch_json_floats_and_single_pair(client, ensemble):
     assert as_floats["probabilities"] == pytest.approx(as_ints["probabilities"], abs=PROB_TOL)
     single = client.post("/compare_batch", json={"pairs": pairs[0].tolist()}).json()  # one (28, 56) pair
     assert single["n"] == 1 and single["ids"] is None
+    expected = ensemble.predict(pairs[:1])
+    assert single["probabilities"] == pytest.approx([float(expected.probability[0])], abs=PROB_TOL)
+    assert single["labels"] == [int(expected.label[0])] and single["digits"] == [expected.digits[0].tolist()]
+    assert single["probabilities"] == pytest.approx(as_ints["probabilities"][:1], abs=PROB_TOL)
+    np.testing.assert_allclose(as_ints["probabilities"], ensemble.predict(pairs).probability, atol=PROB_TOL)
 
 
 def test_compare_batch_npz_with_labels_and_csv(client, ensemble):

@@ -104,6 +104,7 @@ def test_64_concurrent_clients_get_no_false_errors(server):
     good = [_png(p) for p in _course_pairs(clients, seed=1)]
     bad = b"this is not an image"
     outcomes: list[tuple[bool, int, int]] = []  # (bad request?, status, batch size)
+    answers: dict[int, list[float]] = {index: [] for index in range(clients)}  # each client's picture's answers
     lock = threading.Lock()
     deadline = time.monotonic() + duration
 
@@ -116,6 +117,8 @@ def test_64_concurrent_clients_get_no_false_errors(server):
                 size = response.json().get("batch_size", 0) if response.status_code == 200 else 0
                 with lock:
                     outcomes.append((is_bad, response.status_code, size))
+                    if size:
+                        answers[index].append(response.json()["probability"])
 
     with concurrent.futures.ThreadPoolExecutor(clients) as pool:
         list(pool.map(client_loop, range(clients)))
@@ -129,6 +132,10 @@ def test_64_concurrent_clients_get_no_false_errors(server):
     # ... and concurrent single requests were batched
     assert max(size for _, _, size in outcomes) > 1
     assert "status=5" not in server.log_text()
+    # every answer to a picture is that picture's answer, however it was batched (not another client's)
+    spread = {i: max(v) - min(v) for i, v in answers.items() if v}
+    assert len(spread) == clients and max(spread.values()) <= 1e-5, spread
+    assert len({round(v[0], 4) for v in answers.values()}) >= 8  # and the pictures' answers differ
 
 
 # --------------------------------------------------------------------------- large bodies
