@@ -107,7 +107,7 @@ PriorField = t.Annotated[Prior, Field(description="the prior over digit pairs: c
 
 def load_served_model() -> t.Any:
     """The model this process serves (verifies the hashes, picks the execution provider)."""
-    model = load_model(MODELS_DIR, MODEL, threads=settings.SCORER_THREADS)
+    model = load_model(MODELS_DIR, MODEL, threads=settings.SCORER_THREADS, spinning=settings.ORT_SPINNING)
     logger.info("loaded %d models from %s on %s (layout %s)", len(model.names), MODELS_DIR, model.provider,
                 settings.LAYOUT)
     return model

@@ -22,6 +22,7 @@ One pipeline, shared by every image endpoint of the service (Pillow + numpy only
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import typing as t
@@ -104,6 +105,7 @@ class BlankImageError(InvalidImageError):
     """No ink: the image is (nearly) uniform, so there is no digit to read."""
 
 
+@functools.cache  # asked for every upload, twice (header_pixels, open_image): the registry does not change
 def _allowed_formats() -> list[str]:
     Image.init()
     return [f for f in Image.OPEN if f not in _BLOCKED_FORMATS]

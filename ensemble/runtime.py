@@ -90,13 +90,16 @@ def gpu_usable() -> bool:
     return cuda.cuInit(0) == 0 and cuda.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
 
 
-def open_session(path: Path, device: str | None = None, threads: int | None = None) -> ort.InferenceSession:
+def open_session(path: Path, device: str | None = None, threads: int | None = None,
+                 spinning: bool = True) -> ort.InferenceSession:
     """An ONNX Runtime session on the GPU when one is usable (or forced), else on the CPU.
 
     Options, on purpose: all graph optimisations (fuses Conv + BatchNorm + ReLU, and int8 QDQ pairs
     into integer kernels); ``threads`` intra-op threads (default: one per usable CPU) and a single
     inter-op thread (the fused graph is one long chain of convolutions: parallelism within each
     operator is what pays). The service's scorer may ask for fewer (DIGIT_COMPARE_SCORER_THREADS).
+    ``spinning=False``: idle intra-op threads sleep instead of spinning for work, which is what several
+    processes sharing the cores need (each spinning pool burns the cores the others compute on).
     """
     use_cuda = resolve_device(device) == "cuda"
     options = ort.SessionOptions()
@@ -104,6 +107,8 @@ def open_session(path: Path, device: str | None = None, threads: int | None = No
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads or usable_cpus()
     options.inter_op_num_threads = 1
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
     try:
         session = ort.InferenceSession(str(path), options, providers=providers)
@@ -193,12 +198,12 @@ class Ensemble:
 
     @classmethod
     def load(cls, models_dir: str | os.PathLike = "models", device: str | None = None,
-             precision: str | None = None, threads: int | None = None) -> Ensemble:
+             precision: str | None = None, threads: int | None = None, spinning: bool = True) -> Ensemble:
         """Verify the manifest and the serving artifacts' hashes, then open them.
 
         ``device`` (cpu | cuda | auto) and ``precision`` (fp32 | int8 | auto) default to
         $DIGIT_COMPARE_DEVICE and $DIGIT_COMPARE_PRECISION, else auto; ``threads``: ONNX Runtime's
-        intra-op threads on the CPU (default: one per usable CPU).
+        intra-op threads on the CPU (default: one per usable CPU); ``spinning``: see ``open_session``.
         """
         models_dir = Path(models_dir)
         manifest = read_manifest(models_dir)
@@ -220,7 +225,7 @@ class Ensemble:
             frequencies = read_frequencies(manifest.get("priors"))
         except ValueError as err:
             raise ManifestError(f"{models_dir / MANIFEST}: {err}") from err
-        session = open_session(fused, device, threads)
+        session = open_session(fused, device, threads, spinning)
         outputs = session.get_outputs()[0].shape  # logits: ["batch", M]
         if len(outputs) != 2 or outputs[1] != len(manifest["models"]):
             raise ManifestError(f"{fused}: the fused graph scores {outputs[1:]} models, the manifest lists "

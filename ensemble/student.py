@@ -79,7 +79,7 @@ class Student:
 
     @classmethod
     def load(cls, models_dir: str | os.PathLike = "models", device: str | None = None, precision: str | None = None,
-             threads: int | None = None) -> Student:
+             threads: int | None = None, spinning: bool = True) -> Student:
         """Verify the manifest and the student's graph, then open it (``device``, ``precision`` and ``threads``
         as for ``Ensemble.load``: int8 on the CPU when the manifest lists the student's int8 graph)."""
         models_dir = Path(models_dir)
@@ -92,7 +92,7 @@ class Student:
             frequencies = read_frequencies(manifest.get("priors"))
         except ValueError as err:
             raise ManifestError(f"{models_dir / MANIFEST}: {err}") from err
-        session = open_session(path, device, threads)
+        session = open_session(path, device, threads, spinning)
         shapes = {o.name: o.shape for o in session.get_outputs()}
         if len(shapes.get("logit", ())) != 1 or list(shapes.get("digit_probs", ()))[1:] != [2, 10]:
             raise ManifestError(f"{path}: not a single-model graph (outputs {shapes})")
@@ -133,11 +133,11 @@ class Student:
 
 
 def load_model(models_dir: str | os.PathLike = "models", model: str | None = None, device: str | None = None,
-               precision: str | None = None, threads: int | None = None) -> Ensemble | Student:
+               precision: str | None = None, threads: int | None = None, spinning: bool = True) -> Ensemble | Student:
     """The model to serve: ``model`` (default $DIGIT_COMPARE_MODEL, else the ensemble), loaded and verified."""
     if resolve_model(model) == "student":
-        return Student.load(models_dir, device, precision, threads)
-    return Ensemble.load(models_dir, device, precision, threads)
+        return Student.load(models_dir, device, precision, threads, spinning)
+    return Ensemble.load(models_dir, device, precision, threads, spinning)
 
 
 # --------------------------------------------------------------------------- installing a student

@@ -61,6 +61,12 @@ SCORER_THREADS = env_int("DIGIT_COMPARE_SCORER_THREADS", usable_cpus())
 #: cost about 3% of the API worker's CPU per answer (docs/speed.md), and where the service is deployed an
 #: ingress or load balancer logs the requests anyway. Client errors and 5xx are logged whatever this says.
 ACCESS_LOG = os.environ.get("DIGIT_COMPARE_ACCESS_LOG", "0").strip().lower() in ("1", "true", "yes", "on")
+#: Whether ONNX Runtime's idle threads spin for work (DIGIT_COMPARE_ORT_SPINNING=1|0). By default they do not when
+#: several workers run models on the same cores: each worker's spinning pool burnt the cores the others computed
+#: on. Measured at 64 clients, 2 workers x 2 threads on 2 cores: 216 answers/s spinning, 338 not; compare_batch
+#: 499 vs 568 pairs/s (docs/speed.md).
+_SPIN_DEFAULT = "0" if LAYOUT == "in_process" and WORKERS > 1 else "1"
+ORT_SPINNING = os.environ.get("DIGIT_COMPARE_ORT_SPINNING", _SPIN_DEFAULT).strip() not in ("0", "false", "no", "off")
 #: A client that sends no byte for this long, or not its whole body within BODY_TIMEOUT_S, gets a 408.
 BODY_IDLE_TIMEOUT_S = env_float("DIGIT_COMPARE_BODY_IDLE_TIMEOUT_S", 15.0)
 BODY_TIMEOUT_S = env_float("DIGIT_COMPARE_BODY_TIMEOUT_S", 100.0)
@@ -86,7 +92,7 @@ def settings_info() -> dict[str, t.Any]:
     """What /info reports of these settings."""
     return {
         "device_setting": os.environ.get(DEVICE_ENV, "auto"),
-        "layout": LAYOUT, "workers": WORKERS, "access_log": ACCESS_LOG,
+        "layout": LAYOUT, "workers": WORKERS, "access_log": ACCESS_LOG, "ort_spinning": ORT_SPINNING,
         "batching": {"max_batch_size": MAX_BATCH_SIZE, "max_latency_ms": MAX_LATENCY_MS,
                      "batch_endpoint_chunk": MAX_BATCH_SIZE, "batch_endpoint_chunks_in_flight": BATCH_IN_FLIGHT,
                      "single_pair_calls_in_flight": SINGLE_PAIR_CALLS_IN_FLIGHT,
