@@ -141,7 +141,7 @@ base-image: container-tools $(VENV)/.runtime
 image: base-image
 	@tag=$$($(VENV)/bin/bentoml build --output tag | sed -n 's/^__tag__://p') && test -n "$$tag" && \
 	work=$$(mktemp -d) && trap 'rm -rf "$$work"' EXIT && \
-	(cd "$$work" && TMPDIR="$$work" $(CURDIR)/$(VENV)/bin/bentoml containerize --backend $(ENGINE) "$$tag" \
+	(cd "$$work" && TMPDIR="$$work" $(abspath $(VENV))/bin/bentoml containerize --backend $(ENGINE) "$$tag" \
 		--image-tag $(IMAGE) $(subst --volume ,--opt volume=,$(BUILD_CA))) && \
 	deploy/image-size.sh $(ENGINE) $(IMAGE)
 
