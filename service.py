@@ -84,6 +84,7 @@ from serving.scoring import (
     unavailable,
 )
 from serving.shutdown import DrainBeforeExit
+from serving.traffic import release_request_timers
 from serving.webui import UI_PATHS, UIError
 from serving.webui import routes as ui_routes
 
@@ -285,3 +286,4 @@ DigitCompare.add_asgi_middleware(FrontDoor, rules=ROUTE_RULES, openapi=_openapi,
 # /metrics labels requests by path: any path outside these shares one label (serving/metrics.py).
 bound_path_labels({*ROUTE_RULES, *(api.route for service in (Scorer, DigitCompare) for api in service.apis.values())})
 log_client_errors_as_one_line()
+release_request_timers()  # each request's timeout timer let go when its answer starts (serving/traffic.py)
