@@ -1,0 +1,240 @@
+"""The HTTP layer's pieces that only a real server exercised before (serving/inputs.py, serving/guard.py's
+multipart checks, ensemble/priors.py's manifest entry), each on its own, in process, no server:
+compare_batch's body reader on both its paths, the error mapping, inline decoding, the scorer's validator,
+and the front door's refusals of missing, repeated, unexpected and wrongly typed multipart fields."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import typing as t
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from ensemble.preprocess import ImageTooLargeError
+from ensemble.priors import manifest_entry
+from serving import inputs
+from serving.guard import FrontDoor, RouteRule
+from serving.inputs import ClientError, client_error, decode_inline, read_batch, validate_score_input
+
+
+def _pairs(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 28, 56), dtype=np.uint8)
+
+
+def _png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (width, height), 0).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _npz(**arrays: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _request(app: t.Any, method: str, path: str, **kwargs: t.Any) -> httpx.Response:
+    async def send() -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            return await client.request(method, path, **kwargs)
+    return asyncio.run(send())
+
+
+# --------------------------------------------------------------------------- small pieces
+
+def test_client_error_maps_each_problem_to_its_status_and_the_one_shape():
+    import json
+
+    refused = client_error(ClientError("too many pairs", 413, detail={"limit": 3}))
+    assert refused.status_code == 413 and json.loads(refused.body) == {"error": "too many pairs",
+                                                                       "detail": {"limit": 3}}
+    too_large = client_error(ImageTooLargeError("left: 30000000 pixels"))
+    assert too_large.status_code == 413 and json.loads(too_large.body) == {"error": "left: 30000000 pixels"}
+    other = client_error(ValueError("pairs: bad"))
+    assert other.status_code == 400 and json.loads(other.body) == {"error": "pairs: bad"}
+
+
+def test_small_pictures_are_decoded_inline_and_large_or_unreadable_ones_are_not():
+    side = int(inputs.INLINE_DECODE_PIXELS ** 0.5)
+    assert decode_inline(_png(28, 56)) and decode_inline(_png(side, side))
+    assert not decode_inline(_png(side + 1, side))
+    assert not decode_inline(b"not a picture")
+
+
+def test_the_scorers_validator_passes_pairs_and_says_why_it_refuses():
+    pairs = _pairs(2)
+    np.testing.assert_array_equal(validate_score_input(pairs), pairs)
+    with pytest.raises(ClientError) as direct:
+        inputs.parse_pairs(np.zeros((2, 3)))
+    with pytest.raises(ValueError) as validated:
+        validate_score_input(np.zeros((2, 3)))
+    assert not isinstance(validated.value, ClientError) and str(validated.value) == str(direct.value)
+
+
+def test_the_uniform_priors_manifest_entry():
+    entry = manifest_entry(np.array([2.0, 1.0, 1.0, 0, 0, 0, 0, 0, 0, 4.0]), "the pairing rule")
+    assert entry == {"digit_frequencies": [0.25, 0.125, 0.125, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.5],
+                     "source": "the pairing rule",
+                     "use": "the class frequencies the digit heads were trained under; the uniform prior divides "
+                            "them out"}
+    assert manifest_entry([1 / 3] * 3, "x")["digit_frequencies"] == [0.333333] * 3  # six decimals
+
+
+# --------------------------------------------------------------------------- compare_batch's body reader
+
+class _Limiter:
+    """Stands in for the per-worker CapacityLimiter: counts the bodies parsed through it."""
+
+    def __init__(self) -> None:
+        self.entered = 0
+
+    async def __aenter__(self) -> None:
+        self.entered += 1
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+def _batch_app(limiter: _Limiter, large_body_bytes: int = 1024 * 1024) -> Starlette:
+    async def batch(request: Request) -> JSONResponse:
+        try:
+            result = await read_batch(request, limiter, large_body_bytes)  # type: ignore[arg-type]
+        except ClientError as err:
+            return JSONResponse({"refused": str(err), "status": err.status}, status_code=400)
+        data = result.data
+        return JSONResponse({"x": data.x.tolist(), "ids": None if data.ids is None else data.ids.tolist(),
+                             "y": None if data.y is None else data.y.tolist(), "format": result.format,
+                             "prior": result.prior})
+    return Starlette(routes=[Route("/batch", batch, methods=["POST"])])
+
+
+def test_a_json_body_is_read_whole_and_parsed():
+    limiter = _Limiter()
+    pairs = _pairs(2, seed=1)
+    body = {"pairs": pairs.tolist(), "ids": ["a", "b"], "format": "csv", "prior": "uniform"}
+    answer = _request(_batch_app(limiter), "POST", "/batch", json=body).json()
+    assert answer == {"x": pairs.tolist(), "ids": ["a", "b"], "y": None, "format": "csv", "prior": "uniform"}
+    assert limiter.entered == 0  # a small declared body is parsed at once
+    defaults = _request(_batch_app(limiter), "POST", "/batch", json={"pairs": pairs[:1].tolist()}).json()
+    assert (defaults["format"], defaults["prior"], defaults["ids"]) == ("json", "course", None)
+
+
+def test_large_or_undeclared_bodies_are_parsed_one_at_a_time():
+    limiter = _Limiter()
+    pairs = _pairs(3, seed=2)
+    declared = _request(_batch_app(limiter, large_body_bytes=100), "POST", "/batch", json={"pairs": pairs.tolist()})
+    assert declared.json()["x"] == pairs.tolist() and limiter.entered == 1
+
+    async def chunks() -> t.AsyncIterator[bytes]:
+        yield b'{"pairs": '
+        yield str(pairs.tolist()).encode()
+        yield b"}"
+
+    streamed = _request(_batch_app(limiter), "POST", "/batch", content=chunks(),
+                        headers={"content-type": "application/json"})
+    assert streamed.json()["x"] == pairs.tolist() and limiter.entered == 2
+
+
+def test_a_refused_json_body_comes_back_as_a_client_error():
+    answer = _request(_batch_app(_Limiter()), "POST", "/batch", json={"pairs": [[1, 2, 3]]})
+    assert answer.json() == {"refused": "pairs: 'x' must have shape (N, 28, 56), got (1, 3)", "status": 400}
+    bad_format = _request(_batch_app(_Limiter()), "POST", "/batch", json={"pairs": _pairs(1).tolist(), "format": "xml"})
+    assert bad_format.json()["refused"] == "format: must be one of 'json', 'csv', got 'xml'"
+
+
+def test_an_npz_upload_is_read_with_its_format_and_prior():
+    pairs = _pairs(2, seed=3)
+    upload = _npz(x=pairs, y=np.array([1, 0]), id=np.array(["p", "q"]))
+    answer = _request(_batch_app(_Limiter()), "POST", "/batch", files={"file": ("b.npz", upload)},
+                      data={"format": "csv", "prior": "uniform"}).json()
+    assert answer == {"x": pairs.tolist(), "ids": ["p", "q"], "y": [1, 0], "format": "csv", "prior": "uniform"}
+    defaults = _request(_batch_app(_Limiter()), "POST", "/batch", files={"file": ("b.npz", _npz(x=pairs))}).json()
+    assert (defaults["format"], defaults["prior"], defaults["y"]) == ("json", "course", None)
+
+
+def test_a_refused_npz_upload_comes_back_as_a_client_error():
+    app = _batch_app(_Limiter())
+    wrong = _request(app, "POST", "/batch", files={"file": ("b.npz", _npz(x=np.zeros((2, 3), np.uint8)))}).json()
+    assert wrong["status"] == 400 and "must have shape (N, 28, 56)" in wrong["refused"]
+    prior = _request(app, "POST", "/batch", files={"file": ("b.npz", _npz(x=_pairs(1)))}, data={"prior": "flat"})
+    assert "prior: must be one of 'course', 'uniform', got 'flat'" == prior.json()["refused"]
+    fmt = _request(app, "POST", "/batch", files={"file": ("b.npz", _npz(x=_pairs(1)))}, data={"format": "tsv"})
+    assert fmt.json()["refused"] == "format: must be one of 'json', 'csv', got 'tsv'"
+
+
+def test_a_refusal_from_the_parsing_thread_carries_no_traceback():
+    holder = [bytearray(b'{"pairs": [[1]]}')]
+    refused = inputs._parse_json_body(holder)
+    assert isinstance(refused, ClientError) and refused.__traceback__ is None and refused.status == 400
+    assert holder == []  # the body was handed over, not kept
+    assert "must have shape" in str(refused)
+    npz = inputs._read_npz_upload(io.BytesIO(b"not a zip"), "json", "course")
+    assert isinstance(npz, ClientError) and npz.__traceback__ is None and npz.status == 400 and str(npz)
+    ok = inputs._read_npz_upload(io.BytesIO(_npz(x=_pairs(1))), "csv", "uniform")
+    assert (ok.format, ok.prior, len(ok.data.x)) == ("csv", "uniform", 1)
+
+
+# --------------------------------------------------------------------------- the front door's multipart checks
+
+RULE = RouteRule(("POST",), ("multipart/form-data",), file_fields=("left", "right"),
+                 text_fields=("include_inputs", "prior"), max_bytes=1024 * 1024)
+
+
+def _door() -> FrontDoor:
+    async def fields(request: Request) -> JSONResponse:
+        form = await request.form()
+        return JSONResponse(sorted(form.keys()))
+    app = Starlette(routes=[Route("/compare", fields, methods=["POST"])])
+    return FrontDoor(app, rules={"/compare": RULE}, openapi=dict, body_idle_timeout=5.0, body_timeout=10.0)
+
+
+GOOD = {"left": ("l.png", b"L"), "right": ("r.png", b"R")}
+
+
+@pytest.mark.parametrize("files, data, message", [
+    ({"left": ("l.png", b"L")}, {}, "/compare: missing file field 'right' (send it as a file upload)"),
+    ([("left", ("l.png", b"L")), ("left", ("m.png", b"M")), ("right", ("r.png", b"R"))], {},
+     "/compare: field 'left' was sent 2 times; send one file"),
+    ({"left": ("l.png", b"L")}, {"right": "not a file"},
+     "/compare: field 'right' must be a file upload, got a text value"),
+    (GOOD, {"colour": "red", "size": "9"},
+     "/compare: unexpected field(s) 'colour', 'size'; this route takes 'left', 'right', 'include_inputs', 'prior'"),
+    ({**GOOD, "prior": ("p.txt", b"uniform")}, {}, "/compare: field 'prior' must be a text value, got a file upload"),
+    (GOOD, {"prior": ["uniform", "course"]}, "/compare: field 'prior' was sent 2 times"),
+])
+def test_the_door_refuses_bad_multipart_fields(files, data, message):
+    response = _request(_door(), "POST", "/compare", files=files, data=data)
+    assert response.status_code == 400 and response.json() == {"error": message}
+
+
+def test_the_door_lets_good_multipart_fields_through():
+    response = _request(_door(), "POST", "/compare", files=GOOD, data={"prior": "uniform", "include_inputs": "true"})
+    assert response.status_code == 200 and response.json() == ["include_inputs", "left", "prior", "right"]
+    assert _request(_door(), "POST", "/compare", files=GOOD).json() == ["left", "right"]
+
+
+def test_a_malformed_multipart_body_is_a_400():
+    nameless = b"--xyz\r\nContent-Disposition: form-data\r\n\r\nabc\r\n--xyz--\r\n"
+    response = _request(_door(), "POST", "/compare", content=nameless,
+                        headers={"content-type": "multipart/form-data; boundary=xyz"})
+    assert response.status_code == 400 and response.json() == {"error": (
+        '/compare: malformed multipart body (MultiPartException: The Content-Disposition header field "name" '
+        'must be provided.)')}
+    no_boundary = _request(_door(), "POST", "/compare", content=b"abc",
+                           headers={"content-type": "multipart/form-data"})
+    assert no_boundary.status_code == 400 and no_boundary.json() == {
+        "error": "/compare: malformed multipart body (MultiPartException: Missing boundary in multipart.)"}
+
+
+def test_too_many_files_is_a_malformed_body():
+    files = [(f"f{i}", (f"{i}.png", b"x")) for i in range(9)]
+    response = _request(_door(), "POST", "/compare", files=files)
+    assert response.status_code == 400 and "malformed multipart body" in response.json()["error"]
