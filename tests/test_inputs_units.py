@@ -88,6 +88,65 @@ def test_the_uniform_priors_manifest_entry():
     assert manifest_entry([1 / 3] * 3, "x")["digit_frequencies"] == [0.333333] * 3  # six decimals
 
 
+@pytest.mark.parametrize("read, value, expected", [
+    (inputs.env_int, None, 7), (inputs.env_int, "", 7), (inputs.env_int, "  ", 7), (inputs.env_int, "12", 12),
+    (inputs.env_int, "1", 1), (inputs.env_float, None, 2.5), (inputs.env_float, " ", 2.5),
+    (inputs.env_float, "0.25", 0.25), (inputs.env_float, "3", 3.0),
+])
+def test_settings_from_the_environment(monkeypatch, read, value, expected):
+    if value is None:
+        monkeypatch.delenv("DIGIT_COMPARE_TEST", raising=False)
+    else:
+        monkeypatch.setenv("DIGIT_COMPARE_TEST", value)
+    default = 7 if read is inputs.env_int else 2.5
+    got = read("DIGIT_COMPARE_TEST", default)
+    assert got == expected and type(got) is type(expected)
+
+
+@pytest.mark.parametrize("read, value, message", [
+    (inputs.env_int, "ten", "environment variable DIGIT_COMPARE_TEST must be an integer, got 'ten'"),
+    (inputs.env_int, "2.5", "environment variable DIGIT_COMPARE_TEST must be an integer, got '2.5'"),
+    (inputs.env_int, "0", "environment variable DIGIT_COMPARE_TEST must be positive, got 0"),
+    (inputs.env_int, "-3", "environment variable DIGIT_COMPARE_TEST must be positive, got -3"),
+    (inputs.env_float, "fast", "environment variable DIGIT_COMPARE_TEST must be a number, got 'fast'"),
+    (inputs.env_float, "0", "environment variable DIGIT_COMPARE_TEST must be positive, got 0.0"),
+    (inputs.env_float, "nan", "environment variable DIGIT_COMPARE_TEST must be positive, got nan"),
+    (inputs.env_float, "-1e-9", "environment variable DIGIT_COMPARE_TEST must be positive, got -1e-09"),
+])
+def test_bad_settings_are_refused_by_name(monkeypatch, read, value, message):
+    monkeypatch.setenv("DIGIT_COMPARE_TEST", value)
+    with pytest.raises(ValueError) as refused:
+        read("DIGIT_COMPARE_TEST", 1)
+    assert str(refused.value) == message
+
+
+@pytest.mark.parametrize("dtype, message", [
+    (np.dtype("<U256"), None), (np.dtype("S256"), None), (np.dtype("<U1"), None),
+    (np.dtype("<U257"), "ids: ids of up to 257 characters; the limit is 256"),
+    (np.dtype("S257"), "ids: ids of up to 257 characters; the limit is 256"),
+    (np.dtype("int64"), "ids must hold strings, got dtype int64"),
+    (np.dtype("O"), "ids must hold strings, got dtype object"),
+])
+def test_ids_must_be_short_strings(dtype, message):
+    if message is None:
+        inputs._check_ids_dtype("ids", dtype)
+        return
+    with pytest.raises(ClientError) as refused:
+        inputs._check_ids_dtype("ids", dtype)
+    assert str(refused.value) == message
+
+
+def test_a_single_pair_in_json_has_at_most_28_rows():
+    row = "[" + ",".join(["0"] * 56) + "]"
+    one = inputs.parse_batch_json(('{"pairs": [' + ",".join([row] * 28) + "]}").encode())
+    assert one.data.x.shape == (1, 28, 56)
+    with pytest.raises(ClientError) as refused:
+        inputs.parse_batch_json(('{"pairs": [' + ",".join([row] * 29) + "]}").encode())
+    assert str(refused.value) == "pairs: 'x' must have shape (N, 28, 56) or (28, 56); got more than 28 rows"
+    with pytest.raises(ClientError, match="must have shape"):
+        inputs.parse_batch_json(('{"pairs": [' + ",".join([row] * 27) + "]}").encode())
+
+
 # --------------------------------------------------------------------------- compare_batch's body reader
 
 class _Limiter:
