@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"
 CONTAINERS_CONF = ROOT / "deploy" / "podman" / "containers.conf"
 TAG = "digit-compare:test"  # never the user's digit-compare:latest
+GPU_TAG = "digit-compare:test-gpu"
 IMAGE_UID = 1034
 READY_WITHIN_S = 10.0
 MAX_IMAGE_BYTES = 1.2e9
@@ -68,6 +69,11 @@ if ENGINE is None:
     pytestmark.append(pytest.mark.skip(reason=NO_ENGINE))
 
 
+def container_logs(name: str) -> str:
+    done = engine("logs", name, check=False)
+    return done.stdout + done.stderr
+
+
 def engine(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
     done = subprocess.run([ENGINE, *args], capture_output=True, text=True, env=_engine_env(), timeout=timeout)
     if check:
@@ -77,7 +83,8 @@ def engine(*args: str, timeout: float = 120, check: bool = True) -> subprocess.C
 
 def make(*targets: str, home: Path, timeout: float = 900) -> tuple[subprocess.CompletedProcess, float]:
     started = time.monotonic()
-    done = subprocess.run(["make", "--no-print-directory", *targets, f"IMAGE={TAG}", f"ENGINE={ENGINE}"], cwd=ROOT,
+    done = subprocess.run(["make", "--no-print-directory", *targets, f"IMAGE={TAG}", f"GPU_IMAGE={GPU_TAG}",
+                           f"ENGINE={ENGINE}"], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"})
     return done, time.monotonic() - started
@@ -93,12 +100,12 @@ def image(tmp_path_factory) -> dict:
 
 
 @contextlib.contextmanager
-def running(*run_args: str, name: str | None = None) -> Iterator[tuple[str, str, float]]:
+def running(*run_args: str, tag: str = TAG) -> Iterator[tuple[str, str, float]]:
     """The image in a detached container published on 127.0.0.1; yields (name, url, seconds until /readyz)."""
-    name = name or f"digit-compare-test-{uuid.uuid4().hex[:8]}"
+    name = f"digit-compare-test-{uuid.uuid4().hex[:8]}"
     port = free_port()
     started = time.monotonic()
-    engine("run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:3000", *run_args, TAG)
+    engine("run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:3000", *run_args, tag)
     url = f"http://127.0.0.1:{port}"
     try:
         ready_after = wait_ready(url, name, started)
@@ -113,9 +120,9 @@ def wait_ready(url: str, name: str, started: float, limit_s: float = 120) -> flo
             if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
                 return time.monotonic() - started
         state = engine("inspect", "--format", "{{.State.Running}}", name, check=False).stdout.strip()
-        assert state != "false", engine("logs", name, check=False).stderr[-3000:]
+        assert state != "false", container_logs(name)[-3000:]
         time.sleep(0.2)
-    raise AssertionError(f"not ready after {limit_s} s:\n{engine('logs', name, check=False).stderr[-3000:]}")
+    raise AssertionError(f"not ready after {limit_s} s:\n{container_logs(name)[-3000:]}")
 
 
 def test_the_image_builds_lean_and_the_base_image_is_cached(image, tmp_path):
@@ -198,10 +205,9 @@ def test_a_tampered_model_stops_the_container_naming_the_file(image, tmp_path):
         engine("run", "-d", "--name", name, "-v", f"{models}:/models:ro", "-e", "DIGIT_COMPARE_MODELS=/models", TAG)
         waited = engine("wait", name, timeout=120)
         code = int(waited.stdout.strip().splitlines()[-1])
-        logs = engine("logs", name, check=False)
+        text = container_logs(name)
     finally:
         engine("rm", "-f", name, check=False)
-    text = logs.stdout + logs.stderr
     assert code != 0, text[-3000:]
     assert "refusing to serve" in text and "ensemble.onnx" in text, text[-3000:]
 
@@ -248,7 +254,7 @@ def test_sigterm_under_load_drains_the_container_and_exits_in_time(image):
         for thread in threads:
             thread.join(40)
         code = int(waited.stdout.strip().splitlines()[-1])
-        logs = engine("logs", name, check=False).stderr
+        logs = container_logs(name)
     before = [status for sent, status in outcomes if sent < signalled]
     after = [status for sent, status in outcomes if sent >= signalled]
     print(f"\n{len(before)} requests before SIGTERM, {len(after)} after; exited in {exited:.1f} s with {code}; "
@@ -305,3 +311,41 @@ def test_the_cpu_layout_runs_under_podman_kube_play(image):
         finally:
             engine("kube", "down", str(manifest), check=False, timeout=120)
         assert "digit-compare-pod-0" not in engine("pod", "ps", "--format", "{{.Name}}").stdout
+
+
+@pytest.fixture(scope="module")
+def gpu_image(image, tmp_path_factory) -> str:
+    """`make image-gpu`: the CPU image plus onnxruntime-gpu's CUDA 13 and cuDNN 9 wheels (about 2.5 GB)."""
+    done, seconds = make("image-gpu", home=tmp_path_factory.mktemp("bentoml_home_gpu"))
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    print(f"\nmake image-gpu: {seconds:.0f} s")
+    return GPU_TAG
+
+
+def test_the_gpu_image_starts_on_a_cpu_host_naming_its_provider(gpu_image):
+    """Without a GPU the GPU image serves on the CPU, and says so; its CUDA provider finds every library it links
+    but the driver's libcuda.so.1, which the host's GPU runtime (--gpus all, CDI) mounts."""
+    linked = engine("run", "--rm", "--entrypoint", "ldd", gpu_image,
+                    "/app/.venv/lib/python3.11/site-packages/onnxruntime/capi/libonnxruntime_providers_cuda.so").stdout
+    missing = sorted(line.split()[0] for line in linked.splitlines() if "not found" in line)
+    assert missing == ["libcuda.so.1"], linked
+    assert "/nvidia/cu13/lib/libcudart.so.13" in linked and "/nvidia/cu13/lib/libcublas.so.13" in linked
+    expected = expected_answers()["compare_pair"]
+    with running(tag=gpu_image) as (name, url, ready_after):
+        print(f"GPU image ready {ready_after:.1f} s after start (on the CPU)")
+        pair = httpx.post(f"{url}/compare_pair", files={"image": (SAMPLES / "pair.png").open("rb")}, timeout=60)
+        info = httpx.get(f"{url}/info", timeout=30).json()
+        logs = container_logs(name)
+    assert pair.status_code == 200, pair.text
+    np.testing.assert_allclose(pair.json()["probability"], expected.probability[0], atol=1e-5)
+    assert info["provider"] == "CPUExecutionProvider"
+    assert "loaded 10 models from /home/bentoml/bento/src/models on CPUExecutionProvider" in logs, logs[-3000:]
+    # Told to use the GPU where there is none, it refuses to start, saying why, instead of scoring on the CPU.
+    name = f"digit-compare-test-{uuid.uuid4().hex[:8]}"
+    try:
+        engine("run", "-d", "--name", name, "-e", "DIGIT_COMPARE_DEVICE=cuda", gpu_image)
+        code = int(engine("wait", name, timeout=120).stdout.strip().splitlines()[-1])
+        refused = container_logs(name)
+    finally:
+        engine("rm", "-f", name, check=False)
+    assert code != 0 and "no usable GPU" in refused, refused[-3000:]
