@@ -17,6 +17,7 @@ from pathlib import Path
 from ensemble.atomic import atomic_write_text
 
 ENV = "DIGIT_COMPARE_TRACEMALLOC"
+EVERY_ENV = "DIGIT_COMPARE_TRACEMALLOC_EVERY_S"
 TOP = 25
 
 
@@ -54,6 +55,6 @@ def trace_if_asked() -> bool:
         return False
     Path(folder).mkdir(parents=True, exist_ok=True)
     tracemalloc.start(1)
-    every_s = float(os.environ.get(f"{ENV}_EVERY_S", "60"))
+    every_s = float(os.environ.get(EVERY_ENV, "60"))
     threading.Thread(target=_run, args=(Path(folder), every_s, every_s), name="tracemalloc", daemon=True).start()
     return True
