@@ -297,3 +297,95 @@ def test_too_many_files_is_a_malformed_body():
     files = [(f"f{i}", (f"{i}.png", b"x")) for i in range(9)]
     response = _request(_door(), "POST", "/compare", files=files)
     assert response.status_code == 400 and "malformed multipart body" in response.json()["error"]
+
+
+# --------------------------------------------------------------------------- compare_batch's .npz upload, exactly
+
+def _zip(**members: bytes | np.ndarray) -> bytes:
+    """A zip archive of .npy members (arrays saved as numpy does), or of raw bytes."""
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, value in members.items():
+            if isinstance(value, np.ndarray):
+                member = io.BytesIO()
+                np.save(member, value)
+                value = member.getvalue()
+            archive.writestr(f"{name}.npy", value)
+    return buffer.getvalue()
+
+
+def _refusal(upload: bytes) -> ClientError:
+    with pytest.raises(ClientError) as refused:
+        inputs.read_npz_upload(io.BytesIO(upload))
+    return refused.value
+
+
+def test_what_is_not_an_npz_archive_is_named():
+    single = io.BytesIO()
+    np.save(single, _pairs(1))
+    assert str(_refusal(single.getvalue())) == "file: a single .npy array, not an .npz archive with keys x, y/id"
+    assert str(_refusal(b"")) == "file: empty upload (0 bytes); send the .npz file's content"
+    text = str(_refusal(b"hello world, not a zip"))
+    assert text.startswith("file: not an .npz archive (a zip of .npy arrays); it starts with b'hello wo' (")
+    assert _refusal(b"").status == 400
+
+
+def test_an_archive_without_x_names_what_it_holds():
+    assert str(_refusal(_zip(a=np.zeros(2), y=np.zeros(2)))) == "file: missing key 'x' (found keys: ['a', 'y'])"
+    assert str(_refusal(_zip())) == "file: missing key 'x' (found keys: none)"
+
+
+def test_the_unpacked_size_is_bounded_before_anything_is_read(monkeypatch):
+    upload = _zip(x=_pairs(2))
+    size = 128 + 2 * 28 * 56  # the .npy header and the pixels
+    monkeypatch.setattr(inputs, "MAX_NPZ_UNPACKED_BYTES", size)
+    assert len(inputs.read_npz_upload(io.BytesIO(upload)).x) == 2  # exactly at the limit
+    monkeypatch.setattr(inputs, "MAX_NPZ_UNPACKED_BYTES", size - 1)
+    refused = _refusal(upload)
+    assert refused.status == 413
+    assert str(refused) == f"file: the .npz unpacks to {size} bytes, more than the limit of {size - 1}"
+
+
+def test_the_number_of_pairs_is_bounded_from_the_header(monkeypatch):
+    monkeypatch.setattr(inputs, "MAX_PAIRS", 2)
+    assert len(inputs.read_npz_upload(io.BytesIO(_zip(x=_pairs(2)))).x) == 2
+    refused = _refusal(_zip(x=_pairs(3)))
+    assert refused.status == 413 and str(refused) == "file: 3 pairs is more than the limit of 2 per request"
+
+
+@pytest.mark.parametrize("x, message", [
+    (_pairs(2).astype(np.float32) / 255, None),
+    (_pairs(2).astype(np.float64), None),
+    (_pairs(2)[0], None),  # one (28, 56) pair
+    (_pairs(2).astype(np.int16), "file: 'x' must be uint8 (or float in [0, 1] / [0, 255]), got dtype int16"),
+    (_pairs(2).astype(np.complex64), "file: 'x' must be uint8 (or float in [0, 1] / [0, 255]), got dtype complex64"),
+    (np.zeros((2, 28, 28), np.uint8), "file: 'x' must have shape (N, 28, 56), got (2, 28, 28)"),
+    (np.zeros((28, 57), np.uint8), "file: 'x' must have shape (N, 28, 56), got (28, 57)"),
+])
+def test_the_pairs_member_is_judged_by_its_header(x, message):
+    if message is None:
+        assert inputs.read_npz_upload(io.BytesIO(_zip(x=x))).x.dtype == np.uint8
+    else:
+        assert str(_refusal(_zip(x=x))) == message
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("y", np.array([1, 0], np.int16), None),
+    ("y", np.array([1.0, 0.0]), None),
+    ("y", np.array([True, False]), None),
+    ("digits", np.array([[3, 1], [0, 2]]), None),
+    ("digits", np.array([[3, 1, 0], [0, 2, 1]]), "file: key 'digits' must have shape (2, 2) to match 'x', got (2, 3)"),
+    ("y", np.array([1, 0, 1]), "file: key 'y' must have shape (2,) to match 'x', got (3,)"),
+    ("id", np.array([1, 2]), "file: key 'id' must hold strings, got dtype int64"),
+    ("y", np.array([1 + 0j, 0j]), "file: key 'y' must hold integers, got dtype complex128"),
+    ("y", np.array([1, 0], np.longdouble), "file: key 'y' must hold integers, got dtype float128"),
+    ("y", np.array(["1", "0"]), "file: key 'y' must hold integers, got dtype <U1"),
+])
+def test_the_other_members_must_match_the_pairs(key, value, message):
+    upload = _zip(x=_pairs(2), **{key: value})
+    if message is None:
+        inputs.read_npz_upload(io.BytesIO(upload))
+    else:
+        assert str(_refusal(upload)) == message
