@@ -156,8 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     c.set_defaults(run=check_submission)
     v = sub.add_parser("verify", help="check the sha256 of every artifact the manifest records")
     v.set_defaults(run=verify)
-    i = sub.add_parser("install-student", help="copy a distilled student (python -m training.distill --out DIR) into "
-                       "--models and record it in the manifest")
+    i = sub.add_parser("install-student", help="copy a distilled student (python -m training.distill, then python -m "
+                       "export.student) into --models and record it in the manifest")
     i.add_argument("student", help="the student folder (student.json, student.onnx, ...)")
     i.add_argument("--force", action="store_true", help="even when distilled from another ensemble than --models'")
     i.set_defaults(run=install)

@@ -10,9 +10,10 @@ prior its pair head's probability (it learnt the stacked one), under the uniform
 of its digit heads as the ensemble's (``ensemble.priors``, the manifest's digit frequencies).
 
 A models folder serves the student once its manifest lists it (roles ``student``, ``student_int8`` when the int8
-graph passed its bar, and a ``student`` entry saying what it is and how it measured). ``training.distill`` writes
-a student folder (its graphs and ``student.json``); ``install_student`` (``python -m ensemble install-student``)
-copies it into a models folder whose fused graph is the teacher it was distilled from, and records it there.
+graph passed its bar, and a ``student`` entry saying what it is and how it measured). ``training.distill`` trains
+a student and ``export.student`` completes its folder (its graphs and ``student.json``); ``install_student``
+(``python -m ensemble install-student``) copies it into a models folder whose fused graph is the teacher it was
+distilled from, and records it there.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ def verify_student(models_dir: str | os.PathLike, manifest: dict) -> list[Path]:
     when the manifest lists no student or a file differs."""
     if ROLES["fp32"] not in manifest["artifacts"] or not isinstance(manifest.get(NAME), dict):
         raise ManifestError(f"{Path(models_dir) / MANIFEST}: lists no student (distill one with `python -m "
-                            "training.distill`, then `python -m ensemble install-student`)")
+                            "training.distill` and `python -m export.student`, then `python -m ensemble "
+                            "install-student`)")
     return [verify_artifact(models_dir, manifest, role) for role in ROLES.values() if role in manifest["artifacts"]]
 
 
@@ -152,7 +154,7 @@ def install_student(student_dir: str | os.PathLike, models_dir: str | os.PathLik
     student_dir, models_dir = Path(student_dir), Path(models_dir)
     record_path = ArtifactLayout(student_dir).student_record
     if not record_path.is_file():
-        raise ManifestError(f"{record_path}: no student record (write one with `python -m training.distill`)")
+        raise ManifestError(f"{record_path}: no student record (write one with `python -m export.student`)")
     record = json.loads(record_path.read_text())
     manifest = read_manifest(models_dir)
     teacher = record["student"]["teacher"]["fused_sha256"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import importlib
 import io
+import sys
 import tokenize
 from pathlib import Path
 
@@ -119,12 +120,26 @@ def test_the_import_graph_has_no_circles():
     assert find_cycle(import_graph()) is None
 
 
-def test_only_the_orchestrators_under_training_call_the_export_step():
-    """run_all (the ensemble: train, export, stack) and distill (the student: distil, export, quantize)."""
+def test_only_the_orchestrator_under_training_calls_the_export_step():
+    """Imports run one way, export -> training, except for run_all (the ensemble: train, export, stack), the one
+    orchestrator. distill trains the student and stops there: its export is ``python -m export.student``."""
     graph = import_graph()
     importers = sorted(m for m, edges in graph.items()
                        if m.startswith("training") and any(e.startswith("export") for e in edges))
-    assert importers == ["training.distill", "training.run_all"]
+    assert importers == ["training.run_all"]
+    assert "training.distill" in graph and not {e for e in graph["training.distill"] if e.startswith("export")}
+    # the student's export step lives above training and reads what distill wrote
+    assert {"training.distill", "export.onnx_export", "export.quantize"} <= graph["export.student"]
+
+
+def test_the_import_direction_check_sees_an_import_of_export_in_distill(tmp_path, monkeypatch):
+    """The check above would fail if distill imported export again, also lazily, inside a function."""
+    copy = tmp_path / "distill.py"
+    copy.write_text((ROOT / "training" / "distill.py").read_text()
+                    + "\n\ndef _late():\n    from export.onnx_export import export_model\n    return export_model\n")
+    files = {**_source_files(), "training.distill": copy}
+    monkeypatch.setattr(sys.modules[__name__], "_source_files", lambda: files)
+    assert any(e.startswith("export") for e in import_graph()["training.distill"])
 
 
 def test_no_module_imports_a_main_module():

@@ -22,6 +22,7 @@ from ensemble.preprocess import prepare_pair_bytes
 from ensemble.priors import read_frequencies, uniform_greater_probability
 from ensemble.runtime import Ensemble
 from ensemble.student import Student, install_student, load_model, resolve_model
+from export import student as export_student
 from tests.server_process import serve_repository
 from training import distill
 
@@ -75,7 +76,10 @@ def distilled(smoke_models, tiny_data, tmp_path_factory) -> tuple[Path, Path]:
     shutil.copytree(smoke_models, models)
     out = tmp_path_factory.mktemp("student")
     assert distill.main(["--teacher", str(models), "--data", str(tiny_data), "--out", str(out), "--profile", "smoke",
-                         "--threads", "1", "--install-into", str(models)]) == 0
+                         "--threads", "1"]) == 0
+    # the export step is the export layer's own command (training never imports export)
+    assert export_student.main([str(out), "--data", str(tiny_data), "--threads", "1", "--install-into",
+                                str(models)]) == 0
     return models, out
 
 

@@ -1,9 +1,9 @@
-"""Distil the ensemble into one student of one tower's size, export it, and make it servable.
+"""Distil the ensemble into one student of one tower's size; ``python -m export.student`` then exports it.
 
     python -m training.distill [--teacher models] [--data data] [--out runs/student] [--profile default]
                                [--architecture resnet] [--from-scratch] [--pairs N] [--epochs N]
-                               [--alpha 0.7] [--temperature 2] [--threads N] [--score FILE ...]
-                               [--install-into MODELS_DIR]
+                               [--alpha 0.7] [--temperature 2] [--threads N]
+    python -m export.student runs/student [--data data] [--threads N] [--score FILE ...] [--install-into MODELS_DIR]
 
 1. **Transfer pairs**: ``--pairs`` fresh pairs of the course's process from the *training* source digits
    (``training.data.make_pairs``, a seed of their own, the profile's share of nearly clean digits), scored once by
@@ -21,17 +21,11 @@
    p: the teacher's stacked probability, q: its averaged digit posteriors, s, r: the student's, each tempered at
    ``T`` (a probability's logit divided by T), w: the digit heads' weight; the true labels are the hard targets.
    The averaged weights are scored each epoch on the built validation pairs (val.npz: held-out training digits);
-   the best are kept.
-3. **Export**: ``OUT/student.onnx`` (the base models' interface: uint8 pairs in, logit and digit probabilities
-   out) with the export step's parity check; ``OUT/student_int8.onnx`` when the int8 graph's labels agree with
-   fp32 on at least 99.5% of held-out validation pairs, its accuracy is within 0.3 points, and it is at least 1.5x
-   as fast as fp32 at a batch of 256.
-4. **Measured**, never chosen on: the student beside its teacher on the validation pairs, the built test split
-   (``test_public`` + ``test_private`` with their labels) and each ``--score`` file: accuracy, agreement with the
-   teacher. Written to ``OUT/student.json`` (the record ``python -m ensemble install-student`` copies into a
-   models folder's manifest) and ``OUT/STUDENT.md``.
-
-``--install-into DIR`` installs the student into DIR at the end (its fused graph must be the teacher's).
+   the best are kept: ``OUT/weights/student/weights.safetensors``, with ``history.json`` beside them (what the
+   student is, its teacher, the settings, every epoch).
+3. **Export, int8, measurements, install**: ``python -m export.student OUT`` (``export.student``). Training stays
+   below the export layer: only the orchestrator ``training.run_all`` reaches up into ``export``, so the student's
+   export is a step of its own, not a call from here.
 """
 
 from __future__ import annotations
@@ -55,15 +49,9 @@ from tqdm import tqdm
 from ensemble.atomic import atomic_path, atomic_write_text
 from ensemble.course_data import CourseData, load_course_npz
 from ensemble.layout import ArtifactLayout
-from ensemble.manifest import artifact_entry
-from ensemble.runtime import Ensemble, open_session
-from ensemble.student import NAME, ROLES, install_student
-from ensemble.tables import markdown_table
-from export.onnx_export import export_model, model_parity
-from export.pipeline import parity_pairs
-from export.quantize import CALIBRATION_PAIRS, MAX_ACCURACY_DROP, MIN_LABEL_AGREEMENT, first_convs, quantize_graph
+from ensemble.runtime import Ensemble
+from ensemble.student import NAME
 from training.data import dataset_fingerprint, make_pairs
-from training.datasets import load_labelled_test
 from training.models import REGISTRY, ModelConfig, build_from_config, count_parameters
 from training.precision import choose_mode
 from training.profiles import AUX_DIGIT_WEIGHT, PROFILES, TRAIN_SEVERITY, Profile
@@ -83,10 +71,6 @@ TRANSFER_SEED = 90_001  # the transfer pairs' own draw: not any base model's tra
 STUDENT_SEED = 7
 EPS = 1e-6  # teacher probabilities are kept in [EPS, 1 - EPS] before their logits are taken
 TINY = 1e-30  # digit probabilities are kept above this before their logarithms are taken (float32: ~1e-38)
-INT8_PAIRS = 2000  # held-out validation pairs on which the int8 student is checked
-# The int8 student ships only where it pays: at least this many times the fp32 student's pairs/s at a batch of
-# SPEED_BATCH (median of SPEED_REPEATS interleaved timings, ONNX Runtime's threads as served).
-MIN_INT8_SPEEDUP, SPEED_BATCH, SPEED_REPEATS = 1.5, 256, 7
 
 
 @dataclass(frozen=True)
@@ -281,120 +265,20 @@ def train_student(model: torch.nn.Module, targets: Targets, val: CourseData, set
     return student.eval(), history
 
 
-# --------------------------------------------------------------------------- export, int8, measurements
-
-def export_student(student: torch.nn.Module, layout: ArtifactLayout, data_dir: Path) -> dict:
-    """``student.onnx`` with the export step's parity check (ParityError when it misses)."""
-    export_model(student, layout.student)
-    pairs = parity_pairs(data_dir)
-    diff, _, _ = model_parity(NAME, student, layout.student, pairs)
-    return {"pairs": len(pairs), "max_logit_diff": diff}
-
-
-def student_scores(path: Path, x: np.ndarray, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """A student graph's P(left > right) and digit probabilities (ONNX Runtime on the CPU)."""
-    logit, digit_probs = open_session(path, "cpu", threads).run(None, {"pairs": x})
-    return 1 / (1 + np.exp(-logit.astype(np.float64))), digit_probs
-
-
-def int8_speedup(layout: ArtifactLayout, pairs: np.ndarray) -> float:
-    """The int8 student's pairs/s over the fp32 one's on ``pairs`` (one call each, interleaved; medians)."""
-    sessions = {name: open_session(path, "cpu") for name, path in (("fp32", layout.student),
-                                                                    ("int8", layout.student_int8))}
-    times: dict[str, list[float]] = {name: [] for name in sessions}
-    for session in sessions.values():
-        session.run(None, {"pairs": pairs})  # warm-up
-    for _ in range(SPEED_REPEATS):
-        for name, session in sessions.items():
-            started = time.perf_counter()
-            session.run(None, {"pairs": pairs})
-            times[name].append(time.perf_counter() - started)
-    return float(np.median(times["fp32"]) / np.median(times["int8"]))
-
-
-def add_int8(layout: ArtifactLayout, val: CourseData, threads: int | None = None) -> dict:
-    """Quantize the student (calibrated on the last validation pairs), check it on the first ones; the int8 graph is
-    kept only when it passes (labels agree on >= 99.5%, accuracy at most 0.3 points lower) and pays (at least
-    MIN_INT8_SPEEDUP x the fp32 student's pairs/s at a batch of SPEED_BATCH)."""
-    calibration = val.x[-CALIBRATION_PAIRS:]
-    check = slice(0, max(1, min(INT8_PAIRS, len(val) - CALIBRATION_PAIRS)))
-    quantize_graph(layout.student, layout.student_int8, calibration, first_convs)
-    fp32, _ = student_scores(layout.student, val.x[check], threads)
-    int8, _ = student_scores(layout.student_int8, val.x[check], threads)
-    y = val.y[check]
-    report = {"pairs": int(len(y)), "label_agreement": float(((fp32 >= 0.5) == (int8 >= 0.5)).mean()),
-              "max_probability_diff": float(np.abs(fp32 - int8).max()),
-              "fp32_accuracy": float(((fp32 >= 0.5) == y).mean()), "int8_accuracy": float(((int8 >= 0.5) == y).mean())}
-    report["speedup_batch_256"] = int8_speedup(layout, val.x[:SPEED_BATCH])
-    report["shipped"] = (report["label_agreement"] >= MIN_LABEL_AGREEMENT
-                         and report["fp32_accuracy"] - report["int8_accuracy"] <= MAX_ACCURACY_DROP
-                         and report["speedup_batch_256"] >= MIN_INT8_SPEEDUP)
-    if not report["shipped"]:
-        layout.student_int8.unlink()
-    return report
-
-
-def compare(teacher: Ensemble, layout: ArtifactLayout, name: str, data: CourseData,
-            threads: int | None = None) -> dict:
-    """The student beside its teacher on labelled pairs: accuracy of each, and how often they agree."""
-    student, _ = student_scores(layout.student, data.x, threads)
-    teacher_p, _ = teacher_scores(teacher, data.x)
-    row = {"set": name, "n": int(len(data)), "teacher_accuracy": float(((teacher_p >= 0.5) == data.y).mean()),
-           "student_accuracy": float(((student >= 0.5) == data.y).mean()),
-           "agreement": float(((teacher_p >= 0.5) == (student >= 0.5)).mean())}
-    if layout.student_int8.is_file():
-        int8, _ = student_scores(layout.student_int8, data.x, threads)
-        row["int8_accuracy"] = float(((int8 >= 0.5) == data.y).mean())
-    return row
-
-
-def measured_sets(data_dir: Path, val: CourseData, score_files: list[Path]) -> list[tuple[str, CourseData]]:
-    sets = [("val.npz (built validation)", val)]
-    test = load_labelled_test(data_dir)
-    if test is not None:
-        sets.append(("built test (test_public + test_private)", test))
-    sets += [(str(path), load_course_npz(path, require=("x", "y"))) for path in score_files]
-    return sets
-
-
 # --------------------------------------------------------------------------- the whole run
 
-def save_student(student: torch.nn.Module, layout: ArtifactLayout, history: list[dict], record: dict) -> None:
+def save_student(student: torch.nn.Module, layout: ArtifactLayout, history: list[dict], entry: dict) -> None:
+    """The best weights and ``history.json`` (what the student is and every epoch): what ``export.student`` reads."""
     layout.weights_dir(NAME).mkdir(parents=True, exist_ok=True)
     with atomic_path(layout.weights(NAME)) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}, str(tmp))
-    atomic_write_text(layout.history(NAME), json.dumps({"student": record, "history": history}, indent=2) + "\n")
-
-
-def write_record(layout: ArtifactLayout, entry: dict) -> dict:
-    """``student.json``: the student's manifest entries (its graphs with their hashes, and what it is)."""
-    artifacts = {ROLES["fp32"]: artifact_entry(layout.root, layout.student)}
-    if layout.student_int8.is_file():
-        artifacts[ROLES["int8"]] = artifact_entry(layout.root, layout.student_int8)
-    record = {"artifacts": artifacts, "student": entry}
-    atomic_write_text(layout.student_record, json.dumps(record, indent=2) + "\n")
-    return record
-
-
-def report_text(entry: dict) -> str:
-    rows = [[r["set"], f"{r['n']:,}", f"{r['teacher_accuracy']:.4f}", f"{r['student_accuracy']:.4f}",
-             f"{r['int8_accuracy']:.4f}" if "int8_accuracy" in r else "not shipped", f"{r['agreement']:.4f}"]
-            for r in entry["metrics"]]
-    d = entry["distillation"]
-    return "\n".join([
-        "# The distilled student", "",
-        f"`{entry['architecture']}`'s network ({entry['params']:,} parameters), started from {entry['init']}, "
-        f"distilled from the ensemble whose fused graph is `{entry['teacher']['fused_sha256'][:12]}...` on "
-        f"{d['pairs']:,} transfer pairs x {d['epochs']} epochs (alpha {d['alpha']:g}, T {d['temperature']:g}, "
-        f"digit weight {d['digit_weight']:g}) in {d['seconds']:.0f} s.", "",
-        markdown_table(rows, ["pairs", "n", "ensemble (stacked)", "student fp32", "student int8",
-                              "student = ensemble"]), "",
-        f"int8: {json.dumps(entry['int8'])}", ""])
+    atomic_write_text(layout.history(NAME), json.dumps({"student": entry, "history": history}, indent=2) + "\n")
 
 
 def distill(teacher_dir: Path, data_dir: Path, out: Path, profile: str, settings: DistillSettings,
-            threads: int | None = None, score_files: list[Path] | None = None) -> dict:
-    """The whole step (module docstring); returns the student's manifest entry."""
+            threads: int | None = None) -> dict:
+    """Steps 1 and 2 (module docstring): the trained student's weights and history in ``out``; returns what the
+    student is (the start of its manifest entry, which ``export.student`` completes with parity, int8 and metrics)."""
     started = time.perf_counter()
     layout, prof = ArtifactLayout(out), PROFILES[profile]
     settings = replace(settings, clean_share=prof.clean_share if settings.clean_share is None else settings.clean_share)
@@ -407,8 +291,6 @@ def distill(teacher_dir: Path, data_dir: Path, out: Path, profile: str, settings
     val = CourseData(x=val_all.x[:n_val], y=val_all.y[:n_val])
     model, init = build_student(settings, prof, teacher_dir)
     student, history = train_student(model, targets, val, settings, prof, resolve_device("cpu"))
-    parity = export_student(student, layout, data_dir)
-    int8 = add_int8(layout, val_all, threads)
     manifest = teacher.manifest  # as loaded: the ensemble that taught, whatever the folder holds by now
     entry = {"name": NAME, "architecture": settings.architecture, "params": count_parameters(student),
              "config": student_config(settings).to_dict(), "profile": profile, "init": init,
@@ -416,12 +298,8 @@ def distill(teacher_dir: Path, data_dir: Path, out: Path, profile: str, settings
                          "created": manifest.get("created"), "models": [m["name"] for m in manifest["models"]]},
              "distillation": {**asdict(settings), "seconds": round(time.perf_counter() - started, 1),
                               "transfer_seed": TRANSFER_SEED, "data_fingerprint": dataset_fingerprint(data_dir)},
-             "val_acc": max(h["val_acc"] for h in history), "parity": parity, "int8": int8}
-    entry["metrics"] = [compare(teacher, layout, name, data, threads)
-                        for name, data in measured_sets(data_dir, val_all, score_files or [])]
+             "val_acc": max(h["val_acc"] for h in history)}
     save_student(student, layout, history, entry)
-    write_record(layout, entry)
-    atomic_write_text(out / "STUDENT.md", report_text(entry))
     return entry
 
 
@@ -442,9 +320,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--digit-weight", type=float, default=defaults.digit_weight)
     parser.add_argument("--lr", type=float, help="peak learning rate (default: 1e-3 from the member's weights)")
     parser.add_argument("--threads", type=int, help="torch and ONNX Runtime threads (default: one per CPU)")
-    parser.add_argument("--score", action="append", default=[], metavar="FILE",
-                        help="a labelled course file to measure the student on (e.g. ../shared/course/val.npz)")
-    parser.add_argument("--install-into", metavar="MODELS_DIR", help="install the student there at the end")
     args = parser.parse_args(argv)
     if not 0 <= args.alpha <= 1 or args.temperature <= 0:
         parser.error("--alpha must be in [0, 1] and --temperature positive")
@@ -458,12 +333,11 @@ def main(argv: list[str] | None = None) -> int:
                                pairs=args.pairs or prof.pairs_per_epoch, epochs=args.epochs or max(1, prof.epochs // 3),
                                alpha=args.alpha, temperature=args.temperature, digit_weight=args.digit_weight,
                                lr=args.lr)
-    entry = distill(Path(args.teacher), Path(args.data), Path(args.out), args.profile, settings, args.threads,
-                    [Path(p) for p in args.score])
-    print(report_text(entry))
-    if args.install_into:
-        install_student(args.out, args.install_into)
-        print(f"installed into {args.install_into}: serve it with DIGIT_COMPARE_MODEL=student", file=sys.stderr)
+    entry = distill(Path(args.teacher), Path(args.data), Path(args.out), args.profile, settings, args.threads)
+    print(f"student trained: best validation accuracy {entry['val_acc']:.4f}, weights in "
+          f"{ArtifactLayout(args.out).weights(NAME)}\nnext, its graphs, int8 decision and measurements: "
+          f"python -m export.student {args.out} --data {args.data} [--score FILE] [--install-into {args.teacher}]",
+          file=sys.stderr)
     return 0
 
 
