@@ -5,8 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from training.data import build_dataset
+
+# The property tests (tests/test_properties.py) run 100 examples each; `make mutation` runs them for every mutant
+# of the functions they reach, with this profile (pyproject's [tool.mutmut] passes --hypothesis-profile=mutation):
+# a mutant the first few examples do not catch is rarely caught by the rest, and 100 would cost minutes each.
+settings.register_profile("mutation", max_examples=10)
 
 
 @pytest.fixture(scope="session")
