@@ -8,7 +8,8 @@
 - Two concurrent maximum batches (10,000 pairs each) both finish (both used to get a 504 after 120 s)
   while single requests sent meanwhile are still answered within seconds.
 
-Numbers are bounded so the module takes a minute or two on the 2-core development machine.
+Each test runs against a server of each layout (the models in the API workers; the Scorer service). Numbers are
+bounded so the module takes a few minutes on the 2-core development machine.
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ MAX_BODY = 64 * 1024 * 1024
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with serve_repository(tmp_path_factory.mktemp("bentoml")) as srv:
+@pytest.fixture(scope="module", params=("in_process", "scorer"))
+def server(tmp_path_factory, request):
+    """A server of each layout (serving.settings): every test here holds in both."""
+    with serve_repository(tmp_path_factory.mktemp("bentoml"), DIGIT_COMPARE_LAYOUT=request.param) as srv:
         yield srv
 
 
