@@ -69,12 +69,16 @@ def reexport_recorded(out: str | Path, profile: str, data_dir: str | Path, progr
     and the reference predictions were made with the recorded graphs, so only a re-stack may replace them.
     """
     layout = ArtifactLayout(out)
-    recorded = read_manifest(layout.root)["artifacts"]
+    manifest = read_manifest(layout.root)
+    recorded = manifest["artifacts"]
+    # A promoted folder (training.promote) leaves the per-model graphs out on purpose: the fused graph holds them.
+    left_out = set(manifest.get("promoted", {}).get("left_out", ()))
     names = model_names()
     with tempfile.TemporaryDirectory(prefix=".reexport-", dir=layout.root) as scratch:
         report = export_all(out, profile, data_dir, names, progress, into=scratch)
         fresh = ArtifactLayout(scratch)
-        produced = {"fused": fresh.fused, **{f"onnx:{name}": fresh.onnx(name) for name in names}}
+        produced = {"fused": fresh.fused, **{f"onnx:{name}": fresh.onnx(name) for name in names
+                                             if f"onnx:{name}" not in left_out}}
         differing = [layout.root / recorded[role]["file"] if role in recorded else f"{role} (not recorded)"
                      for role, path in produced.items()
                      if role not in recorded or recorded[role]["sha256"] != sha256_file(path)]

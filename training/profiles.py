@@ -3,8 +3,7 @@
 - ``smoke``: all ten models in a few minutes on 2 CPU cores, for tests; accuracy does not matter.
 - ``default``: the committed models; all ten within 100 minutes on 2 CPU cores (``--jobs 2``, bf16).
 - ``long``: the default recipe with twice the pairs (16 epochs x 48,000), about twice the time.
-- ``wide``: the next committed models (issue 26), provisional until A/B runs at equal wall-clock
-  settle it: width 32, the tuned recipe's direction, the long budget; trained in installments.
+- ``wide``: provisional: width 32, the tuned recipe, the long budget; hours, so in installments.
 - ``compare``: one model trained on the course's own files or on fresh pairs, same budget
   (``python -m training.compare_sources``).
 - ``gpu``: all ten in about 8 minutes on one large GPU: wider towers, large batches, pairs drawn
