@@ -52,7 +52,7 @@ from ensemble.preprocess import (
     prepare_pair_bytes,
 )
 from ensemble.priors import Prior
-from ensemble.runtime import MODELS_ENV
+from ensemble.runtime import MODELS_ENV, resolve_device
 from ensemble.student import ModelChoiceError, load_model, resolve_model, served_names, verify_student
 from serving import settings
 from serving.errors import log_client_errors_as_one_line
@@ -93,6 +93,11 @@ ROOT = Path(__file__).resolve().parent
 MODELS_DIR = Path(os.environ.get(MODELS_ENV) or ROOT / "models")
 # Checked here, in the `bentoml serve` process itself: a refused model exits with the message before any worker
 # starts (a worker failing its start is restarted by BentoML every few seconds, forever).
+try:
+    # DIGIT_COMPARE_DEVICE=cuda without a usable GPU: refused here, not by a worker restarted forever.
+    resolve_device()
+except (RuntimeError, ValueError) as _err:
+    raise SystemExit(f"digit_compare: {_err}") from None
 try:
     MODEL = resolve_model()  # DIGIT_COMPARE_MODEL: the ensemble (default) or the distilled student
     MANIFEST = verify_serving_artifacts(MODELS_DIR)

@@ -20,7 +20,13 @@ LAYOUT_ENV = "DIGIT_COMPARE_LAYOUT"
 LAYOUTS = ("auto", "in_process", "scorer")
 
 
-def choose_layout(setting: str | None = None, device: Callable[[], str] = resolve_device) -> str:
+def _models_device() -> str:
+    """Where the models will run: a forced ``cuda`` counts as the GPU (the service refuses it at start, with a
+    message, when there is none), else $DIGIT_COMPARE_DEVICE or the probe."""
+    return "cuda" if os.environ.get(DEVICE_ENV, "").lower() == "cuda" else resolve_device()
+
+
+def choose_layout(setting: str | None = None, device: Callable[[], str] = _models_device) -> str:
     """``in_process`` or ``scorer`` from a setting (argument, else $DIGIT_COMPARE_LAYOUT, else auto);
     ``device()`` says where the models would run (``cpu`` or ``cuda``: $DIGIT_COMPARE_DEVICE, else a probe)."""
     setting = (setting or os.environ.get(LAYOUT_ENV) or "auto").lower()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from ensemble.runtime import gpu_usable
 from tests.server_process import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,9 +32,9 @@ def _serving_copy(tmp_path: Path) -> Path:
     return models
 
 
-def _serve(models: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+def _serve(models: Path, tmp_path: Path, **extra_env: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "true",
-           "DIGIT_COMPARE_MODELS": str(models), "DIGIT_COMPARE_DEVICE": "cpu"}
+           "DIGIT_COMPARE_MODELS": str(models), "DIGIT_COMPARE_DEVICE": "cpu", **extra_env}
     command = [sys.executable, "-m", "bentoml", "serve", "service:DigitCompare", "--host", "127.0.0.1",
                "--port", str(free_port())]
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -61,3 +62,14 @@ def test_refused_model_makes_serve_exit_naming_the_file(tmp_path, damage):
     assert str(target) in output, output[-3000:]
     assert ("does not match the manifest" if damage == "tampered" else "missing") in output
     assert output.count("Traceback") == 0, output[-3000:]  # a message, not a crash dump
+
+
+@pytest.mark.skipif(gpu_usable(), reason="a usable GPU is present: forcing CUDA is no mistake here")
+@pytest.mark.parametrize("layout", ["scorer", "auto"])
+def test_forced_cuda_without_a_gpu_makes_serve_exit_saying_so(tmp_path, layout):
+    """Not a Scorer worker that fails its start and is restarted forever: `bentoml serve` itself exits."""
+    done = _serve(_serving_copy(tmp_path), tmp_path, DIGIT_COMPARE_DEVICE="cuda", DIGIT_COMPARE_LAYOUT=layout)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output[-3000:]
+    assert "DIGIT_COMPARE_DEVICE=cuda, but no usable GPU" in output, output[-3000:]
+    assert output.count("Traceback") == 0, output[-3000:]
