@@ -86,6 +86,8 @@ def test_the_uniform_priors_manifest_entry():
                      "use": "the class frequencies the digit heads were trained under; the uniform prior divides "
                             "them out"}
     assert manifest_entry([1 / 3] * 3, "x")["digit_frequencies"] == [0.333333] * 3  # six decimals
+    # normalised in float64 whatever it is given: float16's 1/10 would be written 0.099976
+    assert manifest_entry(np.array([1, 2, 3, 4], np.float16), "x")["digit_frequencies"] == [0.1, 0.2, 0.3, 0.4]
 
 
 @pytest.mark.parametrize("read, value, expected", [

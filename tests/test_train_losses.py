@@ -187,3 +187,36 @@ def test_steps_on_one_batch_lower_its_loss():
     x, y, digits = _batch(32, seed=3)
     losses = [trainer.step(x, y, digits)[0].item() for _ in range(15)]
     assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_a_step_weights_the_digit_loss_as_the_profiles_recipe_says():
+    """A tuned profile may set the digit cross-entropy's weight (Recipe.aux_digit_weight); the step uses it."""
+    from training.profiles import Recipe
+
+    torch.set_num_threads(1)
+    prof = replace(PROFILES["smoke"], epochs=1, recipe=Recipe(aux_digit_weight=3.0))
+    trainer = Trainer(REGISTRY["resnet"], prof, torch.device("cpu"), 10, FP32)
+    trainer.model.train()
+    x, y, digits = _batch(seed=5)
+    model = copy.deepcopy(trainer.model)
+    torch.manual_seed(0)
+    logits, digit_logits = model(x)
+    expected = training_loss(trainer.config, logits, y, digit_logits, digits, aux_weight=3.0).item()
+    default = training_loss(trainer.config, logits, y, digit_logits, digits).item()
+    assert abs(expected - default) > 0.1  # the weight matters here
+    torch.manual_seed(0)
+    assert trainer.step(x, y, digits)[0].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_step_in_bf16_runs_the_model_in_bf16_on_its_device():
+    """The step mode's autocast is opened for the trainer's device: the logits come out in bf16, the loss in
+    fp32 (training_loss casts), the weights stay fp32."""
+    from training.precision import FAST_CPU_MODE
+
+    torch.set_num_threads(1)
+    trainer = Trainer(REGISTRY["resnet"], replace(PROFILES["smoke"], epochs=1), torch.device("cpu"), 10,
+                      FAST_CPU_MODE)
+    trainer.model.train()
+    loss, logits = trainer.step(*_batch(seed=6))
+    assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
