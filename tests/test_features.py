@@ -183,6 +183,21 @@ def test_stacking_features_of_float32_outputs_are_computed_in_float64():
     np.testing.assert_allclose(narrow, wide, rtol=1e-6, atol=1e-6)
 
 
+def test_near_certain_float32_posteriors_are_read_in_float64():
+    """Both halves nearly sure of a 4: P(a != b) is 1 minus a number near 1, which float32 gets wrong in the
+    fourth digit (1/3 would come out 0.333327)."""
+    left, right = {4: 1 - 3e-4, 5: 1e-4, 3: 2e-4}, {4: 1 - 3e-4, 5: 2e-4, 3: 1e-4}
+    digit_probs = np.stack([_pair(left, right)] * 2)[None]  # (1, 2, 2, 10)
+    wide, names = stacking_features(np.zeros((1, 2)), digit_probs, NAMES)
+    as_float32 = digit_probs.astype(np.float32)  # what the graph hands over
+    narrow, _ = stacking_features(np.zeros((1, 2), np.float32), as_float32, NAMES)
+    np.testing.assert_allclose(narrow, stacking_features(np.zeros((1, 2)), as_float32.astype(np.float64), NAMES)[0],
+                               rtol=1e-6)
+    # greater: (5,4) + (4,3) + (5,3); less: (3,4) + (4,5) + (3,5); by hand, about 1/3
+    p = (1e-4 * (1 - 3e-4) + (1 - 3e-4) * 1e-4 + 1e-8) / (3e-4 * (1 - 3e-4) * 2 + 1e-8 + 4e-8)
+    assert wide[0, names.index("digit_greater.a")] == pytest.approx(math.log(p / (1 - p)), rel=1e-6)
+
+
 def test_a_zero_logit_is_no_vote_for_greater():
     table, names = stacking_features(np.array([[0.0, 2.0], [0.0, -1.0]]), _inputs()[1], NAMES)
     np.testing.assert_array_equal(table[:, names.index("vote_share")], [0.5, 0.0])
@@ -199,6 +214,9 @@ def test_stacking_features_pick_and_order_the_recorded_columns():
         stacking_features(logits, digit_probs, NAMES, ["logit.a", "logit.c", "logit.d"])
     assert str(refused.value) == ("unknown stacking feature(s) logit.c, logit.d: the stacker was fitted on features "
                                   "this code does not compute (retrain or update the code)")
+    with pytest.raises(FeatureMismatchError) as refused:  # at most five named
+        stacking_features(logits, digit_probs, NAMES, [f"z{i}" for i in range(7)])
+    assert str(refused.value).startswith("unknown stacking feature(s) z0, z1, z2, z3, z4: the stacker")
 
 
 @pytest.mark.parametrize("logits_shape, probs_shape, names", [

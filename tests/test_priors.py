@@ -73,6 +73,15 @@ def test_two_uncertain_halves_by_hand():
     np.testing.assert_allclose(uniform_greater_probability(batch, FLAT), [0.40 / 0.82, 1.0])
 
 
+def test_the_dont_know_threshold_is_strict():
+    """P(a != b) of exactly 1e-12 (left a sure 4; right a 4 but for 1e-12 on 5) is still "don't know"."""
+    right = _one_hot(4) * (1 - 1e-12)
+    right[5] = 1e-12
+    assert uniform_greater_probability(_pair(_one_hot(4), right), FLAT) == 0.5
+    right[5] = 2e-12  # past it: the only different pair, 4 < 5, decides
+    assert uniform_greater_probability(_pair(_one_hot(4), right), FLAT) == 0.0
+
+
 def test_course_frequencies_follow_the_pairing_rule():
     """Worked from the rule: in the half of pairs with left > right, the greater digit a ~ U{1..9}, the
     smaller one is a - 1 (0.8) or ~ U{0..a-1} (0.2); the other half mirrors it (d -> 9 - d). Each pair
