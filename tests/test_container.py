@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import io
 import os
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,12 +24,12 @@ import httpx
 import numpy as np
 import pytest
 import yaml
-from PIL import Image
 
 from ensemble import Ensemble
 from ensemble.contract import join_pair
 from ensemble.course_data import load_course_npz
 from ensemble.preprocess import prepare_digit_bytes, prepare_pair_bytes
+from tests.drain import EXIT_WITHIN_S, ClosedLoop, assert_drained
 from tests.server_process import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,8 +40,6 @@ GPU_TAG = "digit-compare:test-gpu"
 IMAGE_UID = 1034
 READY_WITHIN_S = 10.0
 MAX_IMAGE_BYTES = 1.2e9
-CLIENTS = 16
-EXIT_WITHIN_S = 10.0
 
 pytestmark = [pytest.mark.container, pytest.mark.slow]
 
@@ -220,58 +216,20 @@ def test_a_tampered_model_stops_the_container_naming_the_file(image, tmp_path):
     assert "refusing to serve" in text and "ensemble.onnx" in text, text[-3000:]
 
 
-def _png(pair: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pair).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def test_sigterm_under_load_drains_the_container_and_exits_in_time(image):
     """What a rolling update does to a pod: SIGTERM to the container's first process (`bentoml serve`) under 16
     closed-loop clients. Every request sent before the signal gets its 200; later ones may find the door shut
     (refused or reset), never a 5xx; the container exits within 10 s."""
-    rng = np.random.default_rng(5)
-    images = [_png(np.where(rng.random((28, 56)) < 0.8, 0, rng.integers(0, 256, (28, 56))).astype(np.uint8))
-              for _ in range(CLIENTS)]
-    outcomes: list[tuple[float, str]] = []
-    lock, stop = threading.Lock(), threading.Event()
     with running() as (name, url, _):
-        def client_loop(index: int) -> None:
-            with httpx.Client(base_url=url, timeout=30) as client:
-                while not stop.is_set():
-                    sent = time.monotonic()
-                    try:
-                        answer = client.post("/compare_pair", files={"image": ("p.png", images[index])})
-                        status = str(answer.status_code)
-                    except httpx.TransportError as err:
-                        status = type(err).__name__
-                    with lock:
-                        outcomes.append((sent, status))
-                    if not status.isdigit():
-                        time.sleep(0.05)
-
-        threads = [threading.Thread(target=client_loop, args=(i,), daemon=True) for i in range(CLIENTS)]
-        for thread in threads:
-            thread.start()
-        time.sleep(4.0)
-        signalled = time.monotonic()
-        engine("kill", "--signal", "TERM", name)
-        waited = engine("wait", name, timeout=EXIT_WITHIN_S + 30)
-        exited = time.monotonic() - signalled
-        stop.set()
-        for thread in threads:
-            thread.join(40)
+        with ClosedLoop(url, seed=5) as load:
+            time.sleep(4.0)
+            signalled = time.monotonic()
+            engine("kill", "--signal", "TERM", name)
+            waited = engine("wait", name, timeout=EXIT_WITHIN_S + 30)
+            exited = time.monotonic() - signalled
         code = int(waited.stdout.strip().splitlines()[-1])
         logs = container_logs(name)
-    before = [status for sent, status in outcomes if sent < signalled]
-    after = [status for sent, status in outcomes if sent >= signalled]
-    print(f"\n{len(before)} requests before SIGTERM, {len(after)} after; exited in {exited:.1f} s with {code}; "
-          f"after: { {s: after.count(s) for s in set(after)} }")
-    assert len(before) > 50, "the load did not get going"
-    failed_before = {s: before.count(s) for s in set(before) if s != "200"}
-    assert not failed_before, f"requests sent before the signal got {failed_before}:\n{logs[-3000:]}"
-    assert not [s for s in after if s.startswith("5")], {s: after.count(s) for s in set(after)}
-    assert exited <= EXIT_WITHIN_S, f"the container took {exited:.1f} s to exit:\n{logs[-3000:]}"
+    assert_drained(load.outcomes, signalled, exited, logs, f"the container (exit status {code})")
 
 
 def kube_play_copy(folder: Path, port: int) -> Path:

@@ -8,34 +8,23 @@ server exits within 10 s.
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
-from PIL import Image
 
+from tests.drain import EXIT_WITHIN_S, ClosedLoop, assert_drained
 from tests.server_process import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-CLIENTS = 16
-EXIT_WITHIN_S = 10.0
 
 pytestmark = pytest.mark.slow
-
-
-def _png(pair: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pair).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def _start(layout: str, tmp: Path) -> tuple[subprocess.Popen, str, Path]:
@@ -63,54 +52,21 @@ def _start(layout: str, tmp: Path) -> tuple[subprocess.Popen, str, Path]:
 
 @pytest.mark.parametrize("layout", ["in_process", "scorer"])
 def test_sigterm_under_load_finishes_every_accepted_request_and_exits_in_time(layout):
-    rng = np.random.default_rng(3)
-    images = [_png(np.where(rng.random((28, 56)) < 0.8, 0, rng.integers(0, 256, (28, 56))).astype(np.uint8))
-              for _ in range(CLIENTS)]
-    outcomes: list[tuple[float, str]] = []  # (when the request was sent, its status or the transport error)
-    lock = threading.Lock()
-    stop = threading.Event()
     with tempfile.TemporaryDirectory(prefix="digit-compare-shutdown-") as tmp:
         process, url, log = _start(layout, Path(tmp))
         try:
-            def client_loop(index: int) -> None:
-                with httpx.Client(base_url=url, timeout=30) as client:
-                    while not stop.is_set():
-                        sent = time.monotonic()
-                        try:
-                            status = str(client.post("/compare_pair",
-                                                     files={"image": ("p.png", images[index])}).status_code)
-                        except httpx.TransportError as err:
-                            status = type(err).__name__
-                        with lock:
-                            outcomes.append((sent, status))
-                        if not status.isdigit():
-                            time.sleep(0.05)  # the door is shut: do not spin
-
-            threads = [threading.Thread(target=client_loop, args=(i,), daemon=True) for i in range(CLIENTS)]
-            for thread in threads:
-                thread.start()
-            time.sleep(4.0)
-            signalled = time.monotonic()
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(EXIT_WITHIN_S + 20)
-            except subprocess.TimeoutExpired:
-                pass
-            exited = time.monotonic() - signalled if process.poll() is not None else float("inf")
-            stop.set()
-            for thread in threads:
-                thread.join(40)
+            with ClosedLoop(url) as load:
+                time.sleep(4.0)
+                signalled = time.monotonic()
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(EXIT_WITHIN_S + 20)
+                except subprocess.TimeoutExpired:
+                    pass
+                exited = time.monotonic() - signalled if process.poll() is not None else float("inf")
         finally:
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(10)
         text = log.read_text(errors="replace")
-    before = [status for sent, status in outcomes if sent < signalled]
-    after = [status for sent, status in outcomes if sent >= signalled]
-    print(f"\n{layout}: {len(before)} requests before SIGTERM, {len(after)} after; exited in {exited:.1f} s; "
-          f"after: { {s: after.count(s) for s in set(after)} }")
-    assert len(before) > 50, "the load did not get going"
-    failed_before = {s: before.count(s) for s in set(before) if s != "200"}
-    assert not failed_before, f"requests sent before the signal got {failed_before}:\n{text[-3000:]}"
-    assert not [s for s in after if s.startswith("5")], {s: after.count(s) for s in set(after)}
-    assert exited <= EXIT_WITHIN_S, f"the server took {exited:.1f} s to exit:\n{text[-3000:]}"
+    assert_drained(load.outcomes, signalled, exited, text, f"bentoml serve ({layout})")
