@@ -340,8 +340,9 @@ def model_sections(name: str, result: dict, plot_file: str) -> list[str]:
             f"Best fp32 batch: {best['batch']} ({best['fp32 pairs/s']:.0f} pairs/s).", "",
             f"## Over HTTP: `compare_pair`, closed loop{title}", "",
             *([f"Server environment: {env_words}.", ""] if serve_env else []),
-            "`api`/`scorer`/`client cpu ms/ans`: CPU milliseconds per answer (all threads) of the API worker, "
-            "the scorer worker and this load generator.", "", _table(sweep), "",
+            "`api`/`scorer`/`client cpu ms/ans`: CPU milliseconds per answer (all threads) of the API workers "
+            "(the models included in the in-process layout), the scorer worker (0 without one) and this load "
+            "generator.", "", _table(sweep), "",
             f"## Over HTTP: `compare_batch`, {BATCH_REQUEST_PAIRS} pairs per request, one client{title}", "",
             _table([batch]), "", f"![throughput and p99 against concurrency]({plot_file})", ""]
 
