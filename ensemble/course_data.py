@@ -256,7 +256,7 @@ def read_labels_csv(path: str | os.PathLike) -> dict[str, int]:
 
 def labels_for_ids(labels: dict[str, int], ids: np.ndarray, source: str) -> np.ndarray:
     """Look up a label for every id, refusing ids the CSV does not have."""
-    missing = [i for i in ids if i not in labels]
+    missing = [str(i) for i in ids if i not in labels]  # str: numpy's own repr would say np.str_('...')
     if missing:
         raise CourseDataError(f"{source}: no label for {len(missing)} id(s), e.g. {missing[:3]}")
     return np.array([labels[i] for i in ids], dtype=np.int64)
