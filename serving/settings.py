@@ -65,7 +65,8 @@ MAX_WAITING_PAIRS = 16 * MAX_BATCH_SIZE
 SCORER_THREADS = env_int("DIGIT_COMPARE_SCORER_THREADS", usable_cpus())
 #: BentoML's access log, one line per request (``DIGIT_COMPARE_ACCESS_LOG=1`` turns it on). Off by default: it
 #: cost about 3% of the API worker's CPU per answer (docs/speed.md), and where the service is deployed an
-#: ingress or load balancer logs the requests anyway. Client errors and 5xx are logged whatever this says.
+#: ingress or load balancer logs the requests anyway. An exception inside an API is logged either way
+#: (serving/errors.py: one line for a client's mistake).
 ACCESS_LOG = os.environ.get("DIGIT_COMPARE_ACCESS_LOG", "0").strip().lower() in ("1", "true", "yes", "on")
 #: Whether ONNX Runtime's idle threads spin for work (DIGIT_COMPARE_ORT_SPINNING=1|0). By default they do not when
 #: several workers run models on the same cores: each worker's spinning pool burnt the cores the others computed
