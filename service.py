@@ -211,12 +211,13 @@ class DigitCompare:
         return comparison(row, prior, MODEL_NAMES, started, pair if include_inputs else None)
 
     async def _decode(self, uploads: tuple[Path, ...], prepare: t.Callable[..., np.ndarray]) -> np.ndarray:
+        contents = None  # read on the loop only when small; the thread reads large uploads itself
         if sum(path.stat().st_size for path in uploads) <= INLINE_DECODE_BYTES:
             contents = [path.read_bytes() for path in uploads]
             if all(decode_inline(data) for data in contents):  # small pictures: cheaper than a thread hop
                 return prepare(*contents)
-        return await anyio.to_thread.run_sync(lambda: prepare(*(path.read_bytes() for path in uploads)),
-                                              limiter=self._decode_limiter)
+        return await anyio.to_thread.run_sync(
+            lambda: prepare(*(contents or [path.read_bytes() for path in uploads])), limiter=self._decode_limiter)
 
     @bentoml.api
     async def compare(self, left: Path, right: Path, include_inputs: IncludeInputs = False,
