@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import typing as t
 
 import httpx
@@ -391,3 +392,299 @@ def test_the_other_members_must_match_the_pairs(key, value, message):
         inputs.read_npz_upload(io.BytesIO(upload))
     else:
         assert str(_refusal(upload)) == message
+
+
+def test_an_archive_of_one_pair_has_one_row_of_labels_ids_and_digits() -> None:
+    pair = _pairs(1, seed=4)[0]  # (28, 56): N is 1, not the 28 rows
+    data = inputs.read_npz_upload(io.BytesIO(_zip(x=pair, y=np.array([1]), id=np.array(["only"]),
+                                                  digits=np.array([[7, 2]]))))
+    np.testing.assert_array_equal(data.x, pair[None])
+    assert data.y.tolist() == [1] and data.ids.tolist() == ["only"] and data.digits.tolist() == [[7, 2]]
+
+
+def test_the_archives_own_rules_name_the_file() -> None:
+    upload = _zip(x=_pairs(2), id=np.array(["", "b"]))
+    assert str(_refusal(upload)) == "file: 'id' contains empty strings"
+    labels = _zip(x=_pairs(2), y=np.array([0, 1]), digits=np.array([[1, 2], [3, 4]]))
+    assert str(_refusal(labels)) == "file: 'digits' disagree with 'y' (label must be left > right)"
+
+
+def test_a_truncated_member_says_what_its_header_declares() -> None:
+    member = io.BytesIO()
+    np.save(member, _pairs(2))
+    cut = member.getvalue()[:-10]  # uint8 (2, 28, 56) declares 2 * 28 * 56 = 3136 bytes; 3126 are left
+    assert str(_refusal(_zip(x=cut))) == ("file: key 'x' is truncated: its header declares uint8 of shape "
+                                          "(2, 28, 56) (3136 bytes), the member holds 3126")
+
+
+def _stored(npy: bytes) -> bytearray:
+    """A zip holding ``npy`` uncompressed as x.npy, as bytes to tamper with."""
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("x.npy", npy)
+    return bytearray(buffer.getvalue())
+
+
+def test_a_member_whose_bytes_were_changed_is_corrupt() -> None:
+    member = io.BytesIO()
+    np.save(member, _pairs(1))
+    npy = member.getvalue()
+    upload = _stored(npy)
+    upload[upload.index(npy) + len(npy) - 1] ^= 0xFF  # the last pixel: the header still reads, the CRC fails
+    assert str(_refusal(bytes(upload))) == "file: key 'x' is corrupt (Bad CRC-32 for file 'x.npy')"
+
+
+def test_an_encrypted_member_could_not_be_read() -> None:
+    member = io.BytesIO()
+    np.save(member, _pairs(1))
+    upload = _stored(member.getvalue())
+    upload[upload.index(b"PK\x01\x02") + 8] |= 1  # the central directory's "encrypted" flag bit
+    text = str(_refusal(bytes(upload)))
+    assert text.startswith("file: key 'x' could not be read (RuntimeError: File ")
+    assert text.endswith(" is encrypted, password required for extraction)")
+
+
+# --------------------------------------------------------------------------- compare_batch's JSON body, exactly
+
+def _pair_text(value: int | float = 0, rows: int = 28, columns: int = 56) -> str:
+    """One pair as JSON text, every pixel ``value``."""
+    return "[" + ",".join(["[" + ",".join([str(value)] * columns) + "]"] * rows) + "]"
+
+
+def _json_refusal(body: str) -> ClientError:
+    with pytest.raises(ClientError) as refused:
+        inputs.parse_batch_json(body.encode())
+    return refused.value
+
+
+SEND_EITHER = "send either JSON {\"pairs\": [...]} or a multipart .npz upload as field 'file'"
+
+
+@pytest.mark.parametrize("body", ["{}", "{ }", "{} ", " {\n}\r\n\t"])
+def test_an_empty_object_is_asked_for_its_pairs(body: str) -> None:
+    assert str(_json_refusal(body)) == SEND_EITHER
+
+
+@pytest.mark.parametrize("body, message", [
+    ("{}x", "body: not valid JSON (extra data after the object at character 2)"),
+    ("{ } 1", "body: not valid JSON (extra data after the object at character 4)"),
+    ("[1, 2]", "body: must be a JSON object with key 'pairs', got list"),
+    ('"pairs"', "body: must be a JSON object with key 'pairs', got str"),
+    ("7", "body: must be a JSON object with key 'pairs', got int"),
+    ('{"x": 1, "pairs": []}', "body: unknown key 'x'; this route takes 'pairs', 'ids', 'format', 'prior'"),
+    ('{"pairs": ' + "[" * 50_000, "body: JSON nested too deeply"),
+    ('{"format" 1}', "body: not valid JSON (expected ':' at character 10, found '1')"),
+    ('{"format": "csv" x}', "body: not valid JSON (expected ',' or '}' at character 17, found 'x')"),
+    ('{"format": "csv"', "body: not valid JSON (expected ',' or '}' at character 16, found the end of the body)"),
+    ('{"pairs": [[1, 2] x', "body: not valid JSON (expected ',' or ']' at character 18, found 'x')"),
+    ('{"pairs": [[1, 2]', "body: not valid JSON (expected ',' or ']' at character 17, found the end of the body)"),
+])
+def test_a_malformed_body_says_where_and_what(body: str, message: str) -> None:
+    assert str(_json_refusal(body)) == message
+
+
+def test_after_a_whole_pair_a_comma_or_bracket_is_expected() -> None:
+    head = '{"pairs": [' + _pair_text()
+    assert str(_json_refusal(head + " x]}")) == (
+        f"body: not valid JSON (expected ',' or ']' at character {len(head) + 1}, found 'x')")
+    assert str(_json_refusal(head)) == (
+        f"body: not valid JSON (expected ',' or ']' at character {len(head)}, found the end of the body)")
+
+
+@pytest.mark.parametrize("pairs, message", [
+    ("5", "pairs: 'x' must have shape (N, 28, 56), got ()"),
+    ("null", "pairs: missing"),
+    ('"abc"', "pairs: must hold pixel values (numbers), got strings"),
+    ("true", "pairs: must hold pixel values (numbers), got booleans"),
+    ("[]", "pairs: no pairs given (N = 0)"),
+    ("[ \n ]", "pairs: no pairs given (N = 0)"),
+])
+def test_pairs_that_are_not_a_list_of_pairs_are_named(pairs: str, message: str) -> None:
+    assert str(_json_refusal('{"pairs": ' + pairs + "}")) == message
+
+
+@pytest.mark.parametrize("pairs, message", [
+    ([_pair_text(columns=55)], "pairs: 'x' must have shape (N, 28, 56); pair 0 has shape (28, 55)"),
+    ([_pair_text(), _pair_text(), _pair_text(rows=27)],
+     "pairs: 'x' must have shape (N, 28, 56); pair 2 has shape (27, 56)"),
+    ([_pair_text(), _pair_text(256)], "pairs: integer pixel values must lie in [0, 255], got values in [256, 256] "
+                                      "(pair 1)"),
+    ([_pair_text(-1)], "pairs: integer pixel values must lie in [0, 255], got values in [-1, -1] (pair 0)"),
+    ([_pair_text(), _pair_text(300.5)], "pairs: float 'x' must lie in [0, 1] or [0, 255], got values in [0, 300.5]"),
+    ([_pair_text(0.5), _pair_text("NaN")], "pairs: 'x' contains NaN or infinite values"),
+])
+def test_each_bad_pair_is_named_by_its_index(pairs: list[str], message: str) -> None:
+    assert str(_json_refusal('{"pairs": [' + ",".join(pairs) + "]}")) == message
+
+
+def test_integer_pixels_of_zero_and_one_stay_zero_and_one() -> None:
+    """Integers are pixel values as they are: only floats all in [0, 1] are scaled by 255."""
+    batch = inputs.parse_batch_json(('{"pairs": [' + _pair_text(1) + "," + _pair_text(0) + "]}").encode())
+    assert batch.data.x.dtype == np.uint8 and batch.data.x[0].min() == 1 and batch.data.x[0].max() == 1
+    assert batch.data.x[1].max() == 0
+    as_float = inputs.parse_batch_json(('{"pairs": [' + _pair_text(1.0) + "]}").encode())
+    assert as_float.data.x.min() == 255
+
+
+def test_stacked_float_pairs_come_out_as_pixels() -> None:
+    arrays = [np.full((28, 56), 0.5), np.ones((28, 56))]  # all in [0, 1]: x 255, rounded (127.5 -> 128)
+    x = inputs._stack_pairs(arrays)
+    assert x.dtype == np.uint8 and x.shape == (2, 28, 56)
+    assert set(x[0].ravel().tolist()) == {128} and set(x[1].ravel().tolist()) == {255}
+    assert arrays == []  # emptied once stacked
+    ints = [np.full((28, 56), 1, np.uint8)]
+    assert inputs._stack_pairs(ints).max() == 1
+
+
+def test_a_float_pair_is_used_without_a_copy() -> None:
+    pair = np.full((28, 56), 0.25)
+    assert np.shares_memory(inputs._pair_array(pair, 0), pair)
+    as_float64 = inputs._pair_array(pair.astype(np.float32), 0)
+    assert as_float64.dtype == np.float64 and as_float64[0, 0] == 0.25
+
+
+def test_a_pair_of_another_kind_of_number_names_its_dtype() -> None:
+    with pytest.raises(ClientError) as refused:
+        inputs._pair_array(np.zeros((28, 56), np.complex64), 4)
+    assert str(refused.value) == "pairs: must hold pixel values (numbers), got complex64 (pair 4)"
+
+
+@pytest.mark.parametrize("ids, message", [
+    ('["a", "b"]', "pairs: 'id' must have shape (1,) to match 'x', got (2,)"),
+    ("[]", "pairs: 'id' must have shape (1,) to match 'x', got (0,)"),
+    ("[3]", "ids: must be a list of strings"),
+    ('"a"', "ids: must be a list of strings"),
+    ('["' + "i" * 257 + '"]', "ids: an id is longer than 256 characters"),
+])
+def test_the_ids_are_checked_against_the_pairs(ids: str, message: str) -> None:
+    assert str(_json_refusal('{"pairs": [' + _pair_text() + '], "ids": ' + ids + "}")) == message
+
+
+def test_ids_of_up_to_256_characters_are_taken() -> None:
+    longest = "i" * 256
+    batch = inputs.parse_batch_json(('{"pairs": [' + _pair_text() + '], "ids": ["' + longest + '"]}').encode())
+    assert batch.data.ids.tolist() == [longest]
+    unique = _json_refusal('{"pairs": [' + _pair_text() + "," + _pair_text() + '], "ids": ["a", "a"]}')
+    assert str(unique) == "pairs: ids must be unique; 1 repeat, e.g. a"
+
+
+def test_no_ids_are_an_empty_array_of_strings() -> None:
+    empty = inputs._ids_array([])
+    assert empty.shape == (0,) and empty.dtype.kind == "U"
+
+
+# --------------------------------------------------------------------------- parse_pairs, exactly
+
+@pytest.mark.parametrize("value, source, message", [
+    (None, "left", "left: missing"),
+    (np.zeros((1, 28, 56), np.complex128), "pairs", "pairs: must hold pixel values (numbers), got complex128"),
+    ([["a", "b"]], "pairs", "pairs: must hold pixel values (numbers), got strings"),
+    ([[True]], "pairs", "pairs: must hold pixel values (numbers), got booleans"),
+    ([], "pairs", "pairs: no pairs given (N = 0)"),
+    (np.full((1, 28, 56), 300, np.int16), "x",
+     "x: integer pixel values must lie in [0, 255], got values in [300, 300]"),
+    (np.full((1, 28, 56), -2, np.int64), "x",
+     "x: integer pixel values must lie in [0, 255], got values in [-2, -2]"),
+])
+def test_parse_pairs_says_what_is_wrong(value: t.Any, source: str, message: str) -> None:
+    with pytest.raises(ClientError) as refused:
+        inputs.parse_pairs(value, source)
+    assert str(refused.value) == message and refused.value.status == 400
+
+
+def test_a_ragged_array_is_not_rectangular() -> None:
+    with pytest.raises(ClientError) as refused:
+        inputs.parse_pairs([[1, 2], [3]])
+    assert str(refused.value).startswith("pairs: not a rectangular (N, 28, 56) array of numbers (")
+    assert "inhomogeneous" in str(refused.value)  # numpy's own reason, kept
+
+
+def test_integer_arrays_are_pixel_values_as_they_are() -> None:
+    ones = inputs.parse_pairs(np.ones((2, 28, 56), np.int64))
+    assert ones.dtype == np.uint8 and ones.min() == 1 and ones.max() == 1
+
+
+def test_parse_pairs_counts_pairs_not_rows_against_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(inputs, "MAX_PAIRS", 2)
+    assert inputs.parse_pairs(_pairs(1)[0]).shape == (1, 28, 56)  # one pair: 28 rows, not 28 pairs
+    assert inputs.parse_pairs(_pairs(2)).shape == (2, 28, 56)  # exactly at the limit
+    with pytest.raises(ClientError) as refused:
+        inputs.parse_pairs(_pairs(3))
+    assert refused.value.status == 413
+    assert str(refused.value) == "pairs: 3 pairs is more than the limit of 2 per request"
+
+
+# --------------------------------------------------------------------------- refusals: the log line, the thread
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_each_refusal_is_logged_as_one_line_with_its_status(monkeypatch: pytest.MonkeyPatch) -> None:
+    handler = _Records()
+    monkeypatch.setattr(inputs.logger, "disabled", False)
+    level = inputs.logger.level
+    inputs.logger.addHandler(handler)
+    inputs.logger.setLevel(logging.INFO)
+    try:
+        client_error(ClientError("pairs: too many", 413))
+        client_error(ValueError("pairs: bad"))
+    finally:
+        inputs.logger.removeHandler(handler)
+        inputs.logger.setLevel(level)
+    assert [(r.levelno, r.getMessage()) for r in handler.records] == [
+        (logging.INFO, "refused request: pairs: too many (413)"), (logging.INFO, "refused request: pairs: bad (400)")]
+    assert all(type(r.args[0]) is str for r in handler.records)  # the text: a record must not keep the error
+
+
+def test_a_refusal_from_the_parsing_thread_keeps_its_status_and_detail(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: t.Any) -> t.NoReturn:
+        raise ClientError("pairs: too many", 413, detail={"limit": 2})
+
+    monkeypatch.setattr(inputs, "parse_batch_text", refuse)
+    monkeypatch.setattr(inputs, "read_npz_upload", refuse)
+    json_body = inputs._parse_json_body([bytearray(b"{}")])
+    for refused in (json_body, inputs._read_npz_upload(io.BytesIO(), "json", "course")):
+        assert isinstance(refused, ClientError) and refused.__traceback__ is None
+        assert (str(refused), refused.status, refused.detail) == ("pairs: too many", 413, {"limit": 2})
+
+
+# --------------------------------------------------------------------------- read_batch, exactly
+
+def test_a_body_of_exactly_the_large_size_is_parsed_at_once() -> None:
+    body = ('{"pairs": [' + _pair_text(3) + "]}").encode()
+    limiter = _Limiter()
+    headers = {"content-type": "application/json"}
+    at_limit = _request(_batch_app(limiter, large_body_bytes=len(body)), "POST", "/batch", content=body,
+                        headers=headers)
+    assert at_limit.json()["x"] == [[[3] * 56] * 28] and limiter.entered == 0
+    _request(_batch_app(limiter, large_body_bytes=len(body) - 1), "POST", "/batch", content=body, headers=headers)
+    assert limiter.entered == 1
+
+
+@pytest.mark.parametrize("content_type", ["application/json; charset=utf-8", "Application/JSON;charset=UTF-8",
+                                          " application/json "])
+def test_a_json_content_type_with_parameters_is_json(content_type: str) -> None:
+    body = ('{"pairs": [' + _pair_text(2) + '], "format": "csv"}').encode()
+    answer = _request(_batch_app(_Limiter()), "POST", "/batch", content=body, headers={"content-type": content_type})
+    assert answer.status_code == 200 and answer.json()["format"] == "csv" and answer.json()["x"] == [[[2] * 56] * 28]
+
+
+def test_an_upload_with_more_than_one_file_or_three_fields_is_refused() -> None:
+    app = _batch_app(_Limiter())
+    upload = _npz(x=_pairs(1))
+    two_files = _request(app, "POST", "/batch", files=[("file", ("a.npz", upload)), ("more", ("b.npz", upload))])
+    assert two_files.status_code == 400 and two_files.text == "Too many files. Maximum number of files is 1."
+    fields = {"format": "csv", "prior": "course", "a": "1", "b": "2"}
+    four_fields = _request(app, "POST", "/batch", files={"file": ("a.npz", upload)}, data=fields)
+    assert four_fields.status_code == 400 and four_fields.text == "Too many fields. Maximum number of fields is 3."
+    three = _request(app, "POST", "/batch", files={"file": ("a.npz", upload)},
+                     data={"format": "csv", "a": "1", "b": "2"})
+    assert three.status_code == 200 and three.json()["format"] == "csv"
