@@ -4,16 +4,19 @@ guarded, the ones without a rule of their own by the default rule, and refusals 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import typing as t
 
 import httpx
+import numpy as np
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from serving.guard import DEFAULT_RULE, FrontDoor, RouteRule
+from serving.guard import DEFAULT_RULE, REPLAY_CHUNK, SPOOL_IN_MEMORY, FrontDoor, RouteRule, normalize_error
 
 
 async def _echo(request: Request) -> JSONResponse:
@@ -104,3 +107,375 @@ def test_an_explicit_rule_loosens_or_tightens_the_default():
     assert over.status_code == 413 and _is_error_shape(over.json())
     put = tight.put("/unruled", json={})
     assert put.status_code == 405 and put.headers["allow"] == "POST" and _is_error_shape(put.json())
+
+
+# --------------------------------------------------------------------------- the raw ASGI messages
+# The tests above go through httpx, which hides what the door does on the wire: header names and their case,
+# how many messages the application gets, how much of a refused body is read. These drive the door with
+# scripted messages and record every one sent back.
+
+IDLE, TOTAL = 0.05, 5.0  # the door's body timeouts in these tests: a stalled client is noticed quickly
+
+
+class _Wire:
+    """One connection: the client's messages in order, then a disconnect (or, ``stall=True``, nothing ever
+    again); everything the door sends back. ``trickle`` sends ``(bytes, pause)`` forever instead."""
+
+    def __init__(self, messages: list[dict[str, t.Any]] = (), *, stall: bool = False,
+                 trickle: tuple[bytes, float] | None = None) -> None:
+        self.pending, self.stall, self.trickle = list(messages), stall, trickle
+        self.receive_calls = 0
+        self.sent: list[dict[str, t.Any]] = []
+
+    async def receive(self) -> dict[str, t.Any]:
+        self.receive_calls += 1
+        if self.pending:
+            return self.pending.pop(0)
+        if self.trickle is not None:
+            await asyncio.sleep(self.trickle[1])
+            return {"type": "http.request", "body": self.trickle[0], "more_body": True}
+        if self.stall:
+            await asyncio.Event().wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: dict[str, t.Any]) -> None:
+        self.sent.append(message)
+
+    @property
+    def status(self) -> int:
+        return self.sent[0]["status"]
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return list(self.sent[0]["headers"])
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(m.get("body", b"") for m in self.sent[1:])
+
+    def error(self) -> str:
+        body = json.loads(self.body)
+        assert set(body) <= {"error", "detail"}, body
+        return body["error"]
+
+
+class _App:
+    """Reads the request body the way Starlette does (message by message until ``more_body`` is false) and
+    records those messages; then, with ``listen``, waits for one more message (a streaming answer watching for
+    the disconnect); then sends ``answer`` (default: 200 with the byte count)."""
+
+    def __init__(self, answer: list[dict[str, t.Any]] | None = None, *, read: bool = True,
+                 listen: bool = False) -> None:
+        self.answer, self.read, self.listen = answer, read, listen
+        self.calls: list[tuple[t.Any, t.Any, t.Any]] = []
+        self.received: list[dict[str, t.Any]] = []
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(m.get("body", b"") for m in self.received if m["type"] == "http.request")
+
+    async def __call__(self, scope: t.Any, receive: t.Any, send: t.Any) -> None:
+        self.calls.append((scope, receive, send))
+        if scope["type"] != "http":
+            return
+        while self.read:
+            message = await receive()
+            self.received.append(message)
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                break
+        if self.listen:
+            self.received.append(await receive())
+        for message in self.answer or [
+                {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]},
+                {"type": "http.response.body", "body": str(len(self.body)).encode()}]:
+            await send(message)
+
+
+def _scope(method: str, path: str, headers: dict[str, str] | None = None, type_: str = "http") -> dict[str, t.Any]:
+    return {"type": type_, "method": method, "path": path, "raw_path": path.encode(), "query_string": b"",
+            "root_path": "", "scheme": "http", "server": ("door", 80), "client": ("client", 1234),
+            "http_version": "1.1", "asgi": {"version": "3.0"},
+            "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]}
+
+
+def _door(app: t.Any, rules: dict[str, RouteRule] | None = None, *, idle: float = IDLE, total: float = TOTAL,
+          openapi: t.Callable[[], dict] = lambda: {"openapi": "3.0.3"}) -> FrontDoor:
+    return FrontDoor(app, rules=rules or {}, openapi=openapi, body_idle_timeout=idle, body_timeout=total)
+
+
+def _call(door: FrontDoor, scope: dict[str, t.Any], wire: _Wire, within: float = 2.0) -> None:
+    """One request through the door; a door that hangs fails the test after ``within`` seconds."""
+    asyncio.run(asyncio.wait_for(door(scope, wire.receive, wire.send), timeout=within))
+
+
+def _chunks(*parts: bytes, last_has_more_body_key: bool = True) -> list[dict[str, t.Any]]:
+    messages = [{"type": "http.request", "body": part, "more_body": True} for part in parts]
+    if last_has_more_body_key:
+        messages[-1]["more_body"] = False
+    else:
+        del messages[-1]["more_body"]  # ASGI: a missing more_body means False
+    return messages
+
+
+OCTETS = {"content-type": "application/octet-stream"}
+POST_OCTETS = RouteRule(("POST",), ("application/octet-stream",), max_bytes=1000)
+
+
+def test_non_http_scopes_reach_the_app_untouched():
+    app = _App()
+    wire, scope = _Wire(), _scope("GET", "/", type_="lifespan")
+    _call(_door(app), scope, wire)
+    assert app.calls == [(scope, wire.receive, wire.send)]
+
+
+def test_an_undocumented_method_gets_405_naming_the_route_and_its_methods_and_is_logged(caplog):
+    app, wire = _App(), _Wire()
+    with caplog.at_level(logging.INFO, logger="bentoml.digit_compare"):
+        _call(_door(app, {"/r": RouteRule(("POST", "PUT"))}), _scope("PATCH", "/r"), wire)
+    assert not app.calls
+    assert wire.status == 405 and (b"allow", b"POST, PUT") in wire.headers
+    assert wire.error() == "/r answers POST and PUT, not PATCH"
+    assert [r.getMessage() for r in caplog.records] == ["refused PATCH /r: /r answers POST and PUT, not PATCH (405)"]
+
+
+@pytest.mark.parametrize("methods, head_allowed", [(("GET",), True), (("POST",), False), (("GET", "POST"), True)])
+def test_head_comes_with_get_and_only_with_get(methods, head_allowed):
+    app, wire = _App(), _Wire()
+    _call(_door(app, {"/r": RouteRule(methods)}), _scope("HEAD", "/r"), wire)
+    assert bool(app.calls) == head_allowed
+    assert wire.status == (200 if head_allowed else 405)
+
+
+def test_an_answer_to_head_passes_unchanged_even_an_error():
+    """A HEAD answer has no body to rewrite; its headers describe the GET's body and must stay as they are."""
+    answer = [{"type": "http.response.start", "status": 404, "headers": [(b"content-length", b"9")]},
+              {"type": "http.response.body", "body": b""}]
+    wire = _Wire()
+    _call(_door(_App(answer, read=False)), _scope("HEAD", "/missing"), wire)
+    assert wire.sent == answer
+
+
+def test_docs_json_is_the_services_own_description_built_once():
+    built = []
+
+    def openapi() -> dict:
+        built.append(1)
+        return {"openapi": "3.0.3", "paths": {"/compare": {}}}
+
+    app = _App()
+    door = _door(app, openapi=openapi)
+    for method in ("GET", "HEAD", "GET"):
+        wire = _Wire()
+        _call(door, _scope(method, "/docs.json"), wire)
+        assert wire.status == 200 and (b"content-type", b"application/json") in wire.headers
+        assert json.loads(wire.body) == {"openapi": "3.0.3", "paths": {"/compare": {}}}  # HEAD too: the app strips it
+    assert built == [1] and not app.calls
+    wire = _Wire(_chunks(b"{}"))
+    _call(door, _scope("POST", "/docs.json", {"content-type": "application/json"}), wire)
+    assert len(app.calls) == 1 and wire.body == b"2"  # any other method is the application's (its 405)
+
+
+def test_a_request_without_a_checked_body_passes_with_its_own_receive():
+    """GET and a rule without media types: the door reads nothing, the application reads the body itself, and
+    no size limit applies (such a route takes no body, or limits its own)."""
+    app = _App()
+    wire = _Wire(_chunks(b"q"))
+    _call(_door(app, {"/r": RouteRule((), ("application/json",))}), _scope("GET", "/r"), wire)
+    assert wire.status == 200 and app.body == b"q" and app.calls[0][1] == wire.receive
+    app = _App()
+    wire = _Wire(_chunks(b"x" * 3000))
+    _call(_door(app, {"/r": RouteRule(("POST",), max_bytes=10)}), _scope("POST", "/r", OCTETS), wire)
+    assert wire.status == 200 and app.body == b"x" * 3000
+
+
+def test_the_body_is_replayed_in_replay_chunks_then_the_real_receive_answers():
+    """However the client split it, the application gets the body in REPLAY_CHUNK pieces, ``more_body`` false on
+    the last one only; a body one byte past a piece boundary must not lose that byte nor gain an empty message.
+    Messages without ``body`` or without ``more_body`` (both optional in ASGI) count as empty and as the end."""
+    body = bytes(range(256)) * (REPLAY_CHUNK // 256) + b"!"
+    client = [{"type": "http.request", "body": body[:1000], "more_body": True},
+              {"type": "http.request", "more_body": True},  # no body key: empty
+              {"type": "http.request", "body": body[1000:200_000], "more_body": True},
+              {"type": "http.request", "body": body[200_000:]}]  # no more_body key: the end
+    app = _App(listen=True)
+    wire = _Wire(client)
+    _call(_door(app, {"/r": RouteRule(("POST",), ("application/octet-stream",), max_bytes=1 << 20)}),
+          _scope("POST", "/r", OCTETS), wire)
+    assert wire.status == 200 and app.body == body
+    assert [(len(m.get("body", b"")), m.get("more_body")) for m in app.received[:-1]] == [
+        (REPLAY_CHUNK, True), (1, False)]
+    assert app.received[-1] == {"type": "http.disconnect"}  # after the body, the connection's own receive
+
+
+def test_a_body_past_the_memory_spool_is_replayed_from_its_file_intact():
+    body = np.random.default_rng(5).integers(0, 256, 2 * SPOOL_IN_MEMORY + 5, dtype=np.uint8).tobytes()
+    pieces = [body[i:i + 64 * 1024] for i in range(0, len(body), 64 * 1024)]
+    app = _App()
+    wire = _Wire(_chunks(*pieces))
+    _call(_door(app, {"/r": RouteRule(("POST",), ("application/octet-stream",), max_bytes=4 << 20)}),
+          _scope("POST", "/r", OCTETS), wire, within=10.0)
+    assert wire.status == 200 and app.body == body
+    sizes = [len(m["body"]) for m in app.received]
+    assert sizes == [REPLAY_CHUNK] * (len(body) // REPLAY_CHUNK) + [len(body) % REPLAY_CHUNK]
+
+
+def test_a_json_body_on_a_multipart_route_is_not_checked_as_multipart():
+    rule = RouteRule(("POST",), ("application/json", "multipart/form-data"), file_fields=("left",), max_bytes=100)
+    app = _App()
+    wire = _Wire(_chunks(b'{"a": 1}'))
+    _call(_door(app, {"/r": rule}), _scope("POST", "/r", {"content-type": "application/json"}), wire)
+    assert wire.status == 200 and app.body == b'{"a": 1}'
+
+
+@pytest.mark.parametrize("media_types, content_type, message", [
+    (("application/json", ""), "text/plain; charset=utf-8",
+     "/r: content type 'text/plain' is not accepted; send application/json"),
+    (("application/json", "multipart/form-data"), "",
+     "/r: content type '(none)' is not accepted; send application/json or multipart/form-data"),
+    (("",), "application/json", "/r: content type 'application/json' is not accepted; send no body"),
+])
+def test_an_unaccepted_content_type_gets_415_saying_what_to_send(media_types, content_type, message):
+    app = _App()
+    wire = _Wire(_chunks(b"{}"))
+    headers = {"content-type": content_type} if content_type else {}
+    _call(_door(app, {"/r": RouteRule(("POST",), media_types, max_bytes=100)}), _scope("POST", "/r", headers), wire)
+    assert not app.calls and wire.status == 415 and wire.error() == message
+
+
+def test_a_declared_oversize_body_is_refused_after_draining_at_most_twice_the_limit():
+    """Declared 5,000 bytes against a limit of 1,000: the door reads up to 2,000 (so that a client still sending
+    sees the answer, not a reset), then answers 413 naming the declared size, and closes the connection."""
+    app = _App()
+    wire = _Wire(_chunks(*[b"x" * 500] * 10))
+    _call(_door(app, {"/r": POST_OCTETS}), _scope("POST", "/r", {**OCTETS, "content-length": "5000"}), wire)
+    assert not app.calls and wire.status == 413 and (b"connection", b"close") in wire.headers
+    assert wire.error() == "request body of 5000 bytes is more than the limit of 1000 bytes"
+    assert wire.receive_calls == 5  # 500, 1000, 1500, 2000 (not past the limit yet), 2500: stop
+
+
+def test_draining_stops_at_the_end_of_the_body_and_on_a_stalled_client():
+    lying = _Wire(_chunks(*[b"x" * 500] * 3, last_has_more_body_key=False))  # declares 5,000, sends 1,500
+    _call(_door(_App(), {"/r": POST_OCTETS}), _scope("POST", "/r", {**OCTETS, "content-length": "5000"}), lying)
+    assert lying.status == 413 and lying.receive_calls == 3
+    stalled = _Wire([{"type": "http.request", "body": b"x" * 500, "more_body": True}], stall=True)
+    _call(_door(_App(), {"/r": POST_OCTETS}), _scope("POST", "/r", {**OCTETS, "content-length": "5000"}), stalled)
+    assert stalled.status == 413
+    nothing = _Wire(_chunks(b"x" * 10))  # a route that takes no body at all reads none of it
+    _call(_door(_App(), {"/r": RouteRule(("POST",), ("application/octet-stream",), max_bytes=0)}),
+          _scope("POST", "/r", {**OCTETS, "content-length": "10"}), nothing)
+    assert nothing.status == 413 and nothing.receive_calls == 0
+
+
+def test_a_streamed_body_is_refused_once_its_count_passes_the_limit():
+    app = _App()
+    wire = _Wire(_chunks(b"x" * 600, b"x" * 600, b"x" * 600))
+    _call(_door(app, {"/r": POST_OCTETS}), _scope("POST", "/r", OCTETS), wire)
+    assert not app.calls and wire.status == 413 and (b"connection", b"close") in wire.headers
+    assert wire.error() == "request body of 1200 bytes is more than the limit of 1000 bytes"
+    assert wire.receive_calls == 2
+
+
+def test_a_client_that_stops_sending_gets_408_after_the_idle_timeout():
+    app = _App()
+    wire = _Wire([{"type": "http.request", "body": b"x" * 100, "more_body": True}], stall=True)
+    _call(_door(app, {"/r": POST_OCTETS}, idle=IDLE, total=TOTAL), _scope("POST", "/r", OCTETS), wire, within=0.8)
+    assert not app.calls and wire.status == 408 and (b"connection", b"close") in wire.headers
+    assert wire.error() == "request body stalled: no data for 0.05 s (100 bytes received)"
+
+
+def test_a_client_that_trickles_gets_408_at_the_whole_body_deadline():
+    app = _App()
+    wire = _Wire(trickle=(b"x", 0.01))
+    rule = RouteRule(("POST",), ("application/octet-stream",), max_bytes=1 << 20)
+    _call(_door(app, {"/r": rule}, idle=1.0, total=0.15), _scope("POST", "/r", OCTETS), wire)
+    assert not app.calls and wire.status == 408 and (b"connection", b"close") in wire.headers
+    assert wire.error() == "request body not complete within 0.15 s"
+
+
+def test_a_client_that_disconnects_mid_body_gets_nothing_and_the_app_is_not_called():
+    app = _App()
+    wire = _Wire([{"type": "http.request", "body": b"x" * 10, "more_body": True}])  # then: disconnect
+    _call(_door(app, {"/r": POST_OCTETS}), _scope("POST", "/r", OCTETS), wire)
+    assert not app.calls and wire.sent == []
+
+
+def _multipart(fields: list[tuple[str, str]]) -> tuple[bytes, str]:
+    parts = [f'--b\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n' for name, value in fields]
+    return ("".join(parts) + "--b--\r\n").encode(), "multipart/form-data; boundary=b"
+
+
+@pytest.mark.parametrize("in_an_app, message", [
+    # Inside a Starlette app (as served: scope["app"] is set) Starlette raises its 400 HTTPException ...
+    (True, "/r: malformed multipart body (Too many fields. Maximum number of fields is 16.)"),
+    # ... outside one, the parser's own exception.
+    (False, "/r: malformed multipart body (MultiPartException: Too many fields. Maximum number of fields is 16.)"),
+])
+def test_a_multipart_body_past_the_field_limit_is_malformed_not_parsed(in_an_app, message):
+    """At most 16 fields are parsed: a form with 17 is refused as malformed before the field checks run."""
+    body, content_type = _multipart([("prior", "course")] * 17)
+    rule = RouteRule(("POST",), ("multipart/form-data",), file_fields=("left",), text_fields=("prior",),
+                     max_bytes=10_000)
+    app = _App()
+    wire = _Wire(_chunks(body))
+    scope = _scope("POST", "/r", {"content-type": content_type})
+    if in_an_app:
+        scope["app"] = object()
+    _call(_door(app, {"/r": rule}), scope, wire)
+    assert not app.calls and wire.status == 400 and wire.error() == message
+
+
+def _shaped(answer: list[dict[str, t.Any]], method: str = "GET", path: str = "/x") -> _Wire:
+    wire = _Wire()
+    _call(_door(_App(answer, read=False), {path: RouteRule(())}), _scope(method, path), wire)
+    return wire
+
+
+def test_an_error_answer_is_rewritten_whole_into_the_one_shape_keeping_its_other_headers():
+    wire = _shaped([
+        {"type": "http.response.start", "status": 400,
+         "headers": [(b"content-type", b"text/plain"), (b"Content-Length", b"9"), (b"x-request-id", b"7")]},
+        {"type": "http.response.body", "body": b"bad ", "more_body": True},
+        {"type": "http.response.body", "more_body": True},  # no body key: empty
+        {"type": "http.response.body", "body": b"input"}])
+    body = json.dumps({"error": "bad input"}).encode()
+    assert wire.sent == [
+        {"type": "http.response.start", "status": 400,
+         "headers": [(b"x-request-id", b"7"), (b"content-type", b"application/json"),
+                     (b"content-length", str(len(body)).encode())]},
+        {"type": "http.response.body", "body": body}]
+
+
+def test_a_404_without_a_body_names_the_missing_route_and_where_the_api_is():
+    wire = _shaped([{"type": "http.response.start", "status": 404, "headers": []},
+                    {"type": "http.response.body", "body": b""}], method="DELETE", path="/nowhere")
+    assert wire.status == 404 and wire.error() == "no route DELETE /nowhere; the API is described at /docs.json"
+
+
+def test_an_error_message_keeps_its_non_ascii_characters_as_utf8():
+    wire = _shaped([{"type": "http.response.start", "status": 422, "headers": [(b"content-type", b"application/json")]},
+                    {"type": "http.response.body", "body": json.dumps({"error": "café"}).encode()}])
+    assert "café".encode() in wire.body and wire.error() == "café"
+
+
+def test_a_successful_answer_passes_message_for_message():
+    answer = [{"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]},
+              {"type": "http.response.body", "body": b"a", "more_body": True},
+              {"type": "http.response.body", "body": b"b"}]
+    assert _shaped(answer).sent == answer
+
+
+@pytest.mark.parametrize("raw, message", [
+    (b'{"error": "1 validation error", "detail": [{"loc": ["body", "left"], "msg": "field required"}, '
+     b'{"loc": [], "msg": "bad value"}]}', "body.left: field required; body: bad value"),
+    (b'{"error": "kept", "detail": []}', "kept"),
+    (b'{"error": "kept", "detail": [{"no": "msg"}]}', "kept"),
+    (b'[{"error": "from a one-element list"}]', "from a one-element list"),
+    (b'{"detail": "starlette style"}', "starlette style"),
+])
+def test_normalize_error_reads_each_json_error_shape(raw, message):
+    assert normalize_error(400, "application/json", raw, "POST", "/x")["error"] == message
+
+
+def test_normalize_error_takes_plain_text_as_the_message_replacing_bad_bytes():
+    assert normalize_error(500, "text/plain", b" boom \xff\n", "GET", "/x") == {"error": "boom \ufffd"}
+    assert normalize_error(502, "text/plain", b"", "GET", "/x") == {"error": "Bad Gateway"}
