@@ -1,7 +1,7 @@
 """Command-line tools on the committed models (no torch needed).
 
     python -m ensemble predict IN.npz --out pred.csv [--proba proba.csv] [--prior course|uniform]
-    python -m ensemble evaluate IN.npz [--labels LABELS.csv] [--json OUT.json]
+    python -m ensemble evaluate IN.npz [--labels LABELS.csv] [--json OUT.json] [--agreement OUT.png]
     python -m ensemble check-submission PRED.csv --data IN.npz
     python -m ensemble verify
     python -m ensemble install-student STUDENT_DIR        (a distilled student into --models' manifest)
@@ -34,7 +34,7 @@ from ensemble.course_data import (
     write_probabilities_csv,
     write_submission_csv,
 )
-from ensemble.evaluation import evaluation_rows, format_rows
+from ensemble.evaluation import agreement_matrix, evaluation_rows, format_rows, most_alike, plot_agreement
 from ensemble.manifest import ManifestError, verify_recorded_artifacts
 from ensemble.priors import PRIORS
 from ensemble.student import MODELS, ModelChoiceError, install_student, load_model, resolve_model
@@ -67,9 +67,20 @@ def evaluate(args: argparse.Namespace) -> int:
     else:
         raise CourseDataError(f"{args.input}: has no labels ('y'); pass --labels LABELS.csv")
     ens = load_model(args.models, args.model)
-    rows = evaluation_rows(ens, ens.predict(data.x, progress=True), y)
+    pred = ens.predict(data.x, progress=True)
+    rows = evaluation_rows(ens, pred, y)
     print(f"{args.input}: {len(y)} labelled pairs\n")
     print(format_rows(rows))
+    if len(ens.names) > 1:
+        # How often each two base models give the same label: near-duplicates add little to the stack.
+        agreement = agreement_matrix(pred.base_probabilities >= 0.5)
+        print("\nmost alike base models (share of pairs labelled alike):")
+        for a, b, share in most_alike(list(ens.names), agreement):
+            print(f"  {a} ~ {b}: {share:.4f}")
+        if args.agreement:
+            plot_agreement(list(ens.names), agreement, args.agreement, f"{Path(args.input).name}: how often two "
+                           f"models label a pair alike (%)")
+            print(f"wrote {args.agreement}")
     if args.json:
         atomic_write_text(args.json, json.dumps({"n": int(len(y)), "rows": rows}, indent=2) + "\n")
     return 0
@@ -149,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("input", help=f"{COURSE_FILE_HELP}; labelled by its y or --labels")
     e.add_argument("--labels", help="id,label CSV (for test files without 'y')")
     e.add_argument("--json", help="also write the table as JSON")
+    e.add_argument("--agreement", metavar="OUT.png",
+                   help="also plot how often each two base models agree (needs matplotlib: the training extra)")
     e.set_defaults(run=evaluate)
     c = sub.add_parser("check-submission", help="validate a submission CSV against a test file")
     c.add_argument("submission")

@@ -364,6 +364,31 @@ def test_evaluate_prints_and_writes_the_table(smoke_models, tiny_data, tmp_path,
     assert lightgbm["accuracy"] == pytest.approx(np.mean((p_val >= 0.5) == y_val))
 
 
+def test_agreement_counts_the_pairs_two_models_label_alike():
+    from ensemble.evaluation import agreement_matrix, most_alike
+
+    # Four pairs, three models: a and b differ on pair 3 only, c is a's opposite except on pair 0.
+    labels = np.array([[1, 1, 1], [0, 0, 1], [1, 1, 0], [0, 1, 1]])
+    agreement = agreement_matrix(labels)
+    assert agreement.tolist() == [[1.0, 0.75, 0.25], [0.75, 1.0, 0.5], [0.25, 0.5, 1.0]]
+    assert most_alike(["a", "b", "c"], agreement, top=2) == [("a", "b", 0.75), ("b", "c", 0.5)]
+
+
+def test_evaluate_names_the_most_alike_models_and_plots_the_agreement(smoke_models, tiny_data, tmp_path, capsys):
+    png = tmp_path / "agreement.png"
+    assert cli(["--models", str(smoke_models), "evaluate", str(tiny_data / "val.npz"), "--agreement", str(png)]) == 0
+    out = capsys.readouterr().out
+    listed = re.findall(r"^  (\w+) ~ (\w+): (\d\.\d{4})$", out, flags=re.MULTILINE)
+    assert len(listed) == 5 and all(a in model_names() and b in model_names() and a != b for a, b, _ in listed)
+    shares = [float(share) for _, _, share in listed]
+    assert shares == sorted(shares, reverse=True)
+    with np.load(tiny_data / "val.npz", allow_pickle=False) as val:
+        labels = Ensemble.load(smoke_models).predict(val["x"]).base_probabilities >= 0.5
+    a, b = model_names().index(listed[0][0]), model_names().index(listed[0][1])
+    assert shares[0] == pytest.approx(np.mean(labels[:, a] == labels[:, b]), abs=5e-5)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_cli_refuses_malformed_input_cleanly(smoke_models, tmp_path, capsys):
     bad = tmp_path / "bad.npz"
     save_course_npz(bad, x=np.zeros((4, 28, 28), np.uint8))
