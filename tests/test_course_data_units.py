@@ -41,6 +41,7 @@ def test_digits_come_back_as_int64_and_every_rule_is_checked_on_its_own():
 
 def test_labels_take_integers_booleans_and_whole_floats_and_refuse_the_rest_with_the_dtype():
     assert cd._labels(np.array([1.0, 0.0, 1.0]), N, "f").tolist() == [1, 0, 1]
+    assert cd._labels(np.array([1.0, 0.0, 1.0], np.float32), N, "f").tolist() == [1, 0, 1]  # any float width
     assert cd._labels(np.array([True, False, True]), N, "f").dtype == np.int64
     with pytest.raises(cd.CourseDataError, match=r"^f: 'y' must hold integer labels 0/1, got dtype <U1$"):
         cd._labels(np.array(["1", "0", "1"]), N, "f")
@@ -150,3 +151,19 @@ def test_missing_labels_are_named_three_at_most_and_labels_come_back_as_int64():
 def test_submission_csv_lines_end_with_a_bare_newline():
     text = cd.format_submission_csv(np.array(["a", "b"]), np.array([1, 0]))
     assert text == "id,label\na,1\nb,0\n"
+
+
+def test_a_member_with_a_good_header_and_short_data_names_numpys_reason(tmp_path):
+    """The header reads, the data does not: the message gives shape, dtype and numpy's own words."""
+    entry = io.BytesIO()
+    np.lib.format.write_array(entry, np.arange(4, dtype=np.int64))
+    truncated = entry.getvalue()[:-12]  # the last one and a half values missing
+    with pytest.raises(ValueError) as numpy_says:
+        np.lib.format.read_array(io.BytesIO(truncated))
+    path = tmp_path / "short.npz"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("x.npy", truncated)
+    with pytest.raises(cd.CourseDataError) as err:
+        cd.load_course_npz(path)
+    assert str(err.value) == (f"{path}: key 'x': unreadable array data for shape (4,) of int64 "
+                              f"({numpy_says.value})")
