@@ -43,10 +43,10 @@ def test_the_wide_profile_is_selectable_and_another_run_than_default(tiny_data, 
     assert keys["wide"] == run_key("resnet", "wide", tiny_data, FP32)  # and a wide run is found again
 
 
-def test_the_wide_profile_trains_wider_longer_with_the_tuned_recipe():
+def test_the_wide_profile_trains_longer_with_the_tuned_recipe():
     wide, default = PROFILES["wide"], PROFILES["default"]
-    assert wide.width == 32 and wide.width % 16 == 0  # bf16's fast channel counts
-    assert wide.epochs * wide.pairs_per_epoch > default.epochs * default.pairs_per_epoch
+    assert wide.width >= default.width and wide.width % 16 == 0  # bf16's fast channel counts
+    assert wide.epochs * wide.pairs_per_epoch >= 3 * default.epochs * default.pairs_per_epoch
     assert wide.clean_share == default.clean_share == 0.2  # not the study's 0.025, which cost clean digits
     # The overrides reach the optimiser: every model trains at the tuned peak and weight decay.
     trainer = Trainer(REGISTRY["vgg"], wide, torch.device("cpu"), steps_per_epoch=10, mode=FP32)

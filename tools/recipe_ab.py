@@ -9,8 +9,8 @@ digits held out, never the test digits) and on clean pairs (severity 0, from the
 Prints and writes ``OUT/recipe_ab.md``.
 
 ``--variants recipe`` (the default) is the table that chose the recipe: every variant at ``--pairs`` per epoch.
-``--variants wide`` is the ``wide`` profile's choice (issue 26): width 16/24/32 with the hand-chosen or the tuned
-recipe, each at 20% clean digits. Wider towers cost more per pair, so with ``--seconds S`` every variant gets the
+``--variants wide`` is the ``wide`` profile's choice (issue 26): width 16 or 32 with the hand-chosen recipe, 16, 24
+or 32 with the tuned one, each at 20% clean digits. Wider towers cost more per pair, so with ``--seconds S`` every variant gets the
 same wall-clock budget instead of the same pairs: its step rate is timed first (``training.bench``, its own step
 mode, one thread) and its pairs per epoch set to rate x S / epochs.
 """
@@ -43,6 +43,7 @@ HAND, TUNED = dict(lr=2e-3, clean=0.2), dict(lr=3.3e-3, wd=1.65e-3, aux=1.39, cl
 WIDE_VARIANTS = {
     "hand recipe, width 16": dict(HAND, width=16),
     "hand recipe, width 32": dict(HAND, width=32),
+    "tuned recipe, width 16": dict(TUNED, width=16),
     "tuned recipe, width 24": dict(TUNED, width=24),
     "tuned recipe, width 32": dict(TUNED, width=32),
 }
