@@ -47,9 +47,11 @@ def plot_agreement(names: list[str], agreement: np.ndarray, path: str, title: st
     image = ax.imshow(agreement, cmap="viridis", vmin=off_diagonal.min(), vmax=off_diagonal.max())
     ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
     ax.set_yticks(range(len(names)), names, fontsize=8)
+    middle = (off_diagonal.min() + off_diagonal.max()) / 2
     for (r, c), value in np.ndenumerate(agreement):
-        if r != c:
-            ax.text(c, r, f"{100 * value:.1f}", ha="center", va="center", fontsize=6, color="white")
+        if r != c:  # dark text on the bright (most alike) cells
+            ax.text(c, r, f"{100 * value:.1f}", ha="center", va="center", fontsize=6,
+                    color="black" if value > middle else "white")
     fig.colorbar(image, ax=ax, label="share of pairs labelled alike")
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
