@@ -10,9 +10,9 @@ Prints and writes ``OUT/recipe_ab.md``.
 
 ``--variants recipe`` (the default) is the table that chose the recipe: every variant at ``--pairs`` per epoch.
 ``--variants wide`` is the ``wide`` profile's choice (issue 26): width 16 or 32 with the hand-chosen recipe, 16, 24
-or 32 with the tuned one, each at 20% clean digits. Wider towers cost more per pair, so with ``--seconds S`` every variant gets the
-same wall-clock budget instead of the same pairs: its step rate is timed first (``training.bench``, its own step
-mode, one thread) and its pairs per epoch set to rate x S / epochs.
+or 32 with the tuned one, each at 20% clean digits. Wider towers cost more per pair, so with ``--seconds S`` every
+variant gets the same wall-clock budget instead of the same pairs: its step rate is timed first (``training.bench``,
+its own step mode, one thread) and its pairs per epoch set to rate x S / epochs.
 """
 
 from __future__ import annotations
