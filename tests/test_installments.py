@@ -199,3 +199,30 @@ def test_promotion_replaces_an_old_models_folder_whole_and_refuses_other_folders
     shutil.copytree(smoke_models / "weights", unfinished / "weights")
     assert promote.main([str(unfinished), "--to", str(tmp_path / "m2")]) == 2  # no manifest: not exported yet
     assert not (tmp_path / "m2").exists()
+
+
+# --------------------------------------------------------------------------- a candidate in one slot
+
+
+@pytest.fixture
+def registry_restored():
+    saved = dict(REGISTRY)
+    yield
+    REGISTRY.clear()
+    REGISTRY.update(saved)
+
+
+def test_a_swap_trial_puts_the_candidate_in_the_replaced_slot_only(registry_restored):
+    from tools.swap_trial import swap_registry
+    from training.models import ModelConfig, model_names
+
+    before = model_names()
+    swap_registry("resnet_s2023", ModelConfig("cbam_trial", "cbam", seed=7))
+    after = model_names()
+    assert after.index("cbam_trial") == before.index("resnet_s2023")  # the fused graph's output order
+    assert [n for n in after if n != "cbam_trial"] == [n for n in before if n != "resnet_s2023"]
+    with pytest.raises(SystemExit, match="already registered"):  # a candidate needs a new name
+        swap_registry("resnet", ModelConfig("vgg", "vgg"))
+    with pytest.raises(SystemExit, match="not a registered model"):
+        swap_registry("resnet_s2023", ModelConfig("another", "vgg"))  # already swapped out
+    assert model_names() == after  # a refused swap changes nothing
