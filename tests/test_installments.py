@@ -182,9 +182,15 @@ def test_promotion_replaces_an_old_models_folder_whole_and_refuses_other_folders
     (models / "onnx").mkdir(parents=True)
     (models / "onnx" / "retired.onnx").write_bytes(b"old")
     (models / "student.onnx").write_bytes(b"a student of the old ensemble")
+    (models / "report").mkdir()
+    (models / "report" / "realism.md").write_text("the data's realism gate")  # about the data: carried over
+    (models / "report" / "metrics.json").write_text("{}")  # about the old ensemble: replaced
     (models / MANIFEST).write_text("{}")
     promote.promote(smoke_models, models)
     assert not (models / "onnx").exists() and not (models / "student.onnx").exists()
+    assert (models / "report" / "realism.md").read_text() == "the data's realism gate"
+    assert not (models / "report" / "realism.json").exists()  # none before, none invented
+    assert (models / "report" / "metrics.json").read_text() != "{}"
     assert read_manifest(models)["artifacts"]["fused"]["sha256"] == read_manifest(smoke_models)["artifacts"]["fused"][
         "sha256"]
     assert not list(tmp_path.glob(".models.*"))  # no scratch folder left beside it

@@ -19,6 +19,7 @@ else a run keeps for itself.
 The models folder is replaced as a whole: it is assembled beside the target, then swapped in by two renames, so
 a reader sees the old folder or the new one, never a mix, and no file of the old ensemble stays behind (a distilled
 student belongs to the ensemble it learnt from; distil again and install it with ``python -m export.student``).
+Only the old folder's reports on the data (``DATA_REPORTS``: the realism gate's) are carried over.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ from ensemble.manifest import MANIFEST, ManifestError, artifact_entry, read_mani
 
 #: Manifest roles a promoted folder leaves out: serving never opens them and export regenerates them from the weights.
 LEFT_OUT_PREFIXES = ("onnx:",)
+#: Reports on the data, not on an ensemble (``python -m training.realism --out models/report``): the new folder keeps
+#: the old folder's, since the same data trained both (its fingerprint is in the run key).
+DATA_REPORTS = ("report/realism.md", "report/realism.json")
 
 
 def kept_roles(manifest: dict) -> list[str]:
@@ -96,6 +100,9 @@ def promote(staging: str | Path, target: str | Path) -> dict:
         shutil.rmtree(leftover, ignore_errors=True)
     try:
         manifest = assemble(staging, fresh)
+        for report in DATA_REPORTS:
+            if (target / report).is_file() and not (fresh / report).exists():
+                _copy(target / report, fresh / report)
     except BaseException:
         shutil.rmtree(fresh, ignore_errors=True)
         raise
