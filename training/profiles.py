@@ -1,9 +1,10 @@
 """Training profiles: plain values, one ``Profile`` each, and the training constants they share.
 
 - ``smoke``: all ten models in a few minutes on 2 CPU cores, for tests; accuracy does not matter.
-- ``default``: the committed models; all ten within 100 minutes on 2 CPU cores (``--jobs 2``, bf16).
+- ``default``: what ``run_all`` trains unless told; all ten within 100 minutes on 2 CPU cores (``--jobs 2``, bf16).
 - ``long``: the default recipe with twice the pairs (16 epochs x 48,000), about twice the time.
-- ``wide``: three times the default's pairs with the tuned recipe, chosen by A/B runs; hours, so in installments.
+- ``wide``: the committed models: three times the default's pairs with the tuned recipe, chosen by A/B runs; hours,
+  so in installments.
 - ``compare``: one model trained on the course's own files or on fresh pairs, same budget
   (``python -m training.compare_sources``).
 - ``gpu``: all ten in about 8 minutes on one large GPU: wider towers, large batches, pairs drawn
