@@ -1,27 +1,24 @@
 """The service's front door: an ASGI middleware between BentoML's server and the service's routes.
 
-BentoML 1.4.40 answers several client mistakes badly, and has no request limits of its own:
+BentoML 1.4.40 has no request limits of its own, and answers several client mistakes in shapes of its own:
 
-- a multipart part it does not expect, sent as a file with non-UTF-8 bytes, is a 500 (it runs
-  ``json.loads`` on the bytes); a text value where a file is expected makes it try to download a URL;
-- its errors come in several shapes: ``[{"error": ...}]`` for a 4xx ``BentoMLException`` (a stray tuple
-  in ``api_endpoint_wrapper``), ``{"error": "1 validation error for Input", "detail": [...]}`` for pydantic,
-  plain text for 404 and 405;
 - a request body is read into memory whatever its size, and a client that stops sending halfway holds the
-  request until the traffic timeout (504).
+  request until the traffic timeout (504);
+- its errors come in several shapes: ``[{"error": ...}]`` for a 4xx ``BentoMLException`` (a stray tuple in
+  ``api_endpoint_wrapper``), ``{"error": "1 validation error for Input", "detail": [...]}`` for pydantic,
+  plain text for 404 and 405.
 
-So this door guards every path. A documented route has its own ``RouteRule``; every other path (BentoML's
-own pages and assets, an unknown path that will be a 404) gets ``DEFAULT_RULE``: a small body of the
-content types a JSON or form endpoint takes, any method (the application answers 404 or 405). Explicit
-rules only loosen or tighten that. Per rule, the door: answers undocumented methods with 405 and an
-``Allow`` header; checks the content type (415) and the declared size (413) before reading; streams the
-body into a temporary file past 1 MiB (memory stays bounded whatever the size), answering 408 when the
-client stalls (no byte for ``body_idle_timeout`` s, or the whole body not in within ``body_timeout`` s)
-and 413 when it is larger than the rule allows; parses a multipart body once to refuse missing,
-repeated, unexpected or wrongly typed fields (400) before BentoML sees them; then replays the body.
-Every error answer that leaves the service, BentoML's included, is rewritten into the one shape
-``{"error": "...", "detail": ...}`` (``detail`` only when there is one). ``/docs.json`` answers the
-service's own OpenAPI description (BentoML's describes internal routes and misses the mounted ones).
+So this door guards every path. A documented route has its own ``RouteRule`` (``serving.api.route_rules``, from
+the routes' signatures); every other path (BentoML's own pages, an unknown path that will be a 404) gets
+``DEFAULT_RULE``: a small body of the content types a JSON or form endpoint takes, any method (the application
+answers 404 or 405). Per rule, the door answers undocumented methods with 405 and an ``Allow`` header; checks the
+content type (415) and the declared size (413) before reading; streams the body into a spool (a temporary file past
+1 MiB, so memory stays bounded whatever the size), answering 408 when the client stalls (no byte for
+``body_idle_timeout`` s, or the whole body not in within ``body_timeout`` s) and 413 when it is larger than the rule
+allows; then replays the body to the application, which parses it once (``serving.api.read_once``). Every error
+answer that leaves the service, BentoML's included, is rewritten into the one shape ``{"error": "...", "detail":
+...}`` (``detail`` only when there is one). ``/docs.json`` answers the service's OpenAPI document
+(``serving.openapi``).
 """
 
 from __future__ import annotations
@@ -31,14 +28,12 @@ import json
 import logging
 import tempfile
 import typing as t
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 
 import anyio
 import anyio.to_thread
-from starlette.datastructures import FormData, Headers, UploadFile
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 
 from serving.inputs import error_body, error_response
@@ -108,21 +103,17 @@ class RouteRule:
     """What one path accepts."""
 
     methods: tuple[str, ...]  # documented methods; HEAD comes with GET; anything else is a 405; () = any
-    media_types: tuple[str, ...] = ()  # request content types a POST may carry ("" = no body); () = no check
-    file_fields: tuple[str, ...] = ()  # multipart: required file fields, each exactly once
-    text_fields: tuple[str, ...] = ()  # multipart: optional text fields; any other field is refused
-    max_bytes: int = 0  # request body limit (413 above)
-    check_multipart: bool = True  # False: the route parses its multipart body itself
+    limits: dict[str, int] = field(default_factory=dict)  # content type ("" = none) -> body limit; others: 415
+    too_large_hint: str = ""  # said after a 413 for a body that is not multipart
 
 
 #: Methods whose body the door reads and checks; GET, HEAD and OPTIONS requests pass without (the routes
 #: never read a body on them).
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 #: The rule of every path without its own entry: any method (the application answers 404 or 405), at most
-#: 64 KiB of a body a JSON or form endpoint would take, or none; multipart fields are left to the route.
-DEFAULT_RULE = RouteRule(methods=(), media_types=("application/json", "application/x-www-form-urlencoded",
-                                                  "multipart/form-data", ""),
-                         max_bytes=64 * 1024, check_multipart=False)
+#: 64 KiB of a body a JSON or form endpoint would take, or none.
+DEFAULT_RULE = RouteRule(methods=(), limits=dict.fromkeys(
+    ("application/json", "application/x-www-form-urlencoded", "multipart/form-data", ""), 64 * 1024))
 
 
 class RequestRefused(Exception):
@@ -220,7 +211,7 @@ class FrontDoor:
             if self._spec is None:
                 self._spec = self.openapi()
             await JSONResponse(self._spec)(scope, receive, send)
-        elif method in BODY_METHODS and rule.media_types:
+        elif method in BODY_METHODS and rule.limits:
             await self._pass_checked_body(scope, receive, send, rule)
         else:
             await self.app(scope, receive, send)
@@ -233,8 +224,6 @@ class FrontDoor:
             try:
                 if not await self._read_body(scope, receive, rule, spool):
                     return  # the client went away: nobody to answer
-                if rule.check_multipart and _media_type(Headers(scope=scope)) == "multipart/form-data":
-                    await self._check_multipart(scope, self._replay(spool, receive), rule)
             except RequestRefused as refused:
                 await self._refuse(scope, send, refused)
                 return
@@ -250,16 +239,18 @@ class FrontDoor:
         headers = Headers(scope=scope)
         media_type = _media_type(headers)
         path = scope["path"]
-        if media_type not in rule.media_types:
-            accepted = " or ".join(m for m in rule.media_types if m) or "no body"
+        if media_type not in rule.limits:
+            accepted = " or ".join(m for m in rule.limits if m) or "no body"
             raise RequestRefused(415, f"{path}: content type {media_type or '(none)'!r} is not accepted; "
                                       f"send {accepted}")
+        limit = rule.limits[media_type]
+        hint = f"; {rule.too_large_hint}" if rule.too_large_hint and media_type != "multipart/form-data" else ""
         declared = headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > rule.max_bytes:
+        if declared.isdigit() and int(declared) > limit:
             # Read (and drop) a moderately sized body first: a client still sending would otherwise see a
             # reset connection instead of this answer. Beyond twice the limit it is cut off.
-            await self._drain(receive, min(int(declared), 2 * rule.max_bytes))
-            raise RequestRefused(413, _too_large(int(declared), rule.max_bytes), {"Connection": "close"})
+            await self._drain(receive, min(int(declared), 2 * limit))
+            raise RequestRefused(413, _too_large(int(declared), limit) + hint, {"Connection": "close"})
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.body_timeout
         size = 0
@@ -277,8 +268,8 @@ class FrontDoor:
                 return False
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > rule.max_bytes:
-                raise RequestRefused(413, _too_large(size, rule.max_bytes), {"Connection": "close"})
+            if size > limit:
+                raise RequestRefused(413, _too_large(size, limit) + hint, {"Connection": "close"})
             await spool.write(chunk)
             if not message.get("more_body", False):
                 await spool.finish()
@@ -314,21 +305,6 @@ class FrontDoor:
         return replay
 
     @staticmethod
-    async def _check_multipart(scope: Scope, receive: Receive, rule: RouteRule) -> None:
-        path = scope["path"]
-        request = Request(scope, receive)
-        try:
-            form = await request.form(max_files=8, max_fields=16)
-        except HTTPException as err:  # Starlette wraps MultiPartException in a 400 HTTPException
-            raise RequestRefused(400, f"{path}: malformed multipart body ({err.detail})") from err
-        except Exception as err:  # noqa: BLE001 - any parser failure on these bytes means a malformed body
-            raise RequestRefused(400, f"{path}: malformed multipart body ({type(err).__name__}: {err})") from err
-        try:
-            _check_form_fields(path, form, rule)
-        finally:
-            await form.close()
-
-    @staticmethod
     async def _refuse(scope: Scope, send: Send, refused: RequestRefused) -> None:
         logger.info("refused %s %s: %s (%d)", scope["method"], scope["path"], refused, refused.status)
         response = error_response(str(refused), refused.status, headers=refused.headers)
@@ -348,38 +324,6 @@ def _method_refused(rule: RouteRule, method: str, path: str) -> RequestRefused |
         return None
     return RequestRefused(405, f"{path} answers {' and '.join(rule.methods)}, not {method}",
                           headers={"Allow": ", ".join(rule.methods)})
-
-
-def _check_form_fields(path: str, form: FormData, rule: RouteRule) -> None:
-    """Refuse unexpected fields, missing, repeated or text-valued file fields, and repeated or file-valued
-    text fields (RequestRefused, 400)."""
-    known = (*rule.file_fields, *rule.text_fields)
-    unexpected = sorted({name for name in form.keys() if name not in known})
-    if unexpected:
-        raise RequestRefused(400, f"{path}: unexpected field(s) {', '.join(map(repr, unexpected))}; "
-                                  f"this route takes {', '.join(map(repr, known))}")
-    for name in rule.file_fields:
-        _check_file_field(path, name, form.getlist(name))
-    for name in rule.text_fields:
-        _check_text_field(path, name, form.getlist(name))
-
-
-def _check_file_field(path: str, name: str, values: list[t.Any]) -> None:
-    """A required file field: exactly once, and a file upload."""
-    if not values:
-        raise RequestRefused(400, f"{path}: missing file field {name!r} (send it as a file upload)")
-    if len(values) > 1:
-        raise RequestRefused(400, f"{path}: field {name!r} was sent {len(values)} times; send one file")
-    if not isinstance(values[0], UploadFile):
-        raise RequestRefused(400, f"{path}: field {name!r} must be a file upload, got a text value")
-
-
-def _check_text_field(path: str, name: str, values: list[t.Any]) -> None:
-    """An optional text field: at most once, and a text value."""
-    if len(values) > 1:
-        raise RequestRefused(400, f"{path}: field {name!r} was sent {len(values)} times")
-    if values and isinstance(values[0], UploadFile):
-        raise RequestRefused(400, f"{path}: field {name!r} must be a text value, got a file upload")
 
 
 def _media_type(headers: Headers) -> str:

@@ -1,5 +1,6 @@
 """Where a worker's memory goes, when asked: ``DIGIT_COMPARE_TRACEMALLOC=DIR`` makes each worker trace its Python
-allocations and write, every ``DIGIT_COMPARE_TRACEMALLOC_EVERY_S`` seconds (60), what grew since its first
+allocations and write, every ``DIGIT_COMPARE_TRACEMALLOC_EVERY_S`` seconds (60; ``serving.settings``), what grew
+since its first
 snapshot (taken once it has served for a while) to ``DIR/PID.txt``: the biggest growths by line, with the
 process's resident memory beside the traced total, so growth outside Python's heap (malloc arenas, native
 libraries) shows as the difference. ``tools/soak.py --tracemalloc DIR`` sets it. Tracing slows the worker:
@@ -16,8 +17,6 @@ from pathlib import Path
 
 from ensemble.atomic import atomic_write_text
 
-ENV = "DIGIT_COMPARE_TRACEMALLOC"
-EVERY_ENV = "DIGIT_COMPARE_TRACEMALLOC_EVERY_S"
 TOP = 25
 
 
@@ -48,13 +47,11 @@ def _run(folder: Path, every_s: float, warm_s: float) -> None:
         atomic_write_text(folder / f"{os.getpid()}.txt", _report(first, started))
 
 
-def trace_if_asked() -> bool:
-    """Start tracing and reporting when ``DIGIT_COMPARE_TRACEMALLOC`` names a folder; True when it does."""
-    folder = os.environ.get(ENV)
-    if not folder:
+def trace_if_asked(folder: Path | None, every_s: float) -> bool:
+    """Start tracing and reporting every ``every_s`` seconds when ``folder`` is set; True when it is."""
+    if folder is None:
         return False
     Path(folder).mkdir(parents=True, exist_ok=True)
     tracemalloc.start(1)
-    every_s = float(os.environ.get(EVERY_ENV, "60"))
     threading.Thread(target=_run, args=(Path(folder), every_s, every_s), name="tracemalloc", daemon=True).start()
     return True

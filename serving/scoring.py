@@ -8,7 +8,7 @@ the models), so single pairs asking for different priors still share one inferen
 prior's columns.
 
 Two backends with one interface (``score_one``, ``score_many``, ``describe``), chosen by the service's layout
-(``serving.settings.LAYOUT``):
+(``DIGIT_COMPARE_LAYOUT``, ``serving.settings``):
 
 - ``LocalScorer``: the models in the API worker itself (the CPU layout): no process hop, concurrent single pairs
   coalesced into one inference call, one call at a time per worker.
@@ -35,7 +35,7 @@ from ensemble.contract import split_pair
 from ensemble.priors import PRIORS
 from serving.coalesce import Overloaded, PairCoalescer
 from serving.inputs import error_response
-from serving.openapi import Comparison, DigitProbabilities, Digits, PreparedInputs
+from serving.answers import Comparison, DigitProbabilities, Digits, PreparedInputs
 from serving.webui import png_base64
 
 if t.TYPE_CHECKING:

@@ -142,3 +142,32 @@ def routes(ui_dir: Path, samples_dir: Path) -> list[Route]:
 
     return [*(Route(path, serve(path), methods=["GET"]) for path in UI_FILES),
             Route(SAMPLES_PATH, serve_samples, methods=["GET"])]
+
+
+def _page_operation(summary: str, media_type: str, schema: dict | None = None) -> dict:
+    # ETag + Cache-Control: no-cache on every page file, so a browser may revalidate with If-None-Match.
+    return {"summary": summary, "responses": {
+        "200": {"description": "OK", "content": {media_type: {"schema": schema or {"type": "string"}}}},
+        "304": {"description": "not modified (the If-None-Match ETag is current)"}}}
+
+
+_PNG = {"type": "string", "format": "byte", "description": "a base64 PNG"}
+_SAMPLES_SCHEMA = {"type": "object", "required": ["pairs"], "properties": {"pairs": {"type": "array", "items": {
+    "type": "object", "required": ["id", "label", "digits", "pair", "left", "right"],
+    "properties": {
+        "id": {"type": "string", "description": "pair.png, or the pair's id in samples/batch.npz"},
+        "label": {"type": "integer", "enum": [0, 1], "nullable": True,
+                  "description": "the truth, 1: left > right (null where samples/expected.json does not say)"},
+        "digits": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 9}, "nullable": True,
+                   "minItems": 2, "maxItems": 2, "description": "the two digits, where known"},
+        "pair": {**_PNG, "description": "the 28x56 course picture"},
+        "left": {**_PNG, "description": "its left 28x28 half"},
+        "right": {**_PNG, "description": "its right half"}}}}}}
+#: The page's routes in the OpenAPI document (serving.openapi), by path.
+OPENAPI: dict[str, dict] = {
+    "/ui": _page_operation("a web page to try the service: draw or drop two digits, see the answer", "text/html"),
+    "/ui/style.css": _page_operation("the page's style sheet", "text/css"),
+    "/ui/app.js": _page_operation("the page's script", "text/javascript"),
+    SAMPLES_PATH: _page_operation("the sample course pairs the page offers (samples/), as PNG", "application/json",
+                                  _SAMPLES_SCHEMA),
+}

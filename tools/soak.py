@@ -34,8 +34,8 @@ from tabulate import tabulate
 
 from ensemble.atomic import atomic_path, atomic_write_text
 from ensemble.bench import Served, _png, _proc_tree, _role, course_like_pairs, serving
-from serving.memory import ENV as TRACEMALLOC_ENV
 from serving.memory import resident_bytes
+from serving.settings import variable
 
 ROOT = Path(__file__).resolve().parents[1]
 FIRST_REQUESTS = 1000  # the baseline: memory once this many requests were answered
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--url and --pid go together")
     env = dict(item.split("=", 1) for item in args.serve_env)
     if args.tracemalloc:
-        env[TRACEMALLOC_ENV] = str(Path(args.tracemalloc).resolve())
+        env[variable("tracemalloc")] = str(Path(args.tracemalloc).resolve())
     served = Served(args.url) if args.url else None
     if served is not None:
         served.pid = args.pid
