@@ -56,7 +56,7 @@ postgresql:
 # The web page's picture in README (docs/ui.png): the browser test writes it only when asked, so `make test`
 # leaves the tree as it was.
 screenshot: $(VENV)/.dev browser
-	DIGIT_COMPARE_SCREENSHOT=1 $(PY) -m pytest -q tests/test_ui.py -k test_drawn_digits_are_compared_and_the_answer_shown
+	UI_SCREENSHOT=1 $(PY) -m pytest -q tests/test_ui.py -k test_drawn_digits_are_compared_and_the_answer_shown
 
 # Free-form pairs (two pictures, as /compare gets them) under each prior: docs/freeform.md. Needs MNIST's test
 # digits in data/cache/mnist.npz (`make data` fetches them once).

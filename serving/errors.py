@@ -1,4 +1,11 @@
-"""Client errors in the server's log: one line each, never a traceback."""
+"""Client errors in the server's log: one line each, never a traceback.
+
+BentoML 1.4.40's API wrapper (``_bentoml_impl/server/app.py``, ``api_endpoint_wrapper``) calls ``log_exception``
+(``bentoml/_internal/server/http_app.py``) on every exception an API raises, a client's 4xx included, which logs it
+at ERROR level with its whole traceback: a server log that cries wolf for every bad upload. ``OneLineClientErrors``
+is a logging filter (no code of BentoML's is replaced) that turns those records into one INFO line;
+``tests/test_serving_patches.py`` shows the defect with BentoML's own function.
+"""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from ensemble.bench import main as bench
-from serving.settings import choose_layout
+from serving import settings
 
 
 @pytest.mark.slow
@@ -28,7 +28,7 @@ def test_bench_runs_end_to_end_and_writes_its_report(smoke_models, tmp_path):
     assert result["serve_env"] == {"DIGIT_COMPARE_MAX_BATCH_SIZE": "8"}
     # Where the CPU went, per answer: the API workers (found under the serve process) and this load generator
     # worked; a scorer process exists, and worked, only in the scorer layout (the default where a GPU is).
-    with_scorer = choose_layout() == "scorer"
+    with_scorer = settings.load().layout == "scorer"
     for row in [*result["compare_pair"], result["compare_batch"]]:
         assert row["api cpu ms/ans"] > 0 and row["client cpu ms/ans"] > 0, row
         assert (row["scorer cpu ms/ans"] > 0) is with_scorer, row

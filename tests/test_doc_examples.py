@@ -3,8 +3,9 @@
 One real ``bentoml serve`` of the committed models (CPU, default settings) answers every documented request;
 command-line examples run, synopses are compared with ``--help``, results tables with ``models/manifest.json``.
 A second test edits documented values and checks that the comparison reports each of them, so the first one
-cannot pass by comparing nothing. The settings table is checked against the variables the code reads and the
-defaults the served ``/info`` reports.
+cannot pass by comparing nothing. The API table comes from service.py's signatures and the settings table from
+``serving.settings.Settings``; the latter is also checked against every variable the code names and the defaults
+the served ``/info`` reports.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def test_every_documented_example_is_what_the_code_answers(client):
     assert ROOT / "README.md" in paths
     sections = [s for path in paths for s in find_sections(path)]
     kinds = {s.kind for s in sections}
-    assert {"example", "synopsis", "results", "registry-table"} <= kinds
+    assert {"example", "synopsis", "results", "registry-table", "api-table", "env-table"} <= kinds
     assert sum(s.kind == "example" for s in sections) >= 6  # the README's requests and its console session
     problems = process(paths, producer(client), write=False)
     assert not problems, "stale examples:\n" + "\n".join(problems) + f"\n{REGENERATE}"
@@ -110,12 +111,15 @@ def test_curl_commands_are_parsed_as_curl_sends_them():
 
 
 def _settings_in_code() -> set[str]:
-    """Every DIGIT_COMPARE_* name written as a string in the product's code."""
+    """Every DIGIT_COMPARE_* name the product reads: its settings, and any written as a string in its code."""
+    from serving.settings import Settings, variable
+
     files = [ROOT / "service.py", *(p for package in ("ensemble", "serving", "training", "export")
                                     for p in (ROOT / package).rglob("*.py"))]
-    return {node.value for path in files for node in ast.walk(ast.parse(path.read_text()))
-            if isinstance(node, ast.Constant) and isinstance(node.value, str)
-            and re.fullmatch(r"DIGIT_COMPARE_[A-Z0-9_]+", node.value)}
+    return {variable(name) for name in Settings.model_fields} | {
+        node.value for path in files for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+        and re.fullmatch(r"DIGIT_COMPARE_[A-Z0-9_]+", node.value)}
 
 
 def _settings_table() -> dict[str, str]:

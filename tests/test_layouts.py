@@ -11,30 +11,31 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from serving import settings
 from serving.coalesce import Overloaded
 from serving.scoring import LocalScorer
-from serving.settings import LAYOUT_ENV, choose_layout
+from serving.settings import choose_layout
 from tests.server_process import serve_repository
 
 
 @pytest.mark.parametrize("device, layout", [("cuda", "scorer"), ("cpu", "in_process")])
-def test_auto_picks_the_scorer_service_with_a_gpu_and_in_process_without(device, layout, monkeypatch):
-    monkeypatch.delenv(LAYOUT_ENV, raising=False)
-    assert choose_layout(device=lambda: device) == layout
-    assert choose_layout("auto", device=lambda: device) == layout
+def test_auto_picks_the_scorer_service_with_a_gpu_and_in_process_without(device, layout):
+    assert choose_layout("auto", device) == layout
 
 
-@pytest.mark.parametrize("setting", ["in_process", "scorer", "SCORER"])
-def test_an_explicit_layout_wins_whatever_the_device(setting, monkeypatch):
-    monkeypatch.setenv(LAYOUT_ENV, setting)
+@pytest.mark.parametrize("setting", ["in_process", "scorer"])
+def test_an_explicit_layout_wins_whatever_the_device(setting):
     for device in ("cpu", "cuda"):
-        assert choose_layout(device=lambda d=device: d) == setting.lower()
+        assert choose_layout(setting, device) == setting
 
 
-def test_an_unknown_layout_is_refused_naming_the_variable(monkeypatch):
-    monkeypatch.setenv(LAYOUT_ENV, "sideways")
-    with pytest.raises(ValueError, match=f"{LAYOUT_ENV} must be one of auto, in_process, scorer, got 'sideways'"):
-        choose_layout(device=lambda: "cpu")
+def test_the_layout_setting_is_read_whatever_its_case_and_an_unknown_one_is_refused_naming_it(monkeypatch):
+    monkeypatch.setenv("DIGIT_COMPARE_DEVICE", "cpu")
+    monkeypatch.setenv("DIGIT_COMPARE_LAYOUT", "SCORER")
+    assert settings.load().layout == "scorer"
+    monkeypatch.setenv("DIGIT_COMPARE_LAYOUT", "sideways")
+    with pytest.raises(ValueError, match="DIGIT_COMPARE_LAYOUT: Input should be 'auto', 'in_process' or 'scorer'"):
+        settings.load()
 
 
 class _CountingModel:

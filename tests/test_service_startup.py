@@ -73,3 +73,16 @@ def test_forced_cuda_without_a_gpu_makes_serve_exit_saying_so(tmp_path, layout):
     assert done.returncode != 0, output[-3000:]
     assert "DIGIT_COMPARE_DEVICE=cuda, but no usable GPU" in output, output[-3000:]
     assert output.count("Traceback") == 0, output[-3000:]
+
+
+@pytest.mark.parametrize("variable, value, message", [
+    ("DIGIT_COMPARE_WORKER", "1", "unknown setting DIGIT_COMPARE_WORKER; did you mean DIGIT_COMPARE_WORKERS?"),
+    ("DIGIT_COMPARE_MAX_PAIRS", "many", "DIGIT_COMPARE_MAX_PAIRS: Input should be a valid integer"),
+])
+def test_a_misspelt_or_bad_setting_makes_serve_exit_naming_it(tmp_path, variable, value, message):
+    """A misspelt variable would otherwise be ignored, silently: the service would run with the default."""
+    done = _serve(_serving_copy(tmp_path), tmp_path, **{variable: value})
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output[-3000:]
+    assert message in output, output[-3000:]
+    assert output.count("Traceback") == 0, output[-3000:]

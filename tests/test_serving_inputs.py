@@ -1,5 +1,5 @@
-"""Unit tests of the service's input handling (no server): the streaming JSON parser, the .npz header
-checks, the one error shape and the blank test shared by both image routes."""
+"""Unit tests of the service's input handling (no server): the .npz header checks, the one error shape and the
+blank test shared by both image routes. (JSON bodies: tests/test_serving_api.py and tests/test_inputs_units.py.)"""
 
 from __future__ import annotations
 
@@ -14,76 +14,13 @@ from PIL import Image
 from ensemble.course_data import CourseDataError, load_course_npz
 from ensemble.preprocess import BlankImageError, prepare_digit, prepare_pair, require_ink
 from serving.guard import normalize_error
-from serving.inputs import MAX_PAIRS, ClientError, parse_batch_json, parse_pairs, read_npz_upload
+from serving.inputs import ClientError, read_npz_upload
+
+MAX_PAIRS = 300  # the limit these uploads are read under
 
 
 def _pairs(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, 28, 56)).astype(np.uint8)
-
-
-def _error(body: bytes | str) -> ClientError:
-    with pytest.raises(ClientError) as caught:
-        parse_batch_json(body.encode() if isinstance(body, str) else body)
-    return caught.value
-
-
-# --------------------------------------------------------------------------- JSON
-
-
-@pytest.mark.parametrize("scale", [1, 255.0])
-def test_json_parse_matches_the_whole_array_rules(scale):
-    """Pair by pair, the same result as converting the whole array at once (ints, and floats in [0, 1])."""
-    pairs = _pairs(5)
-    body = json.dumps({"ids": list("abcde"), "pairs": (pairs / scale).tolist(), "format": "csv"})
-    batch = parse_batch_json(body.encode())
-    np.testing.assert_array_equal(batch.data.x, parse_pairs((pairs / scale).tolist()))
-    np.testing.assert_array_equal(batch.data.x, pairs)
-    assert batch.format == "csv" and batch.data.ids.tolist() == list("abcde")
-
-
-def test_json_float_rule_applies_across_all_pairs():
-    """One float pair makes the whole array float: values all in [0, 1] are then scaled (as before)."""
-    ints = np.ones((1, 28, 56), dtype=np.int64)
-    floats = np.full((1, 28, 56), 0.5)
-    body = json.dumps({"pairs": [ints[0].tolist(), floats[0].tolist()]})
-    x = parse_batch_json(body.encode()).data.x
-    np.testing.assert_array_equal(x, parse_pairs(np.concatenate([ints, floats]).tolist()))
-    assert x[0].max() == 255 and x[1].max() == 128
-
-
-def test_json_single_pair_and_utf16_and_repeated_keys():
-    pair = _pairs(1)[0]
-    assert parse_batch_json(json.dumps({"pairs": pair.tolist()}).encode()).data.x.shape == (1, 28, 56)
-    assert len(parse_batch_json(json.dumps({"pairs": [pair.tolist()]}).encode("utf-16")).data) == 1
-    repeated = '{"format": "xml", "pairs": ' + json.dumps([pair.tolist()]) + ', "format": "csv"}'
-    assert parse_batch_json(repeated.encode()).format == "csv"  # the last one wins, as in json.loads
-
-
-def test_json_stops_reading_at_the_first_pair_over_the_limit():
-    pair = json.dumps(_pairs(1)[0].tolist())
-    body = '{"pairs": [' + ",".join([pair] * (MAX_PAIRS + 1)) + ", this is never read"
-    error = _error(body)
-    assert error.status == 413 and f"limit of {MAX_PAIRS} pairs" in str(error)
-
-
-@pytest.mark.parametrize("body, text", [
-    ('{"pairs": [[1, 2', "not valid JSON"),
-    ('{"pairs": ' + "[" * 50_000, "nested too deeply"),
-    (b'{"pairs": "\xff"}', "not valid JSON"),
-    ("[1, 2]", "must be a JSON object"),
-    ('{"x": 1, "pairs": []}', "unknown key 'x'"),
-    ('{pairs: 1}', "key in double quotes"),
-    ('{"pairs": ' + json.dumps([[[1] * 56] * 28]) + '} trailing', "extra data"),
-    ('{"pairs": ' + json.dumps(list(range(10_000))) + "}", "more than 28 rows"),
-    ('{"pairs": [[[1, 2], [3]]]}', "rectangular"),
-    (json.dumps({"pairs": [[["a"] * 56] * 28]}), "strings"),
-    ('{"pairs": []}', "N = 0"),
-    ('{"ids": ["a"]}', "send either"),
-    ('{"pairs": ' + json.dumps([[[1] * 56] * 28]) + ', "ids": [3]}', "list of strings"),
-    ('{"pairs": ' + json.dumps([[[1] * 56] * 28]) + ', "format": "xml"}', "format"),
-])
-def test_json_errors_say_what_is_wrong(body, text):
-    assert text in str(_error(body))
 
 
 # --------------------------------------------------------------------------- .npz
@@ -115,7 +52,7 @@ def test_npz_upload_reads_a_course_file():
     buffer = io.BytesIO()
     np.savez_compressed(buffer, x=pairs, id=np.array(["a", "b", "c"]), y=np.array([0, 1, 0]))
     buffer.seek(0)
-    data = read_npz_upload(buffer)
+    data = read_npz_upload(buffer, MAX_PAIRS)
     np.testing.assert_array_equal(data.x, pairs)
     assert data.ids.tolist() == ["a", "b", "c"] and data.y.tolist() == [0, 1, 0]
 
@@ -134,7 +71,7 @@ def test_npz_upload_reads_a_course_file():
 ])
 def test_npz_members_are_judged_from_their_headers(members, status, text):
     with pytest.raises(ClientError) as caught:
-        read_npz_upload(_zip(**members))
+        read_npz_upload(_zip(**members), MAX_PAIRS)
     assert caught.value.status == status and text in str(caught.value), str(caught.value)
 
 

@@ -11,7 +11,7 @@ picture on the page equals that answer. The preprocessed inputs shown are compar
 `make test` installs chromium and chromium-driver (apt-get, as root). Without them this module skips,
 except under CI (CI=true), where it fails: CI must run it. The screenshot README shows (docs/ui.png) is
 written only when asked, so that a test run leaves the tree as it was: ``make screenshot`` (which sets
-DIGIT_COMPARE_SCREENSHOT=1 for this module).
+UI_SCREENSHOT=1 for this module).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"
 SCREENSHOT = ROOT / "docs" / "ui.png"
 #: Set to 1 (``make screenshot``) to write SCREENSHOT; otherwise the page is photographed into a temporary file.
-SCREENSHOT_ENV = "DIGIT_COMPARE_SCREENSHOT"
+SCREENSHOT_ENV = "UI_SCREENSHOT"
 #: The drawn 7 and 3 under the uniform prior answer left > right with at least this probability (issue 17's
 #: target): 0.9967 measured with the models of 2026-12-02 (0.896 with those of 2026-11-29).
 UNIFORM_7_VS_3 = 0.9

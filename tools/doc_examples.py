@@ -49,9 +49,9 @@ WIDTH = 100  # a rendered answer line is wrapped past this many characters
 DECIMALS = 4  # floats in JSON answers
 HELP_COLUMNS = "100"  # argparse wraps usage lines at $COLUMNS
 
-_MARKER = re.compile(r"^<!-- (example|synopsis|registry-table|results)(?:[: ] *(.*?))? -->$")
+_MARKER = re.compile(r"^<!-- (example|synopsis|registry-table|api-table|env-table|results)(?:[: ] *(.*?))? -->$")
 #: Sections that are a bare markdown table between their markers (not a fenced block).
-TABLE_KINDS = ("registry-table", "results")
+TABLE_KINDS = ("registry-table", "api-table", "env-table", "results")
 _FENCE = re.compile(r"^```(\w*)$")
 
 
@@ -324,6 +324,57 @@ def results_lines(which: str, models_dir: Path = ROOT / "models") -> list[str]:
     return markdown_table(rows, headers).splitlines()
 
 
+#: The routes that are not typed APIs of service.py: the mounted page, GET /info, BentoML's own.
+OTHER_ROUTES = [
+    ["`GET /info`", "-", "the same as `POST /info`"],
+    ["`GET /ui`", "-", "the web page (`ui/`)"],
+    ["`GET /healthz`, `/livez`, `/readyz`, `/metrics`", "-", "BentoML's probes and Prometheus metrics"],
+]
+
+
+def _default(value: Any) -> str:
+    return f"`{value}`" if isinstance(value, str) else f"`{json.dumps(value)}`"
+
+
+def api_lines() -> list[str]:
+    """The API table: one row per typed route of service.py, from its signature and docstring, then the others."""
+    from ensemble.tables import markdown_table
+    from serving.api import file_fields, text_fields
+
+    os.environ.setdefault("DIGIT_COMPARE_DEVICE", "cpu")  # importing service.py probes for a GPU otherwise
+    import service
+
+    rows = []
+    for api in service.DigitCompare.apis.values():
+        spec, fields = api.input_spec, api.input_spec.model_fields
+        files = [f"`{n}`" + ("" if fields[n].is_required() else " (optional)") for n in file_fields(spec)]
+        texts = [f"`{n}`" + ("" if fields[n].is_required() else " (optional)" if fields[n].default is None
+                               else f" (default {_default(fields[n].default)})") for n in text_fields(spec)]
+        json_too = not any(fields[n].is_required() for n in file_fields(spec))
+        request = [f"multipart file{'s' * (len(files) > 1)} {', '.join(files)}"
+                   + (" or a JSON body" if json_too else "")] if files else []
+        if texts:
+            request.append(f"fields {', '.join(texts)}")
+        rows.append([f"`POST {api.route}`", "; ".join(request) or "-", " ".join((api.doc or "").split())])
+    return markdown_table(rows + OTHER_ROUTES, ["route", "request", "answer"]).splitlines()
+
+
+#: make's own variables, beside the service's settings.
+MAKE_VARIABLES = [["`PORT` (make)", "`3000`", "`make serve`'s port"],
+                  ["`PYTHON` (make)", "`python3.11`", "the interpreter `make` builds its venv with "
+                                                      "(`.venv-python3.12` for another)"]]
+
+
+def env_lines() -> list[str]:
+    """The settings table: every ``DIGIT_COMPARE_*`` variable (``serving.settings.Settings``), then make's."""
+    from ensemble.tables import markdown_table
+    from serving.settings import Settings, variable
+
+    rows = [[f"`{variable(name)}`", "unset" if field.default is None else _default(field.default),
+             field.description or ""] for name, field in Settings.model_fields.items()]
+    return markdown_table(rows + MAKE_VARIABLES, ["variable", "default", "what it sets"]).splitlines()
+
+
 def registry_lines() -> list[str]:
     from training.models import registry_table
     from training.profiles import PROFILES
@@ -408,6 +459,8 @@ def _producer(client: httpx.Client | None) -> Producer:
             return [Block("text", [line for command in section.argument.split("|") for line in usage(command)])]
         if section.kind == "registry-table":
             return [Block("", registry_lines())]
+        if section.kind in ("api-table", "env-table"):
+            return [Block("", api_lines() if section.kind == "api-table" else env_lines())]
         if section.kind == "results":
             return [Block("", profile_lines() if section.argument == "profiles" else results_lines(section.argument))]
         if section.blocks and section.blocks[0][0] == "console":
