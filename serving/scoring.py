@@ -33,9 +33,9 @@ from starlette.responses import JSONResponse
 
 from ensemble.contract import split_pair
 from ensemble.priors import PRIORS
+from serving.answers import Comparison, DigitProbabilities, Digits, PreparedInputs
 from serving.coalesce import Overloaded, PairCoalescer
 from serving.inputs import error_response
-from serving.answers import Comparison, DigitProbabilities, Digits, PreparedInputs
 from serving.webui import png_base64
 
 if t.TYPE_CHECKING:
