@@ -116,11 +116,16 @@ async def read_form(request: Request, spec: type) -> dict[str, t.Any]:
     for name in texts:
         if name in form:
             value = t.cast(str, form[name])
-            try:
-                data[name] = json.loads(value)
-            except ValueError:
-                data[name] = value
+            data[name] = await anyio.to_thread.run_sync(_json_or_text, value) if len(value) > THREAD_PARSE_BYTES \
+                else _json_or_text(value)
     return data
+
+
+def _json_or_text(value: str) -> t.Any:
+    try:
+        return json.loads(value)
+    except (ValueError, RecursionError):
+        return value
 
 
 def check_form(path: str, form: FormData, files: list[str], texts: list[str], required: list[str]) -> None:

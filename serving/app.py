@@ -91,8 +91,7 @@ class Served:
         s = self.settings
         model = load_model(self.models_dir, s.model, s.device, s.precision, threads=s.scorer_threads,
                            spinning=s.ort_spinning)
-        logger.info("loaded %d models from %s on %s; settings: %s", len(model.names), self.models_dir,
-                    model.provider, s)
+        logger.info("loaded %d models from %s on %s", len(model.names), self.models_dir, model.provider)
         return model
 
     def describe(self, model: t.Any) -> dict[str, t.Any]:
@@ -141,6 +140,7 @@ class Answers:
 
     def __init__(self, served: Served, scorer: t.Any = None) -> None:
         s = served.settings
+        logger.info("settings: %s", s)  # what this worker serves with, in its start-up log
         trace_if_asked(s.tracemalloc, s.tracemalloc_every_s)
         self.served, wait_s = served, s.max_latency_ms / 1000
         waiting = settings_module.MAX_WAITING_BATCHES * s.max_batch_size

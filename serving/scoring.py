@@ -1,6 +1,5 @@
 """The API worker's side of the models: what a score row holds, where the rows come from (the models in this
-process, or the ``Scorer`` service), and turning rows into answers. Kept out of ``service.py`` so that file reads
-as the API.
+process, or the ``Scorer`` service), and turning rows into answers.
 
 A score row holds, per pair, ``SCORE_COLUMNS`` then each base model's probability under each prior (``PRIORS``
 order, one block of M columns each). Both priors are in every row (the uniform read-outs cost nothing next to

@@ -98,8 +98,9 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     known = [variable(name) for name in Settings.model_fields]
     messages = []
     for name in sorted(n for n in environ if n.upper().startswith(PREFIX) and n.upper() not in known):
-        close = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.6)
-        hint = f"; did you mean {close[0]}?" if close else f"; the settings are {', '.join(known)}"
+        # Compared without the prefix they all share, which would make every name look close.
+        close = difflib.get_close_matches(name.upper()[len(PREFIX):], [k[len(PREFIX):] for k in known], n=1)
+        hint = f"; did you mean {PREFIX}{close[0]}?" if close else f"; the settings are {', '.join(known)}"
         messages.append(f"unknown setting {name}{hint}")
     return messages
 

@@ -89,6 +89,9 @@ def _logged(exception: BaseException, with_filter: bool) -> list[logging.LogReco
 
     logger = logging.getLogger(API_LOGGER)
     handler, one_line = Keep(), OneLineClientErrors()
+    installed = list(logger.filters)  # an imported service.py has installed one already
+    for existing in installed:
+        logger.removeFilter(existing)
     logger.addHandler(handler)
     if with_filter:
         logger.addFilter(one_line)
@@ -101,6 +104,8 @@ def _logged(exception: BaseException, with_filter: bool) -> list[logging.LogReco
     finally:
         logger.removeHandler(handler)
         logger.removeFilter(one_line)
+        for existing in installed:
+            logger.addFilter(existing)
     return records
 
 
