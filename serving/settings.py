@@ -139,11 +139,12 @@ def describe(settings: Settings) -> dict[str, t.Any]:
 
 # ----------------------------------------------------------------------------- fixed values, each with its reason
 
-#: compare_batch's JSON ``pairs``: at most this many (413 above, naming the .npz form). ``json.loads`` of the
-#: largest such body takes about 0.1 s and 100 MB on this 2-core CPU (docs/speed.md), off the event loop; more pairs
-#: belong in the course's own .npz upload, which unpacks straight into uint8 arrays.
+#: compare_batch's JSON ``pairs``: at most this many (413 above, naming the .npz form). Measured (``python -m
+#: tools.json_cap``, docs/speed.md): 1,000 pairs of integer pixels are a 6.9 MiB body, 0.11 s of ``json.loads`` and
+#: 0.05 s to uint8 pairs, 30 MB at the peak; 10,000 would be 69 MiB, 1.8 s and 300 MB. The course's .npz upload
+#: carries the large batches: it unpacks straight into uint8 arrays.
 JSON_MAX_PAIRS = 1_000
-#: ... and at most this many bytes of JSON (1,000 pairs of integers are about 5.5 MB; floats written long, more).
+#: ... and at most this many bytes of JSON (1,000 pairs of integers are 6.9 MiB; a body this size parses in 0.3 s).
 JSON_MAX_BYTES = 16 * 1024 * 1024
 #: compare_batch keeps at most this many chunks (of max_batch_size pairs) in the scorer's queue at once: two keep
 #: the scorer busy while a chunk travels, and leave room for single requests in between.
