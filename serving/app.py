@@ -155,27 +155,21 @@ class Answers:
                                       max_waiting=waiting, info=served.describe(model))
         self._decode_limiter = anyio.CapacityLimiter(settings_module.DECODE_CONCURRENCY)
 
-    async def compare(self, prepare: t.Callable[..., np.ndarray], uploads: tuple[Path, ...], prior: str,
+    async def compare(self, prepare: t.Callable[..., np.ndarray], uploads: tuple[bytes, ...], prior: str,
                       include_inputs: bool) -> Comparison | Response:
-        """Decode the uploads into a pair (``prepare(*contents)``), score it, answer under ``prior``."""
+        """Decode the uploads into a pair (``prepare(*uploads)``), score it, answer under ``prior``."""
         started = time.perf_counter()
         try:
-            pair = await self._decode(prepare, uploads)
+            if sum(map(len, uploads)) <= INLINE_DECODE_BYTES and all(map(decode_inline, uploads)):  # small: no hop
+                pair = prepare(*uploads)
+            else:  # a large photo never stalls the other requests
+                pair = await anyio.to_thread.run_sync(prepare, *uploads, limiter=self._decode_limiter)
             row = await self.models.score_one(pair)
         except InvalidImageError as err:
             raise ClientError.of_image(err) from None
         except UNAVAILABLE as err:
             return unavailable(err)
         return comparison(row, prior, self.served.model_names, started, pair if include_inputs else None)
-
-    async def _decode(self, prepare: t.Callable[..., np.ndarray], uploads: tuple[Path, ...]) -> np.ndarray:
-        contents = None  # read on the loop only when small; the thread reads large uploads itself
-        if sum(path.stat().st_size for path in uploads) <= INLINE_DECODE_BYTES:
-            contents = [path.read_bytes() for path in uploads]
-            if all(decode_inline(data) for data in contents):  # small pictures: cheaper than a thread hop
-                return prepare(*contents)
-        return await anyio.to_thread.run_sync(
-            lambda: prepare(*(contents or [path.read_bytes() for path in uploads])), limiter=self._decode_limiter)
 
     async def read_batch(self, file: Path | None, pairs: t.Any, ids: list[str] | None) -> CourseData:
         """An uploaded course .npz, or JSON pairs (at most JSON_MAX_PAIRS), in a thread: ClientError if unusable."""

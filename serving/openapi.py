@@ -103,9 +103,12 @@ def _post(operation: dict, path: str, rule: RouteRule, json_pairs: int) -> dict:
     for content in body.values():
         content["schema"].update(additionalProperties=False)
         content["schema"].pop("title", None)
-        for field in content["schema"]["properties"].values():  # BentoML drops the null of `X | None = None`
+        for name, field in content["schema"]["properties"].items():
+            if field.get("type") == "file":  # what BentoML's client reads as a file; OpenAPI says it so:
+                field["type"] = "string"
+                content.get("encoding", {}).pop(name, None)
             if "default" in field and field["default"] is None and field.get("format") != "binary":
-                field["nullable"] = True
+                field["nullable"] = True  # BentoML drops the null of `X | None = None`
         pairs = content["schema"]["properties"].get("pairs")
         if pairs is not None:
             pairs["oneOf"][0]["maxItems"] = json_pairs
