@@ -3,11 +3,12 @@
 ``service.py``'s typed ``@bentoml.api`` signatures are the source. From each API's input spec (BentoML's pydantic
 model of the signature) come:
 
-- ``read_once``: the spec's own ``from_http_request`` (BentoML's documented hook on an IO descriptor), which parses
-  the body once and checks it against the signature before BentoML's validation sees it: each file parameter is
-  one file upload, each other parameter at most one text value, nothing else; a JSON body is an object of the
-  non-file parameters. BentoML's own multipart reading would turn a non-UTF-8 extra part into a 500 and a text
-  value where a file belongs into a download of that URL.
+- ``read_once``: the spec's own ``from_http_request`` (``IOMixin.from_http_request``, which BentoML's server calls
+  with each request; overridden in a subclass, no code of BentoML's replaced). It parses the body once and checks
+  it against the signature before BentoML's validation sees it: each file parameter is one file upload, each other
+  parameter at most one text value, nothing else; a JSON body is an object of the non-file parameters. BentoML's
+  own multipart reading would turn a non-UTF-8 extra part into a 500 and a text value where a file belongs into a
+  download of that URL.
 - ``route_rules``: what the front door (``serving.guard``) lets through to each route: its methods, content types
   and body sizes;
 - the OpenAPI document (``serving.openapi``) and the README's API table (``tools.doc_examples``).
@@ -80,7 +81,7 @@ def media_type(content_type: str) -> str:
 
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 #: JSON above this size is parsed in a thread, so the event loop keeps answering meanwhile, and one at a time per
-#: worker: eight 16 MiB bodies parsed at once held about 40 MB of Python lists each.
+#: worker: a 16 MiB body of integer pixels is about 70 MB of Python lists at its peak (``tools/json_cap``).
 THREAD_PARSE_BYTES = 256 * 1024
 _large_parses: list[anyio.CapacityLimiter] = []  # made in the worker's event loop, on first use
 
@@ -117,8 +118,9 @@ def read_once(spec: type) -> type:
 
 
 async def read_form(request: Request, spec: type) -> dict[str, t.Any]:
-    """A multipart or urlencoded body -> the parameters' values (files as uploads, texts JSON-decoded where they
-    are JSON, as BentoML's own client sends them), or a ClientError naming what is wrong."""
+    """A multipart or urlencoded body -> the parameters' values (a file as its bytes, or as the upload for a
+    ``Path`` parameter; texts JSON-decoded where they are JSON, as BentoML's own client sends them), or a
+    ClientError naming what is wrong."""
     path, files, texts = request.url.path, file_fields(spec), text_fields(spec)
     try:
         form = await request.form(max_files=len(files) + 8, max_fields=len(texts) + 8, max_part_size=JSON_MAX_BYTES)

@@ -244,7 +244,7 @@ INFO_OPERATION = {"summary": "models, manifest, provider, priors, batching and l
 def install(service: t.Any, scorer: t.Any, served: Served) -> None:
     """Everything ``service`` needs around its APIs (see the module docstring). Called once, when service.py is
     imported (in ``bentoml serve`` and in every worker)."""
-    for api in service.apis.values():
+    for api in service.apis.values():  # BentoML built each spec from its signature; read_once subclasses it
         api.input_spec = read_once(api.input_spec)
     get_paths = [*BENTOML_GET_PATHS, "/info", *PAGE_OPERATIONS]
     rules = route_rules(service.apis.values(), get_paths, served.settings)
