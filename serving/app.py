@@ -253,7 +253,7 @@ def install(service: t.Any, scorer: t.Any, served: Served) -> None:
 
     def document() -> dict:
         return openapi_document(service.openapi_spec.asdict(), rules, {**PAGE_OPERATIONS, "/info": INFO_OPERATION},
-                                version=version, json_pairs=json_pairs)
+                                version=version, json_pairs=json_pairs, samples_dir=ROOT / "samples")
 
     service.add_asgi_middleware(FrontDoor, rules=rules, openapi=document,
                                 body_idle_timeout=served.settings.body_idle_timeout_s,

@@ -5,43 +5,26 @@ BentoML 1.4.40 describes every ``@bentoml.api`` from its input spec and answer m
 route that also takes JSON is described as multipart only; the error answers are its own shapes (400, 404, 500)
 rather than the one error shape and the service's 400/408/413/415/503; an API answering a ``Response`` (the CSV
 batch) has no answer schema; the routes of the mounted app (the web page, ``GET /info``) are missing; and its
-title and description are BentoML's. ``openapi_document`` fixes exactly those, and adds examples: real MNIST
-digits written as plain-text PGM (``P2``), a format Pillow reads and that fits in a JSON string, so a fuzzer's
-example phase (``tests/test_service.py`` runs schemathesis against a real server) reaches a 200 on every route.
+title and description are BentoML's. ``openapi_document`` fixes exactly those, and adds examples: the committed
+held-out course pair written as plain-text PGM (``P2``), a format Pillow reads and that fits in a JSON string, so a
+fuzzer's example phase (``tests/test_service.py`` runs schemathesis against a real server) reaches a 200 on every
+route.
 """
 
 from __future__ import annotations
 
-import base64
 import copy
 import typing as t
-import zlib
+from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from ensemble.contract import DIGIT_SIZE, PIXEL_DTYPE, PIXEL_MAX, join_pair
+from ensemble.contract import PIXEL_DTYPE, PIXEL_MAX, split_pair
 from serving.answers import BatchResult, Comparison
 from serving.guard import RouteRule
 
 # --------------------------------------------------------------------------- examples
-
-# Two held-out MNIST digits (samples/digit_8_light_on_dark.png and digit_3_light_on_dark.png), 28x28
-# uint8, zlib-compressed and base64-encoded.
-_EIGHT = (
-    "eNpjYBgwIDX7/4P9TdFMmDJMMdf+goE2plQuRObvNTVmNCmJ+SDxN52Zp37+XZIqiWJuP1DmR6cskNUIUqSIbCJI2yUgg7ttP0ju"
-    "CBtCjvvV37/fixgYFBeCjb5UhmbmpxDlrhcgqUxDVLeA7Pv4DCTzOp4bzZ0GTyA+eBOnh+l1c4jc2wQ+TDm2AKjfLyZwY0g2/4WB"
-    "LC40Kc69f/9e0fbcB5JczokqJwkUO8PAwOX5Gshww5S7DwqzCUDGFFQ55kKgmBdD4OmfQDoRzUKhq3//bnkDkvmbjRG9GTB3Ykox"
-    "MEpDIn6a8EAlSgDkXrDT"
-)
-_THREE = (
-    "eNpjYBh0gNN2wtl/e7ZszhTAkDK/9+8vEACJ20poUvO//f3RGamgqhd59e99aVS593+3KUNYUlf+1qDKJUfzwJg+fz9K43TVg/8+"
-    "uKS4d/9bw4JDju/sv1ts6IIS2gx8erWH3v/9Nx9dn/v73w9egD15QBhdm/vPf//+/Qfif7GYFpmXl3vr6upO/vvTHJc7mdf+u8SG"
-    "S1Lj319+nJ6/9Dcdp9yWf0twSQnd/jsJ1QX8/MzACOY3L934+d9PIRQ567//zhw69BTs96vWqAb5/AULf93U5CrHSdPEBwB45GjB"
-)
-
-
-def _digit(encoded: str) -> np.ndarray:
-    return np.frombuffer(zlib.decompress(base64.b64decode(encoded)), dtype=PIXEL_DTYPE).reshape(DIGIT_SIZE, DIGIT_SIZE)
 
 
 def plain_pgm(pixels: np.ndarray) -> str:
@@ -51,10 +34,18 @@ def plain_pgm(pixels: np.ndarray) -> str:
     return f"P2\n{width} {height}\n{PIXEL_MAX}\n{rows}\n"
 
 
-EXAMPLE_LEFT = plain_pgm(_digit(_EIGHT))
-EXAMPLE_RIGHT = plain_pgm(_digit(_THREE))
-EXAMPLE_PAIR = join_pair(_digit(_EIGHT), _digit(_THREE))  # 8 | 3: left is greater
-
+def examples(samples_dir: Path) -> dict[str, dict]:
+    """Request examples by route (a fuzzer's first requests) from the committed held-out course pair
+    (``samples/pair.png``, shipped in the Bento): the pair, its halves, and its pixels; none without it."""
+    path = samples_dir / "pair.png"
+    if not path.is_file():
+        return {}
+    with Image.open(path) as image:
+        pair = np.asarray(image.convert("L"), dtype=PIXEL_DTYPE)
+    left, right = split_pair(pair)
+    return {"/compare": {"left": plain_pgm(left), "right": plain_pgm(right)},
+            "/compare_pair": {"image": plain_pgm(pair)},
+            "/compare_batch": {"pairs": [pair.tolist()], "ids": ["PAIR_0"]}}
 
 
 # --------------------------------------------------------------------------- the corrections
@@ -69,10 +60,7 @@ ERRORS = {
 ERROR_SCHEMA = {"type": "object", "required": ["error"], "additionalProperties": False,
                 "properties": {"error": {"type": "string", "description": "what is wrong, for a person"},
                                "detail": {"description": "structured detail, when there is any"}}}
-#: Request examples by route (a fuzzer's first requests), and answers BentoML cannot see (a ``Response``).
-EXAMPLES = {"/compare": {"left": EXAMPLE_LEFT, "right": EXAMPLE_RIGHT},
-            "/compare_pair": {"image": plain_pgm(EXAMPLE_PAIR)},
-            "/compare_batch": {"pairs": [EXAMPLE_PAIR.tolist()], "ids": ["PAIR_0"]}}
+#: Answers BentoML cannot see (an API that answers a ``Response``).
 ANSWERS = {"/compare_batch": {"description": "probabilities, labels and digits (format=csv: the submission file, "
                                              "its prior in the header X-Prior)",
                               "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BatchResult"}},
@@ -89,7 +77,7 @@ def _schemas() -> dict[str, t.Any]:
     return schemas
 
 
-def _post(operation: dict, path: str, rule: RouteRule, json_pairs: int) -> dict:
+def _post(operation: dict, path: str, rule: RouteRule, json_pairs: int, example: dict | None) -> dict:
     """One API's operation: its request bodies (JSON beside multipart where the route takes it), its answers."""
     body = operation.get("requestBody", {}).get("content", {})
     if path != "/info":  # every comparing route needs its body (BentoML marks none as required)
@@ -112,8 +100,8 @@ def _post(operation: dict, path: str, rule: RouteRule, json_pairs: int) -> dict:
         pairs = content["schema"]["properties"].get("pairs")
         if pairs is not None:
             pairs["oneOf"][0]["maxItems"] = json_pairs
-        if path in EXAMPLES and set(EXAMPLES[path]) <= set(content["schema"]["properties"]):
-            content["example"] = EXAMPLES[path]
+        if example and set(example) <= set(content["schema"]["properties"]):
+            content["example"] = example
     ok = ANSWERS.get(path) or {str(code): answer for code, answer in operation["responses"].items()}["200"]
     if path in ("/compare", "/compare_pair"):
         ok["content"]["application/json"]["schema"] = {"$ref": "#/components/schemas/Comparison"}
@@ -124,18 +112,18 @@ def _post(operation: dict, path: str, rule: RouteRule, json_pairs: int) -> dict:
 
 
 def openapi_document(bentoml_document: dict, rules: dict[str, RouteRule], pages: dict[str, dict], *, version: str,
-                     json_pairs: int) -> dict:
+                     json_pairs: int, samples_dir: Path) -> dict:
     """BentoML's document (``Service.openapi_spec.asdict()``), corrected; ``pages``: the mounted app's GET
-    operations by path; ``json_pairs``: how many pairs a JSON batch may hold."""
+    operations by path; ``json_pairs``: how many pairs a JSON batch may hold; ``samples_dir``: the examples'."""
     document = copy.deepcopy(bentoml_document)
     document["info"] = {"title": "digit_compare", "version": version,
                         "description": "Is the left handwritten digit greater than the right one? Ten Siamese CNNs "
                                        "stacked by LightGBM. Every error answers {\"error\": \"...\", "
                                        "\"detail\": ...}."}
-    paths = document["paths"]
+    paths, example = document["paths"], examples(samples_dir)
     for path, item in paths.items():
         if "post" in item and path in rules:
-            _post(item["post"], path, rules[path], json_pairs)
+            _post(item["post"], path, rules[path], json_pairs, example.get(path))
     for path, operation in pages.items():
         paths.setdefault(path, {})["get"] = operation
     if "/info" in paths:  # the same answer as the GET of the mounted app
