@@ -18,6 +18,7 @@ A parameter added to a signature is read, checked, let through and documented wi
 
 from __future__ import annotations
 
+import functools
 import json
 import typing as t
 from dataclasses import dataclass
@@ -93,15 +94,17 @@ async def parse_large(parse: t.Callable[[t.Any], t.Any], text: t.Any) -> t.Any:
     return await anyio.to_thread.run_sync(parse, text, limiter=_large_parses[0])
 
 
-def file_fields(spec: type) -> list[str]:
+@functools.cache  # per input spec: read with every request
+def file_fields(spec: type) -> tuple[str, ...]:
     """The file parameters: BentoML's (``Path``) and ours (``Upload`` in their metadata, read as bytes)."""
-    return [name for name, field in spec.model_fields.items() if name in spec.multipart_fields
-            or any(isinstance(m, Upload) for m in field.metadata)]
+    return tuple(name for name, field in spec.model_fields.items() if name in spec.multipart_fields
+                 or any(isinstance(m, Upload) for m in field.metadata))
 
 
-def text_fields(spec: type) -> list[str]:
+@functools.cache
+def text_fields(spec: type) -> tuple[str, ...]:
     files = file_fields(spec)
-    return [name for name in spec.model_fields if name not in files]
+    return tuple(name for name in spec.model_fields if name not in files)
 
 
 def read_once(spec: type) -> type:
@@ -150,7 +153,8 @@ def _json_or_text(value: str) -> t.Any:
         return value
 
 
-def check_form(path: str, form: FormData, files: list[str], texts: list[str], required: list[str]) -> None:
+def check_form(path: str, form: FormData, files: t.Sequence[str], texts: t.Sequence[str],
+               required: t.Sequence[str]) -> None:
     """Refuse unexpected fields, missing or repeated files, text where a file belongs, and repeated or file-valued
     text fields (ClientError, 400)."""
     known = [*files, *texts]
