@@ -194,7 +194,7 @@ def _post_eight(url: str, **kwargs) -> list[httpx.Response]:
 def test_eight_maximum_bodies_keep_the_worker_under_1_gb_and_responsive(server):
     """Eight maximum-size bodies at once: JSON bodies just under their 16 MiB limit, holding more pairs than the
     JSON cap (so each is parsed, then refused with 413), then 16-megapixel pictures near the 20 MiB image limit.
-    The API worker's memory stays under 1 GB, comes back down, and /readyz keeps answering within a second."""
+    The API worker's memory stays under 1 GB and /readyz keeps answering."""
     row = ",".join(["123"] * 56)
     pair = "[" + ",".join([f"[{row}]"] * 28) + "]"
     body = ('{"pairs": [' + ",".join([pair] * (JSON_MAX_BYTES // (len(pair) + 1))) + "]}").encode()
@@ -207,7 +207,7 @@ def test_eight_maximum_bodies_keep_the_worker_under_1_gb_and_responsive(server):
         json_answers = _post_eight(f"{server.url}/compare_batch", content=body,
                                    headers={"content-type": "application/json"})
     first_round = _rss_bytes(json_watch.pid)
-    with _Watch(server) as json_watch:  # twice more: what each round kept would add up
+    with _Watch(server) as json_watch:  # twice more: the peak stays bounded round after round
         for _ in range(2):
             json_answers += _post_eight(f"{server.url}/compare_batch", content=body,
                                         headers={"content-type": "application/json"})
@@ -224,10 +224,9 @@ def test_eight_maximum_bodies_keep_the_worker_under_1_gb_and_responsive(server):
         # Coarse on purpose (the machine is shared and noisy): parsing on the event loop stalled /readyz
         # for 1.8-3.7 s here; off the loop it took 0.04-1.3 s.
         assert watch.worst_readyz < 2.5, f"/readyz took {watch.worst_readyz:.2f} s while bodies were parsed"
-    # nothing of the refused bodies is kept (an error's traceback used to hold each body and its text): later rounds
-    # reuse the memory the allocator kept from the first (its resident size swings by about 100 MiB from round to
-    # round), where keeping the bodies would add 8 x 16 MiB a round, 256 MiB in two
-    assert settled < first_round + 160 * 2**20, f"{(settled - first_round) / 2**20:.0f} MiB more after two rounds"
+    # That nothing of a refused body is kept is checked in process, where Python's own allocations can be counted
+    # (tests/test_serving_api.py): the worker's resident size swings by 100-300 MiB from round to round of these
+    # bodies (the allocator keeps what it freed; twelve rounds plateau near 550 MiB), more than a kept body adds.
     assert [r.status_code for r in json_answers] == [413] * 24, [r.text[:200] for r in json_answers]
     assert all("per JSON request; send more as a course .npz upload" in r.json()["error"] for r in json_answers)
     assert all(r.status_code in (200, 400) for r in image_answers), [r.text[:200] for r in image_answers]

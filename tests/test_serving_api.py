@@ -8,10 +8,12 @@ documented" and "each body is parsed once".
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import io
 import json
 import sys
+import tracemalloc
 import typing as t
 from pathlib import Path
 
@@ -28,7 +30,7 @@ from starlette.testclient import TestClient
 
 from serving.api import FORM_TYPES, SLACK, CourseFile, Picture, media_type, read_form, read_json, route_rule
 from serving.inputs import ClientError
-from serving.settings import JSON_MAX_BYTES, Settings
+from serving.settings import JSON_MAX_BYTES, JSON_MAX_PAIRS, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -202,3 +204,26 @@ def test_each_multipart_body_is_parsed_once(served, monkeypatch):
     np.savez(npz, x=np.asarray(Image.open(ROOT / "samples" / "pair.png").convert("L"))[None])
     batch = client.post("/compare_batch", files={"file": ("x.npz", npz.getvalue())})
     assert batch.status_code == 200 and batch.json()["n"] == 1 and len(parses) == 2
+
+
+def test_a_refused_json_batch_keeps_nothing_of_its_body(served):
+    """A JSON batch over the cap is parsed, then refused with a 413 naming the .npz form; afterwards none of it is
+    alive (an error's traceback used to keep the body, its text and its lists: 120 MB for a 60 MiB body). Counted
+    with tracemalloc, in this process: the server's resident size cannot tell (its allocator keeps what it frees)."""
+    row = "[" + ",".join(["7"] * 56) + "]"
+    pair = "[" + ",".join([row] * 28) + "]"
+    body = ('{"pairs": [' + ",".join([pair] * (JSON_MAX_PAIRS + 1)) + "]}").encode()  # about 4.5 MB
+    headers = {"content-type": "application/json"}
+    assert served.post("/compare_batch", content=body, headers=headers).status_code == 413  # warm: lazy imports
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(3):
+            refused = served.post("/compare_batch", content=body, headers=headers)
+            assert refused.status_code == 413 and ".npz upload" in refused.json()["error"]
+        gc.collect()
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < len(body) // 4, f"{kept / 2**20:.1f} MiB still allocated after three refused bodies"
