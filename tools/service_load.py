@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from ensemble.contract import PAIR_SHAPE  # noqa: E402 - needs the repository root on the path
 from ensemble.runtime import DEVICE_ENV  # noqa: E402
+from serving.settings import JSON_MAX_BYTES  # noqa: E402
 from tests.server_process import bentoml_serve  # noqa: E402
 from tests.test_service_load import _course_pairs, _rss_bytes, _Watch, _worker_pid  # noqa: E402
 
@@ -86,7 +87,9 @@ def mixed_load(url: str, clients: int, seconds: float, bad_share: float) -> None
 def eight_bodies(server) -> None:
     row = ",".join(["123"] * PAIR_SHAPE[1])
     pair = "[" + ",".join([f"[{row}]"] * PAIR_SHAPE[0]) + "]"
-    body = ('{"pairs": [' + ",".join([pair] * 10_001) + "]}").encode()
+    # The largest JSON body compare_batch reads (serving.settings.JSON_MAX_BYTES), holding more pairs than its JSON
+    # cap: parsed whole, then refused with 413.
+    body = ('{"pairs": [' + ",".join([pair] * (JSON_MAX_BYTES // (len(pair) + 1))) + "]}").encode()
     picture = _png(np.random.default_rng(3).integers(0, 256, (4000, 4000), dtype=np.uint8))
     cases = [(f"8 x {len(body) / 2**20:.0f} MiB JSON", "/compare_batch",
               {"content": body, "headers": {"content-type": "application/json"}}),
