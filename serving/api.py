@@ -107,6 +107,11 @@ def text_fields(spec: type) -> tuple[str, ...]:
     return tuple(name for name in spec.model_fields if name not in files)
 
 
+@functools.cache
+def required_files(spec: type) -> tuple[str, ...]:
+    return tuple(name for name in file_fields(spec) if spec.model_fields[name].is_required())
+
+
 def read_once(spec: type) -> type:
     """``spec`` whose ``from_http_request`` reads the body once and checks it against the signature."""
 
@@ -132,7 +137,7 @@ async def read_form(request: Request, spec: type) -> dict[str, t.Any]:
     except Exception as err:  # noqa: BLE001 - any parser failure on these bytes means a malformed body
         raise ClientError(f"{path}: malformed multipart body ({type(err).__name__}: {err})") from None
     # BentoML closes the request, and with it this form and its spooled files, once the answer is sent.
-    check_form(path, form, files, texts, required=[n for n in files if spec.model_fields[n].is_required()])
+    check_form(path, form, files, texts, required=required_files(spec))
     data: dict[str, t.Any] = {}
     for name in files:
         if name in form:  # an upload: its bytes for a `bytes` parameter, the upload itself for BentoML's `Path`

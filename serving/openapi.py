@@ -80,8 +80,8 @@ def _schemas() -> dict[str, t.Any]:
 def _post(operation: dict, path: str, rule: RouteRule, json_pairs: int, example: dict | None) -> dict:
     """One API's operation: its request bodies (JSON beside multipart where the route takes it), its answers."""
     body = operation.get("requestBody", {}).get("content", {})
-    if path != "/info":  # every comparing route needs its body (BentoML marks none as required)
-        operation["requestBody"]["required"] = True
+    # A route that takes files needs its body (BentoML marks none as required); one without (/info) takes none.
+    operation["requestBody"]["required"] = "multipart/form-data" in rule.limits
     form = body.get("multipart/form-data")
     if form is not None and "application/json" in rule.limits:  # the non-file fields, as a JSON object
         schema = copy.deepcopy(form["schema"])
@@ -103,8 +103,6 @@ def _post(operation: dict, path: str, rule: RouteRule, json_pairs: int, example:
         if example and set(example) <= set(content["schema"]["properties"]):
             content["example"] = example
     ok = ANSWERS.get(path) or {str(code): answer for code, answer in operation["responses"].items()}["200"]
-    if path in ("/compare", "/compare_pair"):
-        ok["content"]["application/json"]["schema"] = {"$ref": "#/components/schemas/Comparison"}
     operation["responses"] = {"200": ok, **{code: {"description": text, "content": {"application/json": {
         "schema": {"$ref": "#/components/schemas/Error"}}}} for code, text in ERRORS.items()
         if code != "503" or path != "/info"}}
@@ -128,6 +126,20 @@ def openapi_document(bentoml_document: dict, rules: dict[str, RouteRule], pages:
         paths.setdefault(path, {})["get"] = operation
     if "/info" in paths:  # the same answer as the GET of the mounted app
         paths["/info"]["post"]["responses"]["200"] = paths["/info"]["get"]["responses"]["200"]
+    ours = _schemas()
     document["components"]["schemas"] = {name: schema for name, schema in document["components"]["schemas"].items()
-                                         if name.endswith("__Input")} | _schemas()
-    return document
+                                         if name.endswith("__Input")} | ours
+    return _answer_refs(document, ours)
+
+
+def _answer_refs(value: t.Any, ours: dict[str, t.Any]) -> t.Any:
+    """BentoML writes an answer model's schema inline, titled ``<Model>IODescriptor``: each becomes a reference to
+    our component of that model."""
+    if isinstance(value, dict):
+        title = value.get("title")
+        if isinstance(title, str) and title.endswith("IODescriptor") and title.removesuffix("IODescriptor") in ours:
+            return {"$ref": f"#/components/schemas/{title.removesuffix('IODescriptor')}"}
+        return {key: _answer_refs(item, ours) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_answer_refs(item, ours) for item in value]
+    return value
