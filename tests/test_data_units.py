@@ -304,13 +304,13 @@ def test_corrupted_pairs_differ_from_their_sources():
 
 def test_each_digit_of_each_pair_gets_its_own_severity(monkeypatch: pytest.MonkeyPatch) -> None:
     seen = []
-    corrupt = data.corrupt_digits
+    corrupt = data.corrupt_digits_and_clean
 
-    def recording(digits: np.ndarray, rng: np.random.Generator, severity: np.ndarray) -> np.ndarray:
+    def recording(digits: np.ndarray, rng: np.random.Generator, severity: np.ndarray):
         seen.append((digits.copy(), severity))
         return corrupt(digits, rng, severity)
 
-    monkeypatch.setattr(data, "corrupt_digits", recording)
+    monkeypatch.setattr(data, "corrupt_digits_and_clean", recording)
     images, labels = _digits(100)
     out = make_pairs(images, labels, 40, seed=2, severity=6.0, severity_spread=0.5, clean_share=0.3)
     (sources, severity), = seen  # one chunk

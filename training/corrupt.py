@@ -170,11 +170,23 @@ def corrupt_digits(digits: np.ndarray, rng: np.random.Generator, severity: float
 
     ``severity`` is a scalar or one value per digit, on the course's 0-10 scale.
     """
+    return corrupt_digits_and_clean(digits, rng, severity)[0]
+
+
+def corrupt_digits_and_clean(digits: np.ndarray, rng: np.random.Generator,
+                             severity: float | np.ndarray = 6.0) -> tuple[np.ndarray, np.ndarray]:
+    """``corrupt_digits``, and beside each corrupted digit the clean one behind it: the same scale, rotation
+    and crop (steps 1-3), none of the rest (contrast, noise, blur, line, rectangles). Both uint8 (N, 28, 28).
+
+    Training alone uses the clean digit (privileged information: the test never has it). The random draws are
+    those of ``corrupt_digits``, so the corrupted digits are the same with or without it.
+    """
     images = np.asarray(digits, dtype=np.float32)
     n = len(images)
     s = np.broadcast_to(np.asarray(severity, dtype=np.float64), (n,)).astype(np.float32)
 
     images = np.rint(_geometry(images, s, rng))
+    clean = np.clip(images, 0, 255).astype(np.uint8)
     images = _enhance(images, s, rng)
     noise = rng.standard_normal((n, DIGIT_SIZE, DIGIT_SIZE), dtype=np.float32) * (3 * s)[:, None, None]
     images = np.floor(np.clip(images + noise, 0, 255))
@@ -182,4 +194,4 @@ def corrupt_digits(digits: np.ndarray, rng: np.random.Generator, severity: float
     images = np.rint(blur @ images @ blur.transpose(0, 2, 1))
     out = np.clip(images, 0, 255).astype(np.uint8)
     out[_line_mask(s, rng) | rectangle_mask(*sample_rectangles(s, rng))] = 0
-    return out
+    return out, clean

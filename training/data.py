@@ -31,7 +31,7 @@ from tqdm import tqdm
 from ensemble.atomic import atomic_path, atomic_write_text
 from ensemble.contract import DIGIT_SIZE, join_pair
 from ensemble.course_data import save_course_npz, write_submission_csv
-from training.corrupt import COURSE_SEVERITY, corrupt_digits, sample_severity
+from training.corrupt import COURSE_SEVERITY, corrupt_digits_and_clean, sample_severity
 from training.mnist import MnistSourceError, load_mnist
 from training.profiles import CLEAN_SEVERITY_MAX
 
@@ -163,26 +163,29 @@ def digit_severities(rng: np.random.Generator, n: int, severity: float, spread: 
     return sev
 
 
-def _make_chunk(args) -> tuple[np.ndarray, np.ndarray]:
+def _make_chunk(args) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     images, labels, n, seed, stream, epoch, chunk, severity, spread, clean_share = args
     rng = np.random.default_rng([seed, stream, epoch, chunk])
     digits = sample_digit_pairs(rng, n)
     src = _pick_sources(rng, labels, digits)
     sev = digit_severities(rng, 2 * n, severity, spread, clean_share)
-    halves = corrupt_digits(images[src.reshape(-1)], rng, sev).reshape(n, 2, DIGIT_SIZE, DIGIT_SIZE)
-    pairs = join_pair(halves[:, 0], halves[:, 1])
-    return pairs, digits
+    halves, clean = (h.reshape(n, 2, DIGIT_SIZE, DIGIT_SIZE)
+                     for h in corrupt_digits_and_clean(images[src.reshape(-1)], rng, sev))
+    return join_pair(halves[:, 0], halves[:, 1]), digits, join_pair(clean[:, 0], clean[:, 1])
 
 
 def make_pairs(images: np.ndarray, labels: np.ndarray, n: int, *, seed: int, epoch: int = 0,
                stream: str = "train", severity: float = COURSE_SEVERITY, severity_spread: float = 0.0,
-               clean_share: float = 0.0, workers: int = 1, progress: bool = False) -> dict[str, np.ndarray]:
+               clean_share: float = 0.0, workers: int = 1, progress: bool = False,
+               with_clean: bool = False) -> dict[str, np.ndarray]:
     """Draw n corrupted pairs from source digits; a pure function of its arguments.
 
     Returns ``x`` (n, 28, 56) uint8, ``y`` (n,) 1 when left > right, ``digits`` (n, 2).
     ``severity_spread`` > 0 draws each digit's severity uniformly from severity +- spread
     (domain randomisation); ``clean_share`` of the digits are drawn nearly clean instead
     (``digit_severities``). Work is cut in fixed chunks, so ``workers`` changes speed only.
+    ``with_clean`` adds ``clean`` (n, 28, 56) uint8: each pair's digits before everything but the geometry
+    (``training.corrupt.corrupt_digits_and_clean``), for training only; ``x`` is the same either way.
     """
     jobs = [(images, labels, min(CHUNK, n - start), seed, STREAMS[stream], epoch, i, severity, severity_spread,
              clean_share) for i, start in enumerate(range(0, n, CHUNK))]
@@ -191,17 +194,21 @@ def make_pairs(images: np.ndarray, labels: np.ndarray, n: int, *, seed: int, epo
     if workers > 1 and len(jobs) > 1:
         # forkserver, not fork: forking a process that runs threads (numpy's, torch's) may deadlock the child.
         with ProcessPoolExecutor(workers, mp_context=get_context("forkserver")) as pool:
-            for pairs, digits in pool.map(_make_chunk, jobs):
-                results.append((pairs, digits))
-                bar.update(len(pairs))
+            for chunk in pool.map(_make_chunk, jobs):
+                results.append(chunk if with_clean else chunk[:2])
+                bar.update(len(chunk[0]))
     else:
         for job in jobs:
-            results.append(_make_chunk(job))
+            chunk = _make_chunk(job)
+            results.append(chunk if with_clean else chunk[:2])
             bar.update(job[2])
     bar.close()
     x = np.concatenate([r[0] for r in results])
     digits = np.concatenate([r[1] for r in results])
-    return {"x": x, "y": (digits[:, 0] > digits[:, 1]).astype(np.int64), "digits": digits}
+    pairs = {"x": x, "y": (digits[:, 0] > digits[:, 1]).astype(np.int64), "digits": digits}
+    if with_clean:
+        pairs["clean"] = np.concatenate([r[2] for r in results])
+    return pairs
 
 
 # --------------------------------------------------------------------------- builder

@@ -38,10 +38,16 @@ class Recipe:
     aux_digit_weight: float | None = None  # AUX_DIGIT_WEIGHT
     warmup_fraction: float | None = None  # WARMUP_FRACTION
     final_lr_fraction: float | None = None  # FINAL_LR_FRACTION
+    # Learning from the clean digit behind each corrupted one (training.privileged); 0 turns each off.
+    clean_reconstruction_weight: float = 0.0  # a decoder draws the clean digit from the tower's embedding
+    teacher_distill_weight: float = 0.0  # KL to a clean-digit teacher's digit posteriors (RunOptions.teacher)
+    distill_temperature: float = 2.0
+    train_on_clean: bool = False  # train on the clean digits themselves: how a teacher is made
 
     def overrides(self) -> dict[str, float]:
-        """The settings this recipe changes (those not None)."""
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        """The settings this recipe changes from its defaults."""
+        defaults = asdict(Recipe())
+        return {k: v for k, v in asdict(self).items() if v != defaults[k]}
 
 
 @dataclass(frozen=True)
@@ -124,7 +130,8 @@ def _check_type(path: Path, where: str, value: t.Any, hint: t.Any) -> None:
         allowed = (*allowed, int)
     if value is None and type(None) in allowed:
         return
-    if isinstance(value, bool) or not isinstance(value, tuple(a for a in allowed if a is not type(None))):
+    if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, tuple(a for a in allowed
+                                                                                    if a is not type(None))):
         raise ProfileFileError(f"{path}: {where} must be {' or '.join(a.__name__ for a in allowed)}, got {value!r}")
 
 

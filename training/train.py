@@ -46,6 +46,12 @@ from training.data import dataset_fingerprint, make_pairs
 from training.datasets import TrainingData
 from training.models import REGISTRY, ModelConfig, build_model, count_parameters
 from training.precision import PRECISIONS, StepMode, choose_mode
+from training.privileged import (
+    CleanDecoder,
+    distillation_loss,
+    reconstruction_loss,
+    teacher_run_key,
+)
 from training.profiles import (
     AUX_DIGIT_WEIGHT,
     EMA_DECAY,
@@ -79,10 +85,13 @@ class RunOptions:
     force: bool = False  # retrain a model that is already trained
     progress: bool = True
     position: int = 0  # row of the progress bar, for models trained side by side
+    teacher: Path | None = None  # a run folder holding this model trained on clean digits (Recipe.train_on_clean)
 
     def __post_init__(self):
         object.__setattr__(self, "data_dir", Path(self.data_dir))
         object.__setattr__(self, "out", Path(self.out))
+        if self.teacher is not None:
+            object.__setattr__(self, "teacher", Path(self.teacher))
 
 
 # --------------------------------------------------------------------------- small pieces
@@ -131,10 +140,16 @@ def to_input(x_uint8: torch.Tensor, device: torch.device) -> torch.Tensor:
     return x_uint8.to(device, non_blocking=True).float().div_(PIXEL_MAX)
 
 
-def swap_halves(x: torch.Tensor, y: torch.Tensor, digits: torch.Tensor | None, mask: torch.Tensor):
-    """Swap the two digits of the masked pairs and flip their labels: exact for this task."""
+def swap_pictures(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The masked pairs with their two digits swapped (a copy)."""
     x = x.clone()
     x[mask] = torch.cat([x[mask, :, DIGIT_SIZE:], x[mask, :, :DIGIT_SIZE]], dim=2)
+    return x
+
+
+def swap_halves(x: torch.Tensor, y: torch.Tensor, digits: torch.Tensor | None, mask: torch.Tensor):
+    """Swap the two digits of the masked pairs and flip their labels: exact for this task."""
+    x = swap_pictures(x, mask)
     y = torch.where(mask, 1 - y, y)
     if digits is not None:
         digits = torch.where(mask[:, None], digits.flip(1), digits)
@@ -227,14 +242,21 @@ class Trainer:
     """
 
     def __init__(self, config: ModelConfig, prof: Profile, device: torch.device, steps_per_epoch: int,
-                 mode: StepMode):
+                 mode: StepMode, teacher: torch.nn.Module | None = None):
         self.config, self.prof, self.device, self.mode = config, prof, device, mode
         seed_everything(config.seed)
         self.model = mode.prepare_model(build_model(config.name, prof.width, prof.feat_dim).to(device))
         self.averaged = AveragedModel(self.model, multi_avg_fn=update_ema, use_buffers=True)
         recipe = prof.recipe  # the profile's overrides of the recipe (None: the model's own, or the default)
+        # Training-only parts (training.privileged): the decoder trains beside the model but is not in it, and the
+        # teacher is frozen; neither is kept or exported.
+        self.decoder = CleanDecoder(prof.feat_dim).to(device) if recipe.clean_reconstruction_weight > 0 else None
+        if recipe.teacher_distill_weight > 0 and teacher is None:
+            raise ValueError("the recipe distils from a teacher (teacher_distill_weight > 0), but none was given")
+        self.teacher = None if teacher is None else teacher.to(device).eval().requires_grad_(False)
+        trained = [*self.model.parameters(), *(self.decoder.parameters() if self.decoder is not None else [])]
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=config.lr if recipe.lr is None else recipe.lr,
+            trained, lr=config.lr if recipe.lr is None else recipe.lr,
             weight_decay=config.weight_decay if recipe.weight_decay is None else recipe.weight_decay)
         self.total_steps = steps_per_epoch * prof.epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: warmup_cosine(
@@ -254,6 +276,8 @@ class Trainer:
         if ckpt.get("run_key") != key:
             return False
         self.model.load_state_dict(ckpt["model"])
+        if self.decoder is not None:
+            self.decoder.load_state_dict(ckpt["decoder"])
         self.averaged.load_state_dict(ckpt["averaged"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -264,22 +288,37 @@ class Trainer:
 
     def save_checkpoint(self, path: Path, key: str) -> None:
         with atomic_path(path) as tmp:
-            torch.save({"run_key": key, "model": self.model.state_dict(), "averaged": self.averaged.state_dict(),
+            decoder = {} if self.decoder is None else {"decoder": self.decoder.state_dict()}
+            torch.save({"run_key": key, "model": self.model.state_dict(), **decoder,
+                        "averaged": self.averaged.state_dict(),
                         "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                         "scaler": self.scaler.state_dict(), "rng": rng_state(), **self.state}, tmp)
 
-    def step(self, xb: torch.Tensor, yb: torch.Tensor, db: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimiser step on one batch, then the schedule and the weight average; (loss, logits)."""
+    def step(self, xb: torch.Tensor, yb: torch.Tensor, db: torch.Tensor | None,
+             clean: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimiser step on one batch, then the schedule and the weight average; (loss, logits).
+        ``clean``: the batch's clean digits (pixels in [0, 1]), which the recipe's privileged terms need."""
+        recipe = self.prof.recipe
         with self.mode.autocast(self.device):
-            logits, digit_logits = self.model(xb)
-            loss = training_loss(self.config, logits, yb, digit_logits, db, self.prof.recipe.aux_digit_weight)
+            logits, digit_logits, features = self.model.forward_with_features(xb)
+            loss = training_loss(self.config, logits, yb, digit_logits, db, recipe.aux_digit_weight)
+            if self.decoder is not None:
+                loss = loss + recipe.clean_reconstruction_weight * reconstruction_loss(self.decoder(features), clean)
+            if self.teacher is not None:
+                with torch.no_grad():
+                    _, teacher_digit_logits = self.teacher(clean)
+                loss = loss + recipe.teacher_distill_weight * distillation_loss(
+                    digit_logits, teacher_digit_logits, recipe.distill_temperature)
         apply_step(self, loss)
         return loss.detach(), logits.detach()
 
     def train_one_epoch(self, x: torch.Tensor, y: torch.Tensor, digits: torch.Tensor | None, epoch: int,
-                        options: RunOptions) -> dict:
-        """One pass over this epoch's pairs in shuffled batches, half of each batch swapped."""
+                        options: RunOptions, clean: torch.Tensor | None = None) -> dict:
+        """One pass over this epoch's pairs in shuffled batches, half of each batch swapped; ``clean`` holds the
+        pairs' clean digits when the recipe learns from them."""
         self.model.train()
+        if self.decoder is not None:
+            self.decoder.train()
         generator = torch.Generator().manual_seed(self.config.seed * EPOCH_SEED_STRIDE + epoch)
         order = torch.randperm(len(x), generator=generator)
         swap = torch.rand(len(x), generator=generator) < SWAP_PROBABILITY
@@ -291,8 +330,9 @@ class Trainer:
         for start in bar:
             idx = order[start:start + batch_size]
             xb, yb, db = swap_halves(x[idx], y[idx].float(), None if digits is None else digits[idx], swap[idx])
+            cb = None if clean is None else to_input(swap_pictures(clean[idx], swap[idx]), self.device)
             xb, yb = to_input(xb, self.device), yb.to(self.device)
-            loss, logits = self.step(xb, yb, None if db is None else db.to(self.device))
+            loss, logits = self.step(xb, yb, None if db is None else db.to(self.device), cb)
             total_loss += loss.item() * len(idx)
             correct += ((logits > 0).float() == yb).sum().item()
             seen += len(idx)
@@ -352,11 +392,15 @@ def save_curves(history: list[dict], path: Path, title: str) -> None:
 
 # --------------------------------------------------------------------------- one model
 
-def run_key(name: str, profile: str, data_dir: Path, mode: StepMode) -> str:
+def run_key(name: str, profile: str, data_dir: Path, mode: StepMode, teacher: Path | None = None) -> str:
     """Identifies a training run by its configuration, budget, step mode and data. The epoch budget is
     part of it: the learning-rate schedule spans the whole budget, so a longer run is another run."""
-    payload = json.dumps({"config": REGISTRY[name].to_dict(), "profile": get_profile(profile).to_dict(),
-                          "mode": mode.name, "data": dataset_fingerprint(data_dir)}, sort_keys=True, default=str)
+    prof = get_profile(profile)
+    run = {"config": REGISTRY[name].to_dict(), "profile": prof.to_dict(), "mode": mode.name,
+           "data": dataset_fingerprint(data_dir)}
+    if prof.recipe.teacher_distill_weight > 0:
+        run["teacher"] = teacher_run_key(teacher, name)
+    payload = json.dumps(run, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -384,15 +428,19 @@ def train_model(name: str, options: RunOptions = RunOptions(), data: TrainingDat
     retrains a model that is already trained with the same configuration and data.
     """
     config, prof, layout = REGISTRY[name], get_profile(options.profile), ArtifactLayout(options.out)
+    if prof.recipe.teacher_distill_weight > 0 and options.teacher is None:
+        raise ValueError(f"the profile {options.profile!r} distils from a teacher: give its run folder (--teacher)")
     device = resolve_device(options.device)  # before loading data: a missing GPU is said at once
     mode = choose_mode(device, config.tower, options.precision)
-    key = run_key(name, options.profile, options.data_dir, mode)
+    key = run_key(name, options.profile, options.data_dir, mode, options.teacher)
     if not options.force and is_trained(layout, name, key, prof.epochs):
         return {**json.loads(layout.history(name).read_text())["result"], "status": "skipped"}
     if options.threads:
         torch.set_num_threads(options.threads)
     data = data or TrainingData.load(options.data_dir, prof.max_train_pairs, prof.max_val_pairs)
-    trainer = Trainer(config, prof, device, steps_per_epoch(data, prof), mode)
+    distils = prof.recipe.teacher_distill_weight > 0
+    teacher = load_weights(name, options.teacher, options.profile) if distils else None
+    trainer = Trainer(config, prof, device, steps_per_epoch(data, prof), mode, teacher)
     if options.resume and not options.force:
         trainer.load_checkpoint(layout.checkpoint(name), key)
 
@@ -401,7 +449,8 @@ def train_model(name: str, options: RunOptions = RunOptions(), data: TrainingDat
         if trainer.stopped_early:
             break
         epoch_start = time.perf_counter()
-        train = trainer.train_one_epoch(*pairs.get(epoch), epoch, options)
+        x, y, digits, clean = pairs.get(epoch)
+        train = trainer.train_one_epoch(x, y, digits, epoch, options, clean)
         val = trainer.evaluate(data.val.x, data.val.y)
         row = {"epoch": epoch + 1, "train_loss": train["loss"], "train_acc": train["acc"], "val_loss": val["loss"],
                "val_acc": val["acc"], "lr": trainer.optimizer.param_groups[0]["lr"]}
@@ -457,17 +506,31 @@ def steps_per_epoch(data: TrainingData, prof: Profile) -> int:
     return math.ceil(pairs / prof.batch_size)
 
 
+def needs_clean(prof: Profile) -> bool:
+    """Whether the recipe learns from the clean digits (training.privileged)."""
+    recipe = prof.recipe
+    return recipe.train_on_clean or recipe.clean_reconstruction_weight > 0 or recipe.teacher_distill_weight > 0
+
+
 def epoch_pairs(data: TrainingData, seed: int, epoch: int, prof: Profile):
-    """This epoch's training pairs as tensors: fresh ones from the source digits when the folder has
-    them (course severity, a share nearly clean), else the training file itself."""
+    """This epoch's training pairs as tensors (x, y, digits, clean): fresh ones from the source digits when the
+    folder has them (course severity, a share nearly clean), else the training file itself. ``clean`` (the digits
+    before the corruption) only when the recipe uses it; a teacher (``train_on_clean``) trains on it as ``x``."""
+    clean = None
     if data.sources is not None:
         fresh = make_pairs(data.sources["train_images"], data.sources["train_labels"], prof.pairs_per_epoch,
                            seed=seed, epoch=epoch, severity=TRAIN_SEVERITY, severity_spread=TRAIN_SEVERITY_SPREAD,
-                           clean_share=prof.clean_share, workers=prof.data_workers)
-        x, y, digits = fresh["x"], fresh["y"], fresh["digits"]
+                           clean_share=prof.clean_share, workers=prof.data_workers, with_clean=needs_clean(prof))
+        x, y, digits, clean = fresh["x"], fresh["y"], fresh["digits"], fresh.get("clean")
+        if prof.recipe.train_on_clean:
+            x, clean = clean, None
+    elif needs_clean(prof):
+        raise ValueError("this recipe learns from clean digits, which only a data folder with source digits "
+                         "(python -m training.data build) can give")
     else:
         x, y, digits = data.train.x, data.train.y, data.train.digits
-    return torch.from_numpy(x), torch.from_numpy(y), None if digits is None else torch.from_numpy(digits)
+    as_tensor = [None if a is None else torch.from_numpy(a) for a in (x, y, digits, clean)]
+    return tuple(as_tensor)
 
 
 class EpochPairs:
@@ -509,9 +572,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="auto: bf16 + channels-last where the hardware computes bf16 natively, else fp32")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint of this run")
     parser.add_argument("--force", action="store_true", help="retrain even if already trained")
+    parser.add_argument("--teacher", metavar="RUN", help="the run folder of this model trained on clean digits, "
+                        "for a profile that distils from it (training.privileged)")
     args = parser.parse_args(argv)
     options = RunOptions(data_dir=args.data, out=args.out, profile=args.profile_file or args.profile,
-                         device=args.device, precision=args.precision, resume=args.resume, force=args.force)
+                         device=args.device, precision=args.precision, resume=args.resume, force=args.force,
+                         teacher=args.teacher)
     print(json.dumps(train_model(args.name, options), indent=2))
     return 0
 

@@ -159,7 +159,8 @@ class Objective:
         try:
             for epoch in range(prof.epochs):
                 started = time.perf_counter()
-                trainer.train_one_epoch(*pairs.get(epoch), epoch, options)
+                x, y, digits, clean = pairs.get(epoch)
+                trainer.train_one_epoch(x, y, digits, epoch, options, clean)
                 acc = trainer.evaluate(val.x[:prof.max_val_pairs], val.y[:prof.max_val_pairs])["acc"]
                 trainer.end_epoch({"epoch": epoch + 1, "val_acc": acc, "seconds": time.perf_counter() - started})
                 trial.report(acc, epoch + 1)

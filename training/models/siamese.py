@@ -60,10 +60,16 @@ class SiameseNet(nn.Module):
         self.digit_head = nn.Sequential(nn.Dropout(dropout), nn.Linear(feat_dim, 10))
 
     def forward(self, pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logit, digit_logits, _ = self.forward_with_features(pairs)
+        return logit, digit_logits
+
+    def forward_with_features(self, pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``forward``'s outputs and the tower's embeddings (2B, feat_dim): all left halves, then all right ones
+        (training's reconstruction head reads them: ``training.privileged``)."""
         batch = pairs.shape[0]
         halves = torch.cat([pairs[:, None, :, :DIGIT_SIZE], pairs[:, None, :, DIGIT_SIZE:]], dim=0)  # (2B, 1, 28, 28)
         features = self.tower(halves)
         left, right = features[:batch], features[batch:]
         logit = self.head(left, right) - self.head(right, left)
         digit_logits = self.digit_head(features).view(2, batch, 10).transpose(0, 1)
-        return logit, digit_logits
+        return logit, digit_logits, features
