@@ -150,7 +150,8 @@ def score_arm(row: dict, out: Path, profile_file: str, data_dir: Path, course_va
     """Accuracy on the built validation split and the course's val.npz, and how the digit head reads."""
     import torch
 
-    from training.train import load_weights, predict_logits
+    from training.models import load_weights
+    from training.train import predict_logits
 
     model = load_weights(model_name(row["seed"]), out, profile_file)
     device = torch.device("cpu")

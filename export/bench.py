@@ -29,8 +29,7 @@ from ensemble.runtime import open_session
 from ensemble.tables import markdown_table
 from export.onnx_export import ExportWrapper
 from training.data import make_pairs
-from training.models import model_names
-from training.train import load_weights
+from training.models import load_weights, model_names
 
 BATCHES = (1, 32, 256)
 

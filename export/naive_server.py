@@ -25,8 +25,7 @@ from starlette.routing import Route
 
 from ensemble.contract import PIXEL_MAX
 from ensemble.preprocess import open_image, prepare_pair
-from training.models import model_names
-from training.train import load_weights
+from training.models import load_weights, model_names
 
 
 def build_app(models_dir: Path, profile: str) -> Starlette:

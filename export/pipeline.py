@@ -18,8 +18,7 @@ from ensemble.layout import ArtifactLayout
 from ensemble.manifest import read_manifest, sha256_file
 from export.onnx_export import check_parity, export_model, fuse_models
 from training.data import make_pairs
-from training.models import model_names
-from training.train import load_weights
+from training.models import load_weights, model_names
 
 PARITY_PAIRS = 512
 PARITY_SEED = 12345  # the parity pairs are fresh draws, fixed so every export checks the same ones

@@ -20,8 +20,7 @@ from ensemble.__main__ import main as cli
 from ensemble.course_data import load_course_npz, save_course_npz
 from ensemble.manifest import MANIFEST, SERVING_ROLES, artifact_entry
 from export.onnx_export import ParityError, check_parity, cpu_session
-from training.models import model_names
-from training.train import load_weights
+from training.models import load_weights, model_names
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -84,7 +84,10 @@ def test_a_distillation_step_moves_the_digit_head_toward_the_teacher():
     """With only the distillation term (no pair or digit loss can act: weights 0 and no labels), steps bring the
     student's digit posteriors on corrupted digits toward the teacher's on the clean ones."""
     prof = replace(PROFILES["smoke"], recipe=Recipe(lr=3e-3, aux_digit_weight=0.0, teacher_distill_weight=1.0))
+    torch.manual_seed(0)
     teacher = build_model("resnet", prof.width, prof.feat_dim).eval()
+    with torch.no_grad():  # a sure teacher, whose posteriors differ from digit to digit (a random one says ~1/10)
+        teacher.digit_head[1].weight.mul_(30.0)
     trainer = Trainer(REGISTRY["resnet"], prof, torch.device("cpu"), 100, choose_mode(torch.device("cpu"), "resnet",
                                                                                       "fp32"), teacher)
     x, y, _, clean = _clean_batch()
@@ -98,9 +101,9 @@ def test_a_distillation_step_moves_the_digit_head_toward_the_teacher():
 
     before = gap()
     trainer.model.train()
-    for _ in range(20):
+    for _ in range(40):
         trainer.step(x, y, None, clean)
-    assert gap() < 0.5 * before
+    assert gap() < 0.5 * before  # 0.14-0.38 of it, whatever the teacher's initial weights
 
 
 def test_training_only_parts_are_not_kept_and_serving_is_unchanged(tmp_path, tiny_data):

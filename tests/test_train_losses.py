@@ -14,7 +14,7 @@ import torch
 
 from training.models import REGISTRY, ModelConfig
 from training.precision import FP32
-from training.profiles import AUX_DIGIT_WEIGHT, PROFILES
+from training.profiles import PROFILES, Recipe
 from training.train import Trainer, focal_loss, pair_loss, swap_halves, training_loss
 
 LN3 = math.log(3.0)  # the logit of p = 0.75
@@ -115,12 +115,12 @@ def test_training_loss_adds_the_weighted_digit_cross_entropy():
     config = ModelConfig("t", "resnet", loss="bce")
     logits, y = torch.tensor([0.0, LN3]), torch.tensor([1.0, 0.0])
     pair = (math.log(2) + _bce(0.75, 0)) / 2
-    assert training_loss(config, logits, y, torch.zeros(2, 2, 10), None).item() == pytest.approx(pair, rel=1e-6)
+    assert training_loss(config, logits, y, torch.zeros(2, 2, 10), None, 0.5).item() == pytest.approx(pair, rel=1e-6)
     # uniform digit logits: cross-entropy ln 10 per half, whatever the labels
     digits = torch.tensor([[3, 1], [0, 9]])
     uniform = torch.zeros(2, 2, 10)
-    total = training_loss(config, logits, y, uniform, digits).item()
-    assert total == pytest.approx(pair + AUX_DIGIT_WEIGHT * math.log(10), rel=1e-6)
+    total = training_loss(config, logits, y, uniform, digits, 0.5).item()
+    assert total == pytest.approx(pair + 0.5 * math.log(10), rel=1e-6)
     assert training_loss(config, logits, y, uniform, digits, aux_weight=2.0).item() == pytest.approx(
         pair + 2.0 * math.log(10), rel=1e-6)
     # a confident, right digit head: logit 10 on the true class -> cross-entropy log(1 + 9 e^-10)
@@ -175,7 +175,7 @@ def test_a_step_returns_this_batchs_loss_and_steps_on_its_gradient_alone():
         assert any(not torch.equal(b, p) for b, p in zip(before, trainer.model.parameters(), strict=True))
         lrs.append(trainer.optimizer.param_groups[0]["lr"])
     # the schedule advanced once per step (warm-up: rising to the peak), the weight average took both steps
-    peak = trainer.config.lr
+    peak = trainer.prof.recipe.lr
     assert trainer.scheduler.last_epoch == 2 and lrs[0] < lrs[1] < peak
     assert int(trainer.averaged.n_averaged) == 2
 
@@ -191,7 +191,6 @@ def test_steps_on_one_batch_lower_its_loss():
 
 def test_a_step_weights_the_digit_loss_as_the_profiles_recipe_says():
     """A tuned profile may set the digit cross-entropy's weight (Recipe.aux_digit_weight); the step uses it."""
-    from training.profiles import Recipe
 
     torch.set_num_threads(1)
     prof = replace(PROFILES["smoke"], epochs=1, recipe=Recipe(aux_digit_weight=3.0))
@@ -202,7 +201,7 @@ def test_a_step_weights_the_digit_loss_as_the_profiles_recipe_says():
     torch.manual_seed(0)
     logits, digit_logits = model(x)
     expected = training_loss(trainer.config, logits, y, digit_logits, digits, aux_weight=3.0).item()
-    default = training_loss(trainer.config, logits, y, digit_logits, digits).item()
+    default = training_loss(trainer.config, logits, y, digit_logits, digits, Recipe().aux_digit_weight).item()
     assert abs(expected - default) > 0.1  # the weight matters here
     torch.manual_seed(0)
     assert trainer.step(x, y, digits)[0].item() == pytest.approx(expected, rel=1e-5)

@@ -175,13 +175,13 @@ def test_resume_after_interruption_is_exact(data_dir, tmp_path):
 
 def test_the_schedule_spends_the_budget_and_ends_at_its_floor(data_dir, tmp_path):
     """The learning rate warms up, peaks at the configured rate and reaches the floor at the last step."""
-    from training.models import REGISTRY
-    from training.profiles import FINAL_LR_FRACTION, PROFILES
+    from training.profiles import PROFILES
 
     options = RunOptions(out=tmp_path, data_dir=data_dir, profile="smoke", device="cpu", threads=1, progress=False)
     train_model("resnet", options)
     ckpt = torch.load(tmp_path / "checkpoints" / "resnet.pt", weights_only=True)
-    prof, peak = PROFILES["smoke"], REGISTRY["resnet"].lr
+    prof = PROFILES["smoke"]
+    peak, FINAL_LR_FRACTION = prof.recipe.lr, prof.recipe.final_lr_fraction
     steps = prof.epochs * -(-prof.pairs_per_epoch // prof.batch_size)
     assert ckpt["scheduler"]["last_epoch"] == steps
     # The last step ran at the floor: the learning rate recorded after the final epoch.

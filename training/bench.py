@@ -43,7 +43,7 @@ def train_throughput(name: str, profile: str, steps: int, mode: StepMode = FP32)
         start = time.perf_counter()
         with mode.autocast(CPU):
             logits, digit_logits = model(x)
-            loss = training_loss(REGISTRY[name], logits, y, digit_logits, digits)
+            loss = training_loss(REGISTRY[name], logits, y, digit_logits, digits, prof.recipe.aux_digit_weight)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -30,9 +30,9 @@ from ensemble.atomic import atomic_write_text
 from ensemble.course_data import load_course_npz
 from ensemble.tables import markdown_table
 from training.datasets import TEST_FILES, load_labelled_test
-from training.models import REGISTRY, model_names
+from training.models import REGISTRY, load_weights, model_names
 from training.profiles import PROFILES
-from training.train import RunOptions, load_weights, predict_logits, train_model
+from training.train import RunOptions, predict_logits, train_model
 
 COURSE_FILES = ("train.npz", "val.npz")
 

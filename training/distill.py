@@ -54,7 +54,7 @@ from ensemble.student import NAME
 from training.data import dataset_fingerprint, make_pairs
 from training.models import REGISTRY, ModelConfig, build_from_config, count_parameters
 from training.precision import choose_mode
-from training.profiles import AUX_DIGIT_WEIGHT, PROFILES, TRAIN_SEVERITY, Profile
+from training.profiles import PROFILES, TRAIN_SEVERITY, Profile, Recipe
 from training.train import (
     SWAP_PROBABILITY,
     apply_step,
@@ -83,8 +83,8 @@ class DistillSettings:
     epochs: int = 4  # passes over them
     alpha: float = 0.7  # weight of the soft (teacher) targets; 1 - alpha on the true labels
     temperature: float = 2.0
-    digit_weight: float = AUX_DIGIT_WEIGHT  # the digit heads' terms next to the pair's
-    lr: float | None = None  # peak; default 1e-3 from the member's weights, the member's own lr from scratch
+    digit_weight: float = Recipe().aux_digit_weight  # the digit heads' terms next to the pair's
+    lr: float | None = None  # peak; default 1e-3 from the member's weights, the profile's recipe's from scratch
     weight_decay: float = 5e-4
     clean_share: float | None = None  # share of nearly clean digits (default: the profile's)
 
@@ -172,9 +172,7 @@ def transfer_targets(teacher: Ensemble, data_dir: Path, pairs: int, clean_share:
 
 def student_config(settings: DistillSettings) -> ModelConfig:
     member = REGISTRY[settings.architecture]
-    lr = settings.lr or (1e-3 if settings.init else member.lr)
-    return replace(member, name=NAME, seed=STUDENT_SEED, lr=lr, weight_decay=settings.weight_decay,
-                   description=f"distilled student: {member.description}")
+    return replace(member, name=NAME, seed=STUDENT_SEED, description=f"distilled student: {member.description}")
 
 
 def build_student(settings: DistillSettings, prof: Profile, teacher_dir: Path) -> tuple[torch.nn.Module, str]:
@@ -202,8 +200,11 @@ class StudentTrainer:
         self.mode = choose_mode(device, config.tower, "auto")
         self.model = self.mode.prepare_model(model.to(device))
         self.averaged = AveragedModel(self.model, multi_avg_fn=update_ema, use_buffers=True)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: warmup_cosine(s, steps))
+        recipe = prof.recipe
+        lr = settings.lr or (1e-3 if settings.init else recipe.lr)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=settings.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: warmup_cosine(
+            s, steps, recipe.warmup_fraction, recipe.final_lr_fraction))
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.mode.needs_scaler)
 
     def step(self, xb: torch.Tensor, yb: torch.Tensor, db: torch.Tensor, pb: torch.Tensor, qb: torch.Tensor) -> float:

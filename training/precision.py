@@ -6,8 +6,8 @@ the weights and the optimiser stay fp32 under autocast, so only the convolutions
 A CPU without native bf16 would emulate it (slower than fp32), so it trains in fp32. On CUDA, fp16
 autocast with a loss scaler, as before (bf16 where the GPU has it: no scaler needed).
 
-The choice per architecture is ``TOWER_MODES``, decided by measurement: a tower whose depthwise
-convolutions gain nothing from bf16 (efficientnet) keeps fp32 with channels-last alone.
+The choice per architecture is ``TOWER_MODES``, decided by measurement: a tower whose attention gates
+gain nothing from bf16 (cbam) keeps fp32 with channels-last alone.
 """
 
 from __future__ import annotations
@@ -51,10 +51,9 @@ class StepMode:
 
 FP32 = StepMode(None, channels_last=False)
 # Measured with ``python -m training.bench --modes --threads 1`` (README): every tower gains from
-# channels-last; bf16 pays on top for all but the attention (CBAM) and depthwise (MBConv) towers, whose
-# pooling, sigmoid gates and depthwise convolutions run slower in bf16 than in fp32.
-TOWER_MODES: dict[str, StepMode] = {"efficientnet": StepMode(None, channels_last=True),
-                                    "cbam": StepMode(None, channels_last=True)}
+# channels-last; bf16 pays on top for all but the attention (CBAM) tower, whose pooling and sigmoid gates
+# run slower in bf16 than in fp32.
+TOWER_MODES: dict[str, StepMode] = {"cbam": StepMode(None, channels_last=True)}
 FAST_CPU_MODE = StepMode(torch.bfloat16, channels_last=True)
 
 

@@ -13,9 +13,11 @@ continues exactly as if never stopped, mid-schedule included.
 Layout under ``--out`` (``ensemble.layout.ArtifactLayout``): ``checkpoints/NAME.pt`` (resumable state,
 not for git) and ``weights/NAME/{weights.safetensors, history.json, curves.png}``.
 
-What trains is the registry's ``ModelConfig`` and the ``Profile``; where and how (folders, device,
-threads, resume) is one ``RunOptions``. ``Trainer`` holds the model and its optimiser state and runs
-the epochs; ``train_model`` is the loop over them, readable in one sitting.
+What trains is the registry's ``ModelConfig`` and the ``Profile`` (its ``Recipe`` holds every value of the
+recipe: ``training.profiles``); where and how (folders, device, threads, resume) is one ``RunOptions``.
+The file reads top to bottom: the run's options, ``train_model`` (the loop over the epochs, readable in one
+sitting), then what it calls: the ``Trainer`` (the model, its optimiser state and one epoch), the epochs'
+pairs, the losses and the step, the schedule and the weight average, and the run's identity and records.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
@@ -44,25 +46,10 @@ from ensemble.contract import DIGIT_SIZE, PIXEL_MAX
 from ensemble.layout import ArtifactLayout
 from training.data import dataset_fingerprint, make_pairs
 from training.datasets import TrainingData
-from training.models import REGISTRY, ModelConfig, build_model, count_parameters
+from training.models import REGISTRY, ModelConfig, build_model, count_parameters, load_weights
 from training.precision import PRECISIONS, StepMode, choose_mode
-from training.privileged import (
-    CleanDecoder,
-    distillation_loss,
-    reconstruction_loss,
-    teacher_run_key,
-)
-from training.profiles import (
-    AUX_DIGIT_WEIGHT,
-    EMA_DECAY,
-    FINAL_LR_FRACTION,
-    PROFILES,
-    TRAIN_SEVERITY,
-    TRAIN_SEVERITY_SPREAD,
-    WARMUP_FRACTION,
-    Profile,
-    get_profile,
-)
+from training.privileged import CleanDecoder, distillation_loss, reconstruction_loss, teacher_run_key
+from training.profiles import EMA_DECAY, PROFILES, TRAIN_SEVERITY, Profile, get_profile
 
 EVAL_BATCH = 1024
 SWAP_PROBABILITY = 0.5  # share of each batch whose digits are swapped (and labels flipped)
@@ -94,143 +81,90 @@ class RunOptions:
             object.__setattr__(self, "teacher", Path(self.teacher))
 
 
-# --------------------------------------------------------------------------- small pieces
+# --------------------------------------------------------------------------- one model: the loop
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+def train_model(name: str, options: RunOptions = RunOptions(), data: TrainingData | None = None,
+                on_epoch_end: Callable[[int], None] | None = None) -> dict:
+    """Train one registered model; returns its result row (accuracies, time, parameter count).
 
+    With ``options.resume`` a checkpoint of the same run continues where it stopped; ``options.force``
+    retrains a model that is already trained with the same configuration and data.
+    """
+    config, prof, layout = REGISTRY[name], get_profile(options.profile), ArtifactLayout(options.out)
+    if prof.recipe.teacher_distill_weight > 0 and options.teacher is None:
+        raise ValueError(f"the profile {options.profile!r} distils from a teacher: give its run folder (--teacher)")
+    device = resolve_device(options.device)  # before loading data: a missing GPU is said at once
+    mode = choose_mode(device, config.tower, options.precision)
+    key = run_key(name, options.profile, options.data_dir, mode, options.teacher)
+    if not options.force and is_trained(layout, name, key, prof.epochs):
+        return {**json.loads(layout.history(name).read_text())["result"], "status": "skipped"}
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    data = data or TrainingData.load(options.data_dir, prof.max_train_pairs, prof.max_val_pairs)
+    distils = prof.recipe.teacher_distill_weight > 0
+    teacher = load_weights(name, options.teacher, options.profile) if distils else None
+    trainer = Trainer(config, prof, device, steps_per_epoch(data, prof), mode, teacher)
+    if options.resume and not options.force:
+        trainer.load_checkpoint(layout.checkpoint(name), key)
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda asked for, but torch sees no usable GPU")
-    return torch.device(device)
+    pairs = EpochPairs(data, config.seed, prof)
+    for epoch in range(trainer.state["epoch"], prof.epochs):
+        if trainer.stopped_early:
+            break
+        epoch_start = time.perf_counter()
+        x, y, digits, clean = pairs.get(epoch)
+        train = trainer.train_one_epoch(x, y, digits, epoch, options, clean)
+        val = trainer.evaluate(data.val.x, data.val.y)
+        row = {"epoch": epoch + 1, "train_loss": train["loss"], "train_acc": train["acc"], "val_loss": val["loss"],
+               "val_acc": val["acc"], "lr": trainer.optimizer.param_groups[0]["lr"]}
+        row.update({f"{split}_acc": trainer.evaluate(shifted.x, shifted.y)["acc"]
+                    for split, shifted in data.shifted_val.items()})
+        row["seconds"] = time.perf_counter() - epoch_start
+        trainer.end_epoch(row)
+        trainer.save_checkpoint(layout.checkpoint(name), key)
+        if options.progress:
+            shifted_text = " ".join(f"{k[4:-4]}={v:.4f}" for k, v in row.items() if k.startswith("val_sev"))
+            tqdm.write(f"{name} epoch {epoch + 1}: train_acc={train['acc']:.4f} val_acc={val['acc']:.4f} "
+                       f"{shifted_text} ({row['seconds']:.0f}s)")
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1)
+    pairs.close()
 
-
-def focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 1.0, gamma: float = 2.0) -> torch.Tensor:
-    """Binary focal loss on logits; targets may be smoothed (values in [0, 1])."""
-    bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    p = torch.sigmoid(logits)
-    p_true = p * targets + (1 - p) * (1 - targets)
-    return (alpha * (1 - p_true) ** gamma * bce).mean()
-
-
-def pair_loss(config: ModelConfig, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    targets = y * (1 - config.label_smoothing) + 0.5 * config.label_smoothing
-    if config.loss == "focal":
-        return focal_loss(logits, targets)
-    return F.binary_cross_entropy_with_logits(logits, targets)
-
-
-def training_loss(config: ModelConfig, logits: torch.Tensor, y: torch.Tensor, digit_logits: torch.Tensor,
-                  digits: torch.Tensor | None, aux_weight: float | None = None) -> torch.Tensor:
-    """The pair loss, plus the auxiliary digit cross-entropy (weighted ``aux_weight``, default
-    ``AUX_DIGIT_WEIGHT``) when the pairs' digit labels are known."""
-    loss = pair_loss(config, logits.float(), y)
-    if digits is None:
-        return loss
-    weight = AUX_DIGIT_WEIGHT if aux_weight is None else aux_weight
-    return loss + weight * F.cross_entropy(digit_logits.float().reshape(-1, 10), digits.reshape(-1))
-
-
-def to_input(x_uint8: torch.Tensor, device: torch.device) -> torch.Tensor:
-    return x_uint8.to(device, non_blocking=True).float().div_(PIXEL_MAX)
-
-
-def swap_pictures(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The masked pairs with their two digits swapped (a copy)."""
-    x = x.clone()
-    x[mask] = torch.cat([x[mask, :, DIGIT_SIZE:], x[mask, :, :DIGIT_SIZE]], dim=2)
-    return x
-
-
-def swap_halves(x: torch.Tensor, y: torch.Tensor, digits: torch.Tensor | None, mask: torch.Tensor):
-    """Swap the two digits of the masked pairs and flip their labels: exact for this task."""
-    x = swap_pictures(x, mask)
-    y = torch.where(mask, 1 - y, y)
-    if digits is not None:
-        digits = torch.where(mask[:, None], digits.flip(1), digits)
-    return x, y, digits
+    result = finished_result(trainer, data)
+    save_trained(layout, trainer, key, options, result)
+    return {**result, "status": "trained"}
 
 
-def warmup_cosine(step: int, total_steps: int, warmup_fraction: float | None = None,
-                  final_fraction: float | None = None) -> float:
-    """The learning rate at ``step`` as a fraction of the peak: a linear warm-up from the floor over
-    ``warmup_fraction`` of the steps, then a cosine that reaches ``final_fraction`` at the last step
-    (defaults: ``WARMUP_FRACTION``, ``FINAL_LR_FRACTION``; a profile's recipe may override them)."""
-    warmup_fraction = WARMUP_FRACTION if warmup_fraction is None else warmup_fraction
-    final = FINAL_LR_FRACTION if final_fraction is None else final_fraction
-    warmup = max(1, round(warmup_fraction * total_steps))
-    last = max(total_steps - 1, warmup)
-    if step < warmup:
-        return final + (1 - final) * step / warmup
-    progress = min(1.0, (step - warmup) / max(1, last - warmup))
-    return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * progress))
+def finished_result(trainer: Trainer, data: TrainingData) -> dict:
+    """The result row of a finished run, scored with its best weights."""
+    state, model = trainer.state, trainer.best_model()
+    result = {"name": trainer.config.name, "params": count_parameters(model), "epochs": state["epoch"],
+              "val_acc": state["best_acc"], "train_seconds": round(sum(h["seconds"] for h in state["history"]), 1)}
+    best = next(h for h in state["history"] if h["val_acc"] == state["best_acc"])
+    result.update({k: v for k, v in best.items() if k.startswith("val_sev")})
+    if data.test is not None:
+        result["test_acc"] = trainer.evaluate(data.test.x, data.test.y)["acc"]
+    return result
 
 
-def ema_decay(step: int) -> float:
-    """The weight average's decay at its ``step``-th update: short at first, so that the average does not
-    carry the random initial weights for thousands of steps (0.998**750 = 0.22), then ``EMA_DECAY``."""
-    return min(EMA_DECAY, (1 + step) / (10 + step))
+def save_trained(layout: ArtifactLayout, trainer: Trainer, key: str, options: RunOptions, result: dict) -> None:
+    """The best weights, the learning curves and history.json (config, profile, result, every epoch)."""
+    name = trainer.config.name
+    layout.weights_dir(name).mkdir(parents=True, exist_ok=True)
+    with atomic_path(layout.weights(name)) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in trainer.best_model().state_dict().items()},
+                  str(tmp))
+    save_curves(trainer.state["history"], layout.curves(name), f"{name} ({options.profile} profile)")
+    atomic_write_text(layout.history(name), json.dumps(
+        {"name": name, "run_key": key, "profile": options.profile, "config": trainer.config.to_dict(),
+         "profile_settings": trainer.prof.to_dict(), "device": str(trainer.device), "step_mode": trainer.mode.name,
+         "result": result,
+         "early_stopped": trainer.stopped_early, "history": trainer.state["history"]},
+        indent=2, default=str) + "\n")
 
-
-@torch.no_grad()
-def update_ema(averaged: list[torch.Tensor], current: list[torch.Tensor], updates: torch.Tensor) -> None:
-    """``AveragedModel``'s multi_avg_fn: an exponential moving average with ``ema_decay``'s warm-up."""
-    decay = ema_decay(int(updates))
-    if torch.is_floating_point(averaged[0]):
-        torch._foreach_lerp_(averaged, current, 1 - decay)
-    else:  # integer buffers (batch norm's step counter) are counts, not averages
-        for a, c in zip(averaged, current, strict=True):
-            a.copy_(c)
-
-
-def rng_state() -> dict:
-    np_state = np.random.get_state()
-    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
-             "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:])}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
-    kind, keys, *rest = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 # --------------------------------------------------------------------------- the trainer
-
-@torch.no_grad()
-def predict_logits(model: torch.nn.Module, x: np.ndarray, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """Pair logits (N,) and digit logits (N, 2, 10) in eval mode."""
-    model.eval()
-    logits, digit_logits = [], []
-    for start in range(0, len(x), EVAL_BATCH):
-        xb = to_input(torch.from_numpy(x[start:start + EVAL_BATCH]), device)
-        a, b = model(xb)
-        logits.append(a.float().cpu())
-        digit_logits.append(b.float().cpu())
-    return torch.cat(logits).numpy(), torch.cat(digit_logits).numpy()
-
-
-def apply_step(trainer: Trainer, loss: torch.Tensor) -> None:
-    """What every training step does after its loss (the base models' ``Trainer`` and ``training.distill``'s
-    student): backward, the optimiser step (loss-scaled where the mode needs it), the schedule, the weight average."""
-    trainer.optimizer.zero_grad(set_to_none=True)
-    trainer.scaler.scale(loss).backward()
-    trainer.scaler.step(trainer.optimizer)
-    trainer.scaler.update()
-    trainer.scheduler.step()
-    trainer.averaged.update_parameters(trainer.model)
-
 
 class Trainer:
     """One model with its optimiser, LR schedule, weight average and loss scaler, and its run's progress.
@@ -247,7 +181,7 @@ class Trainer:
         seed_everything(config.seed)
         self.model = mode.prepare_model(build_model(config.name, prof.width, prof.feat_dim).to(device))
         self.averaged = AveragedModel(self.model, multi_avg_fn=update_ema, use_buffers=True)
-        recipe = prof.recipe  # the profile's overrides of the recipe (None: the model's own, or the default)
+        recipe = prof.recipe
         # Training-only parts (training.privileged): the decoder trains beside the model but is not in it, and the
         # teacher is frozen; neither is kept or exported.
         self.decoder = CleanDecoder(prof.feat_dim).to(device) if recipe.clean_reconstruction_weight > 0 else None
@@ -256,8 +190,7 @@ class Trainer:
         self.teacher = None if teacher is None else teacher.to(device).eval().requires_grad_(False)
         trained = [*self.model.parameters(), *(self.decoder.parameters() if self.decoder is not None else [])]
         self.optimizer = torch.optim.AdamW(
-            trained, lr=config.lr if recipe.lr is None else recipe.lr,
-            weight_decay=config.weight_decay if recipe.weight_decay is None else recipe.weight_decay)
+            trained, lr=recipe.lr, weight_decay=recipe.weight_decay)
         self.total_steps = steps_per_epoch * prof.epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: warmup_cosine(
             step, self.total_steps, recipe.warmup_fraction, recipe.final_lr_fraction))
@@ -361,7 +294,234 @@ class Trainer:
         return self.averaged.module.eval()
 
 
-# --------------------------------------------------------------------------- curves
+
+# --------------------------------------------------------------------------- the epochs' pairs
+
+def steps_per_epoch(data: TrainingData, prof: Profile) -> int:
+    """Optimiser steps in one epoch: the schedule spans epochs x this."""
+    pairs = prof.pairs_per_epoch if data.sources is not None else len(data.train.x)
+    return math.ceil(pairs / prof.batch_size)
+
+
+def needs_clean(prof: Profile) -> bool:
+    """Whether the recipe learns from the clean digits (training.privileged)."""
+    recipe = prof.recipe
+    return recipe.train_on_clean or recipe.clean_reconstruction_weight > 0 or recipe.teacher_distill_weight > 0
+
+
+def epoch_pairs(data: TrainingData, seed: int, epoch: int, prof: Profile):
+    """This epoch's training pairs as tensors (x, y, digits, clean): fresh ones from the source digits when the
+    folder has them (course severity, a share nearly clean), else the training file itself. ``clean`` (the digits
+    before the corruption) only when the recipe uses it; a teacher (``train_on_clean``) trains on it as ``x``."""
+    clean = None
+    if data.sources is not None:
+        fresh = make_pairs(data.sources["train_images"], data.sources["train_labels"], prof.pairs_per_epoch,
+                           seed=seed, epoch=epoch, severity=TRAIN_SEVERITY, clean_share=prof.clean_share,
+                           workers=prof.data_workers, with_clean=needs_clean(prof))
+        x, y, digits, clean = fresh["x"], fresh["y"], fresh["digits"], fresh.get("clean")
+        if prof.recipe.train_on_clean:
+            x, clean = clean, None
+    elif needs_clean(prof):
+        raise ValueError("this recipe learns from clean digits, which only a data folder with source digits "
+                         "(python -m training.data build) can give")
+    else:
+        x, y, digits = data.train.x, data.train.y, data.train.digits
+    as_tensor = [None if a is None else torch.from_numpy(a) for a in (x, y, digits, clean)]
+    return tuple(as_tensor)
+
+
+
+class EpochPairs:
+    """A run's training pairs, epoch by epoch. When the profile draws them with several processes (a GPU
+    trains faster than one CPU core corrupts digits), the next epoch's pairs are drawn in the background
+    while this epoch trains; they are the same pairs either way (``make_pairs`` is a pure function)."""
+
+    def __init__(self, data: TrainingData, seed: int, prof: Profile):
+        self.data, self.seed, self.prof = data, seed, prof
+        background = prof.data_workers > 1 and data.sources is not None
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="next-epoch-pairs") if background else None
+        self._next: tuple[int, Future] | None = None
+
+    def get(self, epoch: int):
+        if self._next is not None and self._next[0] == epoch:
+            pairs = self._next[1].result()
+        else:
+            pairs = epoch_pairs(self.data, self.seed, epoch, self.prof)
+        if self._pool is not None and epoch + 1 < self.prof.epochs:
+            self._next = (epoch + 1, self._pool.submit(epoch_pairs, self.data, self.seed, epoch + 1, self.prof))
+        return pairs
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+
+# --------------------------------------------------------------------------- losses and the step
+
+def focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 1.0, gamma: float = 2.0) -> torch.Tensor:
+    """Binary focal loss on logits; targets may be smoothed (values in [0, 1])."""
+    bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p = torch.sigmoid(logits)
+    p_true = p * targets + (1 - p) * (1 - targets)
+    return (alpha * (1 - p_true) ** gamma * bce).mean()
+
+
+def pair_loss(config: ModelConfig, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    targets = y * (1 - config.label_smoothing) + 0.5 * config.label_smoothing
+    if config.loss == "focal":
+        return focal_loss(logits, targets)
+    return F.binary_cross_entropy_with_logits(logits, targets)
+
+
+def training_loss(config: ModelConfig, logits: torch.Tensor, y: torch.Tensor, digit_logits: torch.Tensor,
+                  digits: torch.Tensor | None, aux_weight: float) -> torch.Tensor:
+    """The pair loss, plus the auxiliary digit cross-entropy weighted ``aux_weight`` (``Recipe.aux_digit_weight``)
+    when the pairs' digit labels are known."""
+    loss = pair_loss(config, logits.float(), y)
+    if digits is None:
+        return loss
+    return loss + aux_weight * F.cross_entropy(digit_logits.float().reshape(-1, 10), digits.reshape(-1))
+
+
+def to_input(x_uint8: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return x_uint8.to(device, non_blocking=True).float().div_(PIXEL_MAX)
+
+
+def swap_pictures(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The masked pairs with their two digits swapped (a copy)."""
+    x = x.clone()
+    x[mask] = torch.cat([x[mask, :, DIGIT_SIZE:], x[mask, :, :DIGIT_SIZE]], dim=2)
+    return x
+
+
+def swap_halves(x: torch.Tensor, y: torch.Tensor, digits: torch.Tensor | None, mask: torch.Tensor):
+    """Swap the two digits of the masked pairs and flip their labels: exact for this task."""
+    x = swap_pictures(x, mask)
+    y = torch.where(mask, 1 - y, y)
+    if digits is not None:
+        digits = torch.where(mask[:, None], digits.flip(1), digits)
+    return x, y, digits
+
+
+def apply_step(trainer: Trainer, loss: torch.Tensor) -> None:
+    """What every training step does after its loss (the base models' ``Trainer`` and ``training.distill``'s
+    student): backward, the optimiser step (loss-scaled where the mode needs it), the schedule, the weight average."""
+    trainer.optimizer.zero_grad(set_to_none=True)
+    trainer.scaler.scale(loss).backward()
+    trainer.scaler.step(trainer.optimizer)
+    trainer.scaler.update()
+    trainer.scheduler.step()
+    trainer.averaged.update_parameters(trainer.model)
+
+
+
+@torch.no_grad()
+def predict_logits(model: torch.nn.Module, x: np.ndarray, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """Pair logits (N,) and digit logits (N, 2, 10) in eval mode."""
+    model.eval()
+    logits, digit_logits = [], []
+    for start in range(0, len(x), EVAL_BATCH):
+        xb = to_input(torch.from_numpy(x[start:start + EVAL_BATCH]), device)
+        a, b = model(xb)
+        logits.append(a.float().cpu())
+        digit_logits.append(b.float().cpu())
+    return torch.cat(logits).numpy(), torch.cat(digit_logits).numpy()
+
+
+
+# --------------------------------------------------------------------------- the schedule and the weight average
+
+def warmup_cosine(step: int, total_steps: int, warmup_fraction: float, final_fraction: float) -> float:
+    """The learning rate at ``step`` as a fraction of the peak: a linear warm-up from the floor over
+    ``warmup_fraction`` of the steps, then a cosine that reaches ``final_fraction`` at the last step
+    (``Recipe.warmup_fraction``, ``Recipe.final_lr_fraction``)."""
+    final = final_fraction
+    warmup = max(1, round(warmup_fraction * total_steps))
+    last = max(total_steps - 1, warmup)
+    if step < warmup:
+        return final + (1 - final) * step / warmup
+    progress = min(1.0, (step - warmup) / max(1, last - warmup))
+    return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def ema_decay(step: int) -> float:
+    """The weight average's decay at its ``step``-th update: short at first, so that the average does not
+    carry the random initial weights for thousands of steps (0.998**750 = 0.22), then ``EMA_DECAY``."""
+    return min(EMA_DECAY, (1 + step) / (10 + step))
+
+
+
+@torch.no_grad()
+def update_ema(averaged: list[torch.Tensor], current: list[torch.Tensor], updates: torch.Tensor) -> None:
+    """``AveragedModel``'s multi_avg_fn: an exponential moving average with ``ema_decay``'s warm-up."""
+    decay = ema_decay(int(updates))
+    if torch.is_floating_point(averaged[0]):
+        torch._foreach_lerp_(averaged, current, 1 - decay)
+    else:  # integer buffers (batch norm's step counter) are counts, not averages
+        for a, c in zip(averaged, current, strict=True):
+            a.copy_(c)
+
+
+
+# --------------------------------------------------------------------------- the run's identity and records
+
+def run_key(name: str, profile: str, data_dir: Path, mode: StepMode, teacher: Path | None = None) -> str:
+    """Identifies a training run by its configuration, budget, step mode and data. The epoch budget is
+    part of it: the learning-rate schedule spans the whole budget, so a longer run is another run."""
+    prof = get_profile(profile)
+    run = {"config": REGISTRY[name].to_dict(), "profile": prof.to_dict(), "mode": mode.name,
+           "data": dataset_fingerprint(data_dir)}
+    if prof.recipe.teacher_distill_weight > 0:
+        run["teacher"] = teacher_run_key(teacher, name)
+    payload = json.dumps(run, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def is_trained(layout: ArtifactLayout, name: str, key: str, epochs: int) -> bool:
+    """Trained with this key, and either for the full epoch budget or stopped early."""
+    if not (layout.history(name).is_file() and layout.weights(name).is_file()):
+        return False
+    record = json.loads(layout.history(name).read_text())
+    return record.get("run_key") == key and (record["result"]["epochs"] >= epochs or record["early_stopped"])
+
+
+def resolve_device(device: str) -> torch.device:
+    """Training's device, by the run time's rule (``ensemble.runtime.resolve_device``) as torch sees the GPU:
+    ``auto`` is the GPU when there is a usable one, else the CPU; ``cuda`` without one is an error, said at once.
+    ``cuda:N`` picks one GPU of several."""
+    if device != "auto" and device != "cpu" and not device.startswith("cuda"):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda asked for, but torch sees no usable GPU")
+    return torch.device(device)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
 
 def save_curves(history: list[dict], path: Path, title: str) -> None:
     import matplotlib
@@ -390,173 +550,6 @@ def save_curves(history: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-# --------------------------------------------------------------------------- one model
-
-def run_key(name: str, profile: str, data_dir: Path, mode: StepMode, teacher: Path | None = None) -> str:
-    """Identifies a training run by its configuration, budget, step mode and data. The epoch budget is
-    part of it: the learning-rate schedule spans the whole budget, so a longer run is another run."""
-    prof = get_profile(profile)
-    run = {"config": REGISTRY[name].to_dict(), "profile": prof.to_dict(), "mode": mode.name,
-           "data": dataset_fingerprint(data_dir)}
-    if prof.recipe.teacher_distill_weight > 0:
-        run["teacher"] = teacher_run_key(teacher, name)
-    payload = json.dumps(run, sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-def is_trained(layout: ArtifactLayout, name: str, key: str, epochs: int) -> bool:
-    """Trained with this key, and either for the full epoch budget or stopped early."""
-    if not (layout.history(name).is_file() and layout.weights(name).is_file()):
-        return False
-    record = json.loads(layout.history(name).read_text())
-    return record.get("run_key") == key and (record["result"]["epochs"] >= epochs or record["early_stopped"])
-
-
-def load_weights(name: str, out: str | Path, profile: str) -> torch.nn.Module:
-    """A trained model from ``OUT/weights/NAME/weights.safetensors`` in eval mode."""
-    prof = get_profile(profile)
-    model = build_model(name, prof.width, prof.feat_dim)
-    model.load_state_dict(load_file(ArtifactLayout(out).weights(name)))
-    return model.eval()
-
-
-def train_model(name: str, options: RunOptions = RunOptions(), data: TrainingData | None = None,
-                on_epoch_end: Callable[[int], None] | None = None) -> dict:
-    """Train one registered model; returns its result row (accuracies, time, parameter count).
-
-    With ``options.resume`` a checkpoint of the same run continues where it stopped; ``options.force``
-    retrains a model that is already trained with the same configuration and data.
-    """
-    config, prof, layout = REGISTRY[name], get_profile(options.profile), ArtifactLayout(options.out)
-    if prof.recipe.teacher_distill_weight > 0 and options.teacher is None:
-        raise ValueError(f"the profile {options.profile!r} distils from a teacher: give its run folder (--teacher)")
-    device = resolve_device(options.device)  # before loading data: a missing GPU is said at once
-    mode = choose_mode(device, config.tower, options.precision)
-    key = run_key(name, options.profile, options.data_dir, mode, options.teacher)
-    if not options.force and is_trained(layout, name, key, prof.epochs):
-        return {**json.loads(layout.history(name).read_text())["result"], "status": "skipped"}
-    if options.threads:
-        torch.set_num_threads(options.threads)
-    data = data or TrainingData.load(options.data_dir, prof.max_train_pairs, prof.max_val_pairs)
-    distils = prof.recipe.teacher_distill_weight > 0
-    teacher = load_weights(name, options.teacher, options.profile) if distils else None
-    trainer = Trainer(config, prof, device, steps_per_epoch(data, prof), mode, teacher)
-    if options.resume and not options.force:
-        trainer.load_checkpoint(layout.checkpoint(name), key)
-
-    pairs = EpochPairs(data, config.seed, prof)
-    for epoch in range(trainer.state["epoch"], prof.epochs):
-        if trainer.stopped_early:
-            break
-        epoch_start = time.perf_counter()
-        x, y, digits, clean = pairs.get(epoch)
-        train = trainer.train_one_epoch(x, y, digits, epoch, options, clean)
-        val = trainer.evaluate(data.val.x, data.val.y)
-        row = {"epoch": epoch + 1, "train_loss": train["loss"], "train_acc": train["acc"], "val_loss": val["loss"],
-               "val_acc": val["acc"], "lr": trainer.optimizer.param_groups[0]["lr"]}
-        row.update({f"{split}_acc": trainer.evaluate(shifted.x, shifted.y)["acc"]
-                    for split, shifted in data.shifted_val.items()})
-        row["seconds"] = time.perf_counter() - epoch_start
-        trainer.end_epoch(row)
-        trainer.save_checkpoint(layout.checkpoint(name), key)
-        if options.progress:
-            shifted_text = " ".join(f"{k[4:-4]}={v:.4f}" for k, v in row.items() if k.startswith("val_sev"))
-            tqdm.write(f"{name} epoch {epoch + 1}: train_acc={train['acc']:.4f} val_acc={val['acc']:.4f} "
-                       f"{shifted_text} ({row['seconds']:.0f}s)")
-        if on_epoch_end is not None:
-            on_epoch_end(epoch + 1)
-    pairs.close()
-
-    result = finished_result(trainer, data)
-    save_trained(layout, trainer, key, options, result)
-    return {**result, "status": "trained"}
-
-
-def finished_result(trainer: Trainer, data: TrainingData) -> dict:
-    """The result row of a finished run, scored with its best weights."""
-    state, model = trainer.state, trainer.best_model()
-    result = {"name": trainer.config.name, "params": count_parameters(model), "epochs": state["epoch"],
-              "val_acc": state["best_acc"], "train_seconds": round(sum(h["seconds"] for h in state["history"]), 1)}
-    best = next(h for h in state["history"] if h["val_acc"] == state["best_acc"])
-    result.update({k: v for k, v in best.items() if k.startswith("val_sev")})
-    if data.test is not None:
-        result["test_acc"] = trainer.evaluate(data.test.x, data.test.y)["acc"]
-    return result
-
-
-def save_trained(layout: ArtifactLayout, trainer: Trainer, key: str, options: RunOptions, result: dict) -> None:
-    """The best weights, the learning curves and history.json (config, profile, result, every epoch)."""
-    name = trainer.config.name
-    layout.weights_dir(name).mkdir(parents=True, exist_ok=True)
-    with atomic_path(layout.weights(name)) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in trainer.best_model().state_dict().items()},
-                  str(tmp))
-    save_curves(trainer.state["history"], layout.curves(name), f"{name} ({options.profile} profile)")
-    atomic_write_text(layout.history(name), json.dumps(
-        {"name": name, "run_key": key, "profile": options.profile, "config": trainer.config.to_dict(),
-         "profile_settings": trainer.prof.to_dict(), "device": str(trainer.device), "step_mode": trainer.mode.name,
-         "result": result,
-         "early_stopped": trainer.stopped_early, "history": trainer.state["history"]},
-        indent=2, default=str) + "\n")
-
-
-def steps_per_epoch(data: TrainingData, prof: Profile) -> int:
-    """Optimiser steps in one epoch: the schedule spans epochs x this."""
-    pairs = prof.pairs_per_epoch if data.sources is not None else len(data.train.x)
-    return math.ceil(pairs / prof.batch_size)
-
-
-def needs_clean(prof: Profile) -> bool:
-    """Whether the recipe learns from the clean digits (training.privileged)."""
-    recipe = prof.recipe
-    return recipe.train_on_clean or recipe.clean_reconstruction_weight > 0 or recipe.teacher_distill_weight > 0
-
-
-def epoch_pairs(data: TrainingData, seed: int, epoch: int, prof: Profile):
-    """This epoch's training pairs as tensors (x, y, digits, clean): fresh ones from the source digits when the
-    folder has them (course severity, a share nearly clean), else the training file itself. ``clean`` (the digits
-    before the corruption) only when the recipe uses it; a teacher (``train_on_clean``) trains on it as ``x``."""
-    clean = None
-    if data.sources is not None:
-        fresh = make_pairs(data.sources["train_images"], data.sources["train_labels"], prof.pairs_per_epoch,
-                           seed=seed, epoch=epoch, severity=TRAIN_SEVERITY, severity_spread=TRAIN_SEVERITY_SPREAD,
-                           clean_share=prof.clean_share, workers=prof.data_workers, with_clean=needs_clean(prof))
-        x, y, digits, clean = fresh["x"], fresh["y"], fresh["digits"], fresh.get("clean")
-        if prof.recipe.train_on_clean:
-            x, clean = clean, None
-    elif needs_clean(prof):
-        raise ValueError("this recipe learns from clean digits, which only a data folder with source digits "
-                         "(python -m training.data build) can give")
-    else:
-        x, y, digits = data.train.x, data.train.y, data.train.digits
-    as_tensor = [None if a is None else torch.from_numpy(a) for a in (x, y, digits, clean)]
-    return tuple(as_tensor)
-
-
-class EpochPairs:
-    """A run's training pairs, epoch by epoch. When the profile draws them with several processes (a GPU
-    trains faster than one CPU core corrupts digits), the next epoch's pairs are drawn in the background
-    while this epoch trains; they are the same pairs either way (``make_pairs`` is a pure function)."""
-
-    def __init__(self, data: TrainingData, seed: int, prof: Profile):
-        self.data, self.seed, self.prof = data, seed, prof
-        background = prof.data_workers > 1 and data.sources is not None
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="next-epoch-pairs") if background else None
-        self._next: tuple[int, Future] | None = None
-
-    def get(self, epoch: int):
-        if self._next is not None and self._next[0] == epoch:
-            pairs = self._next[1].result()
-        else:
-            pairs = epoch_pairs(self.data, self.seed, epoch, self.prof)
-        if self._pool is not None and epoch + 1 < self.prof.epochs:
-            self._next = (epoch + 1, self._pool.submit(epoch_pairs, self.data, self.seed, epoch + 1, self.prof))
-        return pairs
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__,
@@ -580,6 +573,7 @@ def main(argv: list[str] | None = None) -> int:
                          teacher=args.teacher)
     print(json.dumps(train_model(args.name, options), indent=2))
     return 0
+
 
 
 if __name__ == "__main__":

@@ -57,15 +57,7 @@ from ensemble.tables import markdown_table
 from training.datasets import TrainingData
 from training.models import REGISTRY
 from training.precision import choose_mode
-from training.profiles import (
-    AUX_DIGIT_WEIGHT,
-    FINAL_LR_FRACTION,
-    PROFILES,
-    WARMUP_FRACTION,
-    Profile,
-    Recipe,
-    write_profile_file,
-)
+from training.profiles import PROFILES, Profile, Recipe, write_profile_file
 from training.train import EpochPairs, RunOptions, Trainer, resolve_device, steps_per_epoch
 
 SEARCH_SPACE_VERSION = 1  # a study records it: processes searching another space cannot join
@@ -94,11 +86,11 @@ def default_budget(model: str, base: str, epochs: int | None, pairs: int | None,
 
 
 def hand_chosen(base: Profile, model: str) -> dict[str, t.Any]:
-    """The recipe as committed: the baseline trial of every new study."""
-    config = REGISTRY[model]
-    return {"lr": config.lr, "weight_decay": config.weight_decay, "aux_digit_weight": AUX_DIGIT_WEIGHT,
-            "width": base.width, "warmup_fraction": WARMUP_FRACTION, "final_lr_fraction": FINAL_LR_FRACTION,
-            "clean_share": base.clean_share}
+    """The recipe as committed (the base profile's): the baseline trial of every new study."""
+    recipe = base.recipe
+    return {"lr": recipe.lr, "weight_decay": recipe.weight_decay, "aux_digit_weight": recipe.aux_digit_weight,
+            "width": base.width, "warmup_fraction": recipe.warmup_fraction,
+            "final_lr_fraction": recipe.final_lr_fraction, "clean_share": base.clean_share}
 
 
 def suggest(trial: optuna.Trial, base: Profile) -> dict[str, t.Any]:

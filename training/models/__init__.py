@@ -10,20 +10,21 @@ re-exports and re-stacks the whole ensemble. The names are a stable contract: ke
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
+from safetensors.torch import load_file
 from torch import nn
 
+from ensemble.layout import ArtifactLayout
 from ensemble.tables import markdown_table
 from training.models.cbam import CBAMTower
-from training.models.efficientnet import EfficientNetTower
 from training.models.fpn import FPNTower
 from training.models.resnet import ResNetTower
 from training.models.siamese import SiameseNet
 from training.models.vgg import VGGTower
+from training.profiles import get_profile
 
-# efficientnet stays available (a registry entry can name it); the ensemble no longer uses it (vgg.py says why).
-TOWERS = {"resnet": ResNetTower, "cbam": CBAMTower, "fpn": FPNTower, "efficientnet": EfficientNetTower,
-          "vgg": VGGTower}
+TOWERS = {"resnet": ResNetTower, "cbam": CBAMTower, "fpn": FPNTower, "vgg": VGGTower}
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,6 @@ class ModelConfig:
     seed: int = 1
     loss: str = "focal"  # "focal" or "bce"
     label_smoothing: float = 0.0
-    lr: float = 2e-3  # the peak of the warm-up + cosine schedule (tools/recipe_ab.py: 2e-3 beat 1e-3)
-    weight_decay: float = 5e-4
     width_scale: float = 1.0  # relative to the profile's base width
     description: str = ""
 
@@ -72,7 +71,8 @@ def model_names() -> tuple[str, ...]:
 
 
 def register(config: ModelConfig) -> None:
-    """Add a model configuration (its name must be new and its tower one of ``TOWERS``)."""
+    """Add a model configuration (its name must be new and its tower one of ``TOWERS``): for experiments that
+    train a variant beside the ten (``experiments/privileged_ab.py`` trains other seeds this way)."""
     if config.name in REGISTRY:
         raise ValueError(f"a model named {config.name!r} is already registered")
     if config.tower not in TOWERS:
@@ -80,19 +80,27 @@ def register(config: ModelConfig) -> None:
     REGISTRY[config.name] = config
 
 
-def build_model(name: str, width: int = 32, feat_dim: int = 128) -> SiameseNet:
+def build_model(name: str, width: int, feat_dim: int) -> SiameseNet:
     """Build a registered model; ``width`` and ``feat_dim`` come from the training profile."""
     if name not in REGISTRY:
         raise KeyError(f"unknown model {name!r}; known: {', '.join(REGISTRY)}")
     return build_from_config(REGISTRY[name], width, feat_dim)
 
 
-def build_from_config(config: ModelConfig, width: int = 32, feat_dim: int = 128) -> SiameseNet:
+def build_from_config(config: ModelConfig, width: int, feat_dim: int) -> SiameseNet:
     """Build a model from its configuration, registered or not (the distilled student is not: it is not one
     of the ensemble's members)."""
     tower = TOWERS[config.tower](width=max(4, round(width * config.width_scale)), feat_dim=feat_dim,
                                  **config.tower_kwargs)
     return SiameseNet(tower, feat_dim, head=config.head)
+
+
+def load_weights(name: str, out: str | Path, profile: str) -> nn.Module:
+    """A trained model from ``OUT/weights/NAME/weights.safetensors``, built at ``profile``'s size, in eval mode."""
+    prof = get_profile(profile)
+    model = build_model(name, prof.width, prof.feat_dim)
+    model.load_state_dict(load_file(ArtifactLayout(out).weights(name)))
+    return model.eval()
 
 
 def count_parameters(model: nn.Module) -> int:
