@@ -219,7 +219,7 @@ def registry_restored():
 
 
 def test_a_swap_trial_puts_the_candidate_in_the_replaced_slot_only(registry_restored):
-    from tools.swap_trial import swap_registry
+    from experiments.swap_trial import swap_registry
     from training.models import ModelConfig, model_names
 
     before = model_names()

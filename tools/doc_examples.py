@@ -386,13 +386,13 @@ def registry_lines() -> list[str]:
 # --------------------------------------------------------------------------- comparing
 
 
-class _Number(float):
+class PrintedNumber(float):
     """A float that remembers how many decimals it was printed with."""
 
     decimals: int
     text: str
 
-    def __new__(cls, text: str) -> _Number:
+    def __new__(cls, text: str) -> PrintedNumber:
         number = super().__new__(cls, text)
         number.decimals = len(text.partition(".")[2].split("e")[0].split("E")[0])
         number.text = text
@@ -405,7 +405,7 @@ class _Number(float):
 def _parse(lines: list[str]) -> tuple[str, Any]:
     status = lines[0] if lines and re.fullmatch(r"HTTP \d{3}", lines[0]) else "HTTP 200"
     body = "\n".join(lines[1:] if lines and lines[0] == status else lines)
-    return status, json.loads(body, parse_float=_Number)
+    return status, json.loads(body, parse_float=PrintedNumber)
 
 
 def differences(documented: Any, actual: Any, where: str = "") -> list[str]:
@@ -453,7 +453,7 @@ def block_differences(documented: list[str], block: Block) -> list[str]:
 Producer = Callable[[Section], list[Block]]
 
 
-def _producer(client: httpx.Client | None) -> Producer:
+def producer(client: httpx.Client | None) -> Producer:
     def produce(section: Section) -> list[Block]:
         if section.kind == "synopsis":
             return [Block("text", [line for command in section.argument.split("|") for line in usage(command)])]
@@ -512,7 +512,7 @@ def served(url: str | None) -> Iterator[httpx.Client]:
         with httpx.Client(base_url=url, timeout=300) as client:
             yield client
         return
-    from tests.server_process import bentoml_serve
+    from bench.server import bentoml_serve
 
     with tempfile.TemporaryDirectory(prefix="doc-examples-bentoml-") as home, \
             bentoml_serve("service:DigitCompare", ROOT, {"BENTOML_HOME": home, "DIGIT_COMPARE_DEVICE": "cpu"},
@@ -533,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
     for variable in [k for k in os.environ if k.startswith("DIGIT_COMPARE_")]:
         del os.environ[variable]  # the examples show the defaults
     with served(args.url) as client:
-        problems = process(paths, _producer(client), write=args.write)
+        problems = process(paths, producer(client), write=args.write)
     for problem in problems:
         print(problem)
     if args.write:

@@ -1,8 +1,11 @@
-"""Which uniform-prior answer to serve: the Bayes read-out of the digit heads, or a stacker fitted on uniform pairs?
+"""Decided: a stacker fitted on uniform pairs beats the served Bayes read-out by 0.5-1.4 points (docs/priors.md).
 
-    python -m tools.prior_choice [--fit-pairs 1500] [--test-pairs 1000] [--seed 0]
+Which uniform-prior answer to serve: the Bayes read-out of the digit heads, or a stacker fitted on uniform pairs?
+The read-out stays served until the stacking step fits such a stacker (docs/priors.md says what that needs).
 
-Issue 17 allowed either; this measures both on held-out uniform pairs, as ``ensemble.freeform`` renders them.
+    python -m experiments.prior_choice [--fit-pairs 1500] [--test-pairs 1000] [--seed 0]
+
+This measures both on held-out uniform pairs, as ``ensemble.freeform`` renders them.
 
 - Fitting pairs: uniform ordered pairs (a != b) of MNIST's *validation* digits (training.data.split_sources
   with the dataset's seed 42: digits no model trained on), rendered each of the four ways of
@@ -30,7 +33,7 @@ from ensemble.metrics import binary_metrics
 from ensemble.runtime import Ensemble
 from ensemble.tables import markdown_table
 from training.data import load_source_digits, split_sources
-from training.stacking import _fit_lightgbm, _fit_logreg, cross_validate
+from training.stacking import cross_validate, fit_lightgbm, fit_logreg
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASET_SEED = 42  # the built dataset's seed: the same validation digits the course stackers were fitted on
@@ -48,7 +51,8 @@ def _rendered(ensemble: Ensemble, images: np.ndarray, labels: np.ndarray, pairs:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m experiments.prior_choice", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fit-pairs", type=int, default=1500, help="validation pairs per rendering")
     parser.add_argument("--test-pairs", type=int, default=1000, help="test pairs per rendering")
     parser.add_argument("--seed", type=int, default=0)
@@ -73,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
             used = [f for j, f in enumerate(fit) if not (leave_out and j == k)]
             x, y = np.concatenate([f[0] for f in used]), np.concatenate([f[3] for f in used])
             rounds = cross_validate(x, y, names, args.seed)["rounds"]
-            booster = _fit_lightgbm(x, y, args.seed, names, rounds=rounds)
-            scaler, logreg = _fit_logreg(x, y)
+            booster = fit_lightgbm(x, y, args.seed, names, rounds=rounds)
+            scaler, logreg = fit_logreg(x, y)
             methods = {"Bayes read-out (served)": readout,
                        "logistic stacker, uniform pairs": logreg.predict_proba(scaler.transform(features))[:, 1],
                        f"LightGBM stacker, uniform pairs ({rounds} rounds)": booster.predict(features),

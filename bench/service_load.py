@@ -1,6 +1,6 @@
-"""Load and memory check of the service, as issue 10 measured it (a real `bentoml serve`, started here).
+"""Load and memory check of the service (a real ``bentoml serve``, started here): docs/reliability.md's numbers.
 
-    python tools/service_load.py [--clients 64] [--seconds 60] [--bad 0.1] [--device cpu] [--skip-batches]
+    python -m bench.service_load [--clients 64] [--seconds 60] [--bad 0.1] [--device cpu] [--skip-batches]
 
 1. ``--clients`` concurrent clients post ``compare_pair`` for ``--seconds`` seconds; a ``--bad`` share of
    the requests is an undecodable picture. Reports answers per second, latency percentiles, the largest
@@ -24,30 +24,53 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import httpx
 import numpy as np
-from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from ensemble.contract import PAIR_SHAPE  # noqa: E402 - needs the repository root on the path
-from ensemble.runtime import DEVICE_ENV  # noqa: E402
-from serving.settings import JSON_MAX_BYTES  # noqa: E402
-from tests.server_process import bentoml_serve  # noqa: E402
-from tests.test_service_load import _course_pairs, _rss_bytes, _Watch, _worker_pid  # noqa: E402
+from bench.load import png, varied_course_pairs
+from bench.server import Server, api_worker_pid, bentoml_serve
+from ensemble.contract import PAIR_SHAPE
+from ensemble.runtime import DEVICE_ENV
+from serving.memory import resident_bytes
+from serving.settings import JSON_MAX_BYTES
 
 
-def _png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
+class Watch:
+    """``with Watch(server) as watch:`` samples an API worker's resident memory (``peak_rss``) and how long
+    ``/readyz`` takes to answer (``worst_readyz``, seconds) until the block ends; ``bad_answers`` lists any
+    ``/readyz`` status other than 200."""
+
+    def __init__(self, server: Server) -> None:
+        self.server, self.pid = server, api_worker_pid(server.pid)
+        self.peak_rss, self.worst_readyz = resident_bytes(self.pid), 0.0
+        self.probes, self.bad_answers = 0, []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.server.url, timeout=30) as client:
+            while not self._done.is_set():
+                self.peak_rss = max(self.peak_rss, resident_bytes(self.pid))
+                start = time.monotonic()
+                status = client.get("/readyz").status_code
+                self.worst_readyz = max(self.worst_readyz, time.monotonic() - start)
+                self.probes += 1
+                if status != 200:
+                    self.bad_answers.append(status)
+                time.sleep(0.05)
+
+    def __enter__(self) -> Watch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(30)
 
 
 def mixed_load(url: str, clients: int, seconds: float, bad_share: float) -> None:
-    good = [_png(p) for p in _course_pairs(clients, seed=1)]
+    good = [png(p) for p in varied_course_pairs(clients, seed=1)]
     bad = b"this is not an image"
     results: list[tuple[bool, int, float, int]] = []  # bad?, status, latency, batch size
     lock = threading.Lock()
@@ -84,31 +107,31 @@ def mixed_load(url: str, clients: int, seconds: float, bad_share: float) -> None
     print(f"  false errors (good request, not 200): {false_errors}; 5xx: {server_errors}")
 
 
-def eight_bodies(server) -> None:
+def eight_bodies(server: Server) -> None:
     row = ",".join(["123"] * PAIR_SHAPE[1])
     pair = "[" + ",".join([f"[{row}]"] * PAIR_SHAPE[0]) + "]"
     # The largest JSON body compare_batch reads (serving.settings.JSON_MAX_BYTES), holding more pairs than its JSON
     # cap: parsed whole, then refused with 413.
     body = ('{"pairs": [' + ",".join([pair] * (JSON_MAX_BYTES // (len(pair) + 1))) + "]}").encode()
-    picture = _png(np.random.default_rng(3).integers(0, 256, (4000, 4000), dtype=np.uint8))
+    picture = png(np.random.default_rng(3).integers(0, 256, (4000, 4000), dtype=np.uint8))
     cases = [(f"8 x {len(body) / 2**20:.0f} MiB JSON", "/compare_batch",
               {"content": body, "headers": {"content-type": "application/json"}}),
              (f"8 x {len(picture) / 2**20:.0f} MiB pictures", "/compare_pair",
               {"files": {"image": ("p.png", picture)}})]
     for name, path, kwargs in cases:
-        before = _rss_bytes(_worker_pid(server, "digit_compare"))
-        with _Watch(server) as watch:
+        before = resident_bytes(api_worker_pid(server.pid))
+        with Watch(server) as watch:
             with concurrent.futures.ThreadPoolExecutor(8) as pool:
                 statuses = list(pool.map(lambda _, p=path, kw=kwargs: httpx.post(
                     f"{server.url}{p}", timeout=300, **kw).status_code, range(8)))
         print(f"{name}: statuses {dict(Counter(statuses))}; API worker RSS {before / 2**20:.0f} MiB before, "
-              f"peak {watch.peak_rss / 2**20:.0f} MiB, {_rss_bytes(watch.pid) / 2**20:.0f} MiB after; "
-              f"slowest /readyz {watch.worst_readyz * 1000:.0f} ms")
+              f"peak {watch.peak_rss / 2**20:.0f} MiB, {resident_bytes(watch.pid) / 2**20:.0f} MiB after; "
+              f"slowest /readyz {watch.worst_readyz * 1000:.0f} ms, /readyz other than 200: {watch.bad_answers}")
 
 
 def two_batches(url: str) -> None:
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, x=_course_pairs(10_000, seed=2))
+    np.savez_compressed(buffer, x=varied_course_pairs(10_000, seed=2))
     data = buffer.getvalue()
     start = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
@@ -119,17 +142,18 @@ def two_batches(url: str) -> None:
           f"({20_000 / elapsed:.0f} pairs/s)")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.service_load", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--bad", type=float, default=0.1, help="share of bad requests")
     parser.add_argument("--device", default=os.environ.get(DEVICE_ENV, "auto"))
     parser.add_argument("--skip-batches", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="digit-compare-load-") as home:
         env = {"BENTOML_HOME": home, DEVICE_ENV: args.device}
-        with bentoml_serve("service:DigitCompare", ROOT, env) as server:
+        with bentoml_serve(env=env) as server:
             mixed_load(server.url, args.clients, args.seconds, args.bad)
             eight_bodies(server)
             if not args.skip_batches:

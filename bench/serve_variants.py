@@ -1,6 +1,6 @@
-"""Service settings side by side: one server per variant, each measured by ``ensemble.bench``'s closed loop.
+"""Service settings side by side: one server per variant, each measured by ``bench.load``'s closed loop.
 
-    python -m tools.serve_variants NAME:VAR=VALUE,VAR=VALUE [NAME:...] [--seconds 12]
+    python -m bench.serve_variants NAME:VAR=VALUE,VAR=VALUE [NAME:...] [--seconds 12]
 
 For each variant (a name and the server's environment, e.g. ``t1:DIGIT_COMPARE_SCORER_THREADS=1`` or
 ``scorer:DIGIT_COMPARE_LAYOUT=scorer``; ``name:`` alone is the defaults) it starts ``bentoml serve``, warms it up,
@@ -16,9 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-from ensemble.bench import _measured, _npz, _png, course_like_pairs, serving
-
-ROOT = Path(__file__).resolve().parents[1]
+from bench.load import course_like_pairs, measured, npz, png
+from bench.server import ROOT, serve_models
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, str]]:
@@ -29,13 +28,13 @@ def parse_variant(text: str) -> tuple[str, dict[str, str]]:
 
 def measure(env: dict[str, str], seconds: float, models: Path) -> dict[str, float]:
     pairs = course_like_pairs(512)
-    images = [_png(p) for p in pairs[:256]]
-    uploads = [_npz(pairs[i:i + 256]) for i in (0, 256)]
-    with serving(models, env) as url:
-        _measured(url, "compare_pair", "image", "pair.png", images, 64, 3)  # warm-up
-        crowd = _measured(url, "compare_pair", "image", "pair.png", images, 64, seconds)
-        alone = _measured(url, "compare_pair", "image", "pair.png", images, 1, seconds * 2 / 3)
-        batch = _measured(url, "compare_batch", "file", "pairs.npz", uploads, 1, seconds * 5 / 6)
+    images = [png(p) for p in pairs[:256]]
+    uploads = [npz(pairs[i:i + 256]) for i in (0, 256)]
+    with serve_models(models, env) as server:
+        measured(server, "compare_pair", "image", "pair.png", images, 64, 3)  # warm-up
+        crowd = measured(server, "compare_pair", "image", "pair.png", images, 64, seconds)
+        alone = measured(server, "compare_pair", "image", "pair.png", images, 1, seconds * 2 / 3)
+        batch = measured(server, "compare_batch", "file", "pairs.npz", uploads, 1, seconds * 5 / 6)
     return {"64 clients answers/s": crowd["answers/s"], "64 clients p99 ms": crowd["p99 ms"],
             "64 clients API cpu ms/answer": crowd.get("api cpu ms/ans", float("nan")),
             "mean batch": crowd["mean batch"], "1 client p50 ms": alone["p50 ms"],
@@ -44,7 +43,7 @@ def measure(env: dict[str, str], seconds: float, models: Path) -> dict[str, floa
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.serve_variants", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m bench.serve_variants", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("variants", nargs="+", metavar="NAME:VAR=VALUE,...")
     parser.add_argument("--seconds", type=float, default=12.0, help="seconds of the 64-client loop")

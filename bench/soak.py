@@ -1,6 +1,6 @@
 """Memory under sustained load: every server process's resident memory while clients hammer the service.
 
-    python -m tools.soak [--minutes 15] [--clients 64] [--every 30] [--serve-env NAME=VALUE ...]
+    python -m bench.soak [--minutes 15] [--clients 64] [--every 30] [--serve-env NAME=VALUE ...]
                          [--tracemalloc DIR] [--out docs/soak] [--url URL --pid PID]
 
 Starts ``bentoml serve`` (or measures a running one: ``--url`` and the pid of its ``bentoml serve``), then
@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import collections
 import contextlib
-import io
 import json
 import sys
 import time
@@ -29,25 +28,22 @@ import typing as t
 from pathlib import Path
 
 import aiohttp
-from PIL import Image
 from tabulate import tabulate
 
+from bench.load import course_like_pairs, png
+from bench.server import ROOT, serve_models, server_processes
 from ensemble.atomic import atomic_path, atomic_write_text
-from ensemble.bench import Served, _png, _proc_tree, _role, course_like_pairs, serving
 from serving.memory import resident_bytes
 from serving.settings import variable
 
-ROOT = Path(__file__).resolve().parents[1]
 FIRST_REQUESTS = 1000  # the baseline: memory once this many requests were answered
 BOUND_MB = 50
 
 
-def _digit_png(seed: int) -> bytes:
-    """A 28x28 picture of something digit-like: the left half of a course pair."""
+def digit_png(seed: int) -> bytes:
+    """A picture of one digit-like half: the left half of a course pair."""
     pair = course_like_pairs(64)[seed % 64]
-    buffer = io.BytesIO()
-    Image.fromarray(pair[:, :28]).save(buffer, format="PNG")
-    return buffer.getvalue()
+    return png(pair[:, :pair.shape[1] // 2])
 
 
 class Mix:
@@ -55,8 +51,8 @@ class Mix:
 
     def __init__(self) -> None:
         pairs = course_like_pairs(256)
-        self.pair_pngs = [_png(p) for p in pairs]
-        self.digit_pngs = [_digit_png(i) for i in range(64)]
+        self.pair_pngs = [png(p) for p in pairs]
+        self.digit_pngs = [digit_png(i) for i in range(64)]
         self.batches = [json.dumps({"pairs": pairs[i:i + 16].tolist()}) for i in range(0, 256, 16)]
 
     def request(self, i: int) -> tuple[str, dict[str, t.Any]]:
@@ -73,19 +69,13 @@ class Mix:
         return "compare_batch", {"data": self.batches[i % 16], "headers": {"content-type": "application/json"}}
 
 
-def processes(root: int) -> dict[int, str]:
-    """The server's processes: pid -> a name (role and pid)."""
-    return {pid: f"{_role(command)} {pid}" for pid, command in _proc_tree(root).items()
-            if "bentoml" in command or "_bentoml_impl" in command or "circus" in command}
-
-
 async def soak(url: str, root: int, clients: int, seconds: float, every: float) -> tuple[list[dict], dict]:
     mix = Mix()
     statuses: collections.Counter[str] = collections.Counter()
     answered = 0
     samples: list[dict] = []
     stop = time.monotonic() + seconds
-    names = processes(root)
+    names = server_processes(root)
 
     def sample() -> None:
         row: dict[str, t.Any] = {"seconds": round(seconds - (stop - time.monotonic())), "requests": answered}
@@ -166,7 +156,7 @@ def _table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.soak", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=str(ROOT / "models"))
     parser.add_argument("--minutes", type=float, default=15.0)
@@ -183,12 +173,15 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(item.split("=", 1) for item in args.serve_env)
     if args.tracemalloc:
         env[variable("tracemalloc")] = str(Path(args.tracemalloc).resolve())
-    served = Served(args.url) if args.url else None
-    if served is not None:
-        served.pid = args.pid
-    with contextlib.nullcontext(served) if served is not None else serving(Path(args.models), env) as url:
+    if args.url:
+        url, root = args.url, args.pid
         print(f"soaking {url} with {args.clients} clients for {args.minutes:g} min", file=sys.stderr)
-        samples, statuses = asyncio.run(soak(url, url.pid, args.clients, 60 * args.minutes, args.every))
+        samples, statuses = asyncio.run(soak(url, root, args.clients, 60 * args.minutes, args.every))
+    else:
+        with serve_models(Path(args.models), env) as server:
+            print(f"soaking {server.url} with {args.clients} clients for {args.minutes:g} min", file=sys.stderr)
+            samples, statuses = asyncio.run(soak(server.url, server.pid, args.clients, 60 * args.minutes,
+                                                 args.every))
     rows = summary(samples)
     head = (f"{args.clients} clients, {args.minutes:g} min, mix of compare_pair x2, compare, compare_batch (16 pairs); "
             f"{samples[-1]['requests']} requests; statuses {statuses}"

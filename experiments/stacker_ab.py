@@ -1,6 +1,8 @@
-"""Which LightGBM settings to stack with: five-fold out-of-fold scores on the validation pairs, nothing else.
+"""Decided: the stacker's shallow trees, 4 leaves of 100 pairs or more (docs/training.md, "The stacker's trees").
 
-    python -m tools.stacker_ab [--models staging/wide] [--data data] [--out OUT.md]
+Which LightGBM settings to stack with: five-fold out-of-fold scores on the validation pairs, nothing else.
+
+    python -m experiments.stacker_ab [--models staging/wide] [--data data] [--out OUT.md]
 
 The stackers are fitted on the base models' outputs on ``DATA/val.npz`` (training.stacking); this refits
 LightGBM under each setting of ``VARIANTS`` with the very cross-validation the stacking step runs
@@ -31,7 +33,7 @@ from training.stacking import LGB_PARAMS, cross_validate
 # Overrides of training.stacking.LGB_PARAMS; "served" is what the stacking step uses now.
 VARIANTS: dict[str, dict] = {
     "served": {},
-    "15 leaves, 40 a leaf (before issue 26)": {"num_leaves": 15, "min_data_in_leaf": 40},
+    "15 leaves, 40 a leaf (before)": {"num_leaves": 15, "min_data_in_leaf": 40},
     "7 leaves, 40 a leaf": {"num_leaves": 7, "min_data_in_leaf": 40},
     "3 leaves, 100 a leaf": {"num_leaves": 3, "min_data_in_leaf": 100},
     "4 leaves, 50 a leaf": {"num_leaves": 4, "min_data_in_leaf": 50},
@@ -61,7 +63,7 @@ def compare(models: Path, data: Path) -> list[list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.stacker_ab", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m experiments.stacker_ab", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=Path, default=Path("models"), help="a folder with ensemble.onnx")
     parser.add_argument("--data", type=Path, default=Path("data"), help="the folder with the val.npz it stacked on")

@@ -1,7 +1,7 @@
 """What a JSON batch of compare_batch costs to read, by size: the measurement behind ``serving.settings``'
 ``JSON_MAX_PAIRS`` and ``JSON_MAX_BYTES``.
 
-    python -m tools.json_cap [--pairs 100,1000,2800,10000] [--repeats 5]
+    python -m bench.json_cap [--pairs 100,1000,2800,10000] [--repeats 5]
 
 For each size: the body's bytes (integer pixels, as clients send them, and floats written by ``json.dumps``), the
 median seconds of ``json.loads`` (what ``serving.api.read_json`` runs, in a thread for large bodies) and of
@@ -42,7 +42,7 @@ def measure(body: bytes, repeats: int) -> tuple[float, float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.json_cap", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m bench.json_cap", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", default="100,1000,2800,10000", help="batch sizes, comma-separated")
     parser.add_argument("--repeats", type=int, default=5)

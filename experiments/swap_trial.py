@@ -1,9 +1,11 @@
-"""Try another model in one registry slot, without touching the registry: does the stacker gain?
+"""Decided: the registry keeps resnet_s2023; CBAM in its slot did not pay (docs/training.md, "How alike the ten are").
 
-    python -m tools.swap_trial --replace resnet_s2023 --name cbam_s7 --tower cbam --seed 7 \\
+Try another model in one registry slot, without touching the registry: does the stacker gain?
+
+    python -m experiments.swap_trial --replace resnet_s2023 --name cbam_s7 --tower cbam --seed 7 \\
         --from staging/wide --out runs/swap --profile wide [--head concat] [--score ../shared/course/val.npz]
 
-Issue 26's diversity check. The candidate (a new name: the registry's names are a stable contract) takes
+The ensemble's diversity check. The candidate (a new name: the registry's names are a stable contract) takes
 ``--replace``'s place for this process only; the other nine models' finished weights are copied from ``--from``
 (``run_all`` skips them: same configuration, profile and data), the candidate is trained into ``--out``, and the
 ten are exported and stacked there as ``run_all`` always does. Compare the two folders' five-fold out-of-fold
@@ -35,7 +37,7 @@ def swap_registry(replace: str, candidate: ModelConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.swap_trial", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m experiments.swap_trial", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--replace", required=True, help="the registered model whose slot the candidate takes")
     parser.add_argument("--name", required=True, help="the candidate's (new) name")

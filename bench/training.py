@@ -1,6 +1,6 @@
 """Training throughput per architecture and step mode on this machine.
 
-    python -m training.bench [--profile default] [--threads N] [--steps 10] [--modes]
+    python -m bench.training [--profile default] [--threads N] [--steps 10] [--modes]
 
 Times full training steps (forward, focal loss + digit cross-entropy, backward, AdamW) on random
 pairs at the profile's width and batch size, and prints pairs/second (median over steps). With
@@ -70,7 +70,7 @@ def cpu_modes() -> list[StepMode]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m bench.training", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=list(PROFILES), default="default")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)

@@ -1,10 +1,10 @@
 """The naive alternative, for the benchmark only: a per-request PyTorch eager server.
 
-    python -m export.naive_server [--models models] [--profile default] [--port 3001]
+    python -m bench.naive_server [--models models] [--profile default] [--port 3001]
 
 What one would write first: the ten trained PyTorch models, run one after another on every single
 request, no batching, no ONNX. It answers ``POST /compare_pair`` like the real service (same
-preprocessing, the mean of the ten probabilities), so ``python -m ensemble.bench --url
+preprocessing, the mean of the ten probabilities), so ``python -m bench.serve --url
 http://127.0.0.1:3001`` loads both the same way. Starlette + uvicorn (they come with BentoML), never
 the served path: that one stays torch-free.
 """
@@ -55,7 +55,7 @@ def build_app(models_dir: Path, profile: str) -> Starlette:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m export.naive_server", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m bench.naive_server", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="models", help="folder with weights/NAME/weights.safetensors")
     parser.add_argument("--profile", default="default")

@@ -1,6 +1,6 @@
 """Inference benchmark: eager PyTorch vs one ONNX Runtime session per model vs the fused graph.
 
-    python -m export.bench [--models models] [--profile default] [--repeats 7]
+    python -m bench.inference [--models models] [--profile default] [--repeats 7]
 
 Prints, at batch sizes 1, 32 and 256, the in-process throughput (pairs/s, median of repeats) of
 the PyTorch models run one after another in eager mode, one ONNX Runtime session per model and
@@ -113,7 +113,7 @@ def run(models_dir: Path, profile: str, repeats: int, pairs: np.ndarray) -> None
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m export.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m bench.inference", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="models")
     parser.add_argument("--profile", default="default")

@@ -1,8 +1,8 @@
 """Benchmark the served product, torch-free: in process, then over HTTP against a real server.
 
-    python -m ensemble.bench [--models models] [--duration 10] [--concurrency 1,4,16,64]
-                             [--batches 1,8,32,64,256] [--repeats 7] [--out docs] [--url URL]
-                             [--serve-env NAME=VALUE ...] [--model ensemble|student|ensemble,student]
+    python -m bench.serve [--models models] [--duration 10] [--concurrency 1,4,16,64]
+                          [--batches 1,8,32,64,256] [--repeats 7] [--out docs] [--url URL]
+                          [--serve-env NAME=VALUE ...] [--model ensemble|student|ensemble,student]
 
 1. **In process**: pairs/s of ``Ensemble.predict`` (fused graph + stacker) with the fp32 and the int8
    graph at each batch size, median of ``--repeats``, the two precisions interleaved so that a noisy
@@ -24,40 +24,27 @@
 run: both in process, then a server of each (``DIGIT_COMPARE_MODEL``) in turn, and a side-by-side table;
 ``bench.json`` then holds one entry per model, and each model after the first its own ``bench_MODEL.png``.
 
-The load generator is asyncio + aiohttp (a BentoML dependency, so this runs in the run-time
-environment): one Python thread driving 64 connections costs the 2-core server far less CPU than
-64 client threads would.
+The load generator is ``bench.load``'s closed loop; the server, ``bench.server``'s launcher.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
-import io
 import json
-import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-import typing as t
-from collections.abc import Iterator
 from pathlib import Path
 
-import aiohttp
 import numpy as np
-from PIL import Image
 from tabulate import tabulate
 
+from bench.load import course_like_pairs, measured, npz, png
+from bench.server import ROOT, Server, serve_models
 from ensemble.atomic import atomic_path, atomic_write_text
-from ensemble.runtime import MODELS_ENV
 from ensemble.student import MODEL_ENV, load_model
 
-ROOT = Path(__file__).resolve().parent.parent
 CONCURRENCY = (1, 4, 16, 64)
 BATCHES = (1, 8, 32, 64, 256)
 BATCH_REQUEST_PAIRS = 256
@@ -100,177 +87,15 @@ def in_process(models: Path, pairs: np.ndarray, batches: tuple[int, ...], repeat
 
 # --------------------------------------------------------------------------- over HTTP
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Served(str):
-    """The server's URL, with the process id of ``bentoml serve`` (None for a server not started here)."""
-
-    pid: int | None = None
-
-
-def _proc_tree(root: int) -> dict[int, str]:
-    """``root`` and all its descendants: pid -> command line."""
-    parents, commands = {}, {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            commands[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    tree, grown = {root}, True
-    while grown:
-        children = {pid for pid, parent in parents.items() if parent in tree} - tree
-        tree |= children
-        grown = bool(children)
-    return {pid: commands[pid] for pid in tree if pid in commands}
-
-
-def _role(command: str) -> str:
-    if "digit_compare_scorer" in command:
-        return "scorer"
-    return "api" if "_bentoml_impl.worker" in command else "serve"
-
-
-def server_cpu(root: int | None) -> dict[str, float]:
-    """CPU seconds (user + system, all threads) used so far by each role of the server's processes."""
-    if root is None:
-        return {}
-    tick = os.sysconf("SC_CLK_TCK")
-    seconds: dict[str, float] = {}
-    for pid, command in _proc_tree(root).items():
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        seconds[_role(command)] = seconds.get(_role(command), 0.0) + (int(fields[11]) + int(fields[12])) / tick
-    return seconds
-
-
-@contextlib.contextmanager
-def serving(models: Path, env: dict[str, str] | None = None, timeout: float = 180) -> Iterator[Served]:
-    """``bentoml serve service:DigitCompare`` on a free loopback port; yields its URL (a ``Served``,
-    whose ``pid`` is the serve process) once ready."""
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "bentoml", "serve", "service:DigitCompare", "--host", "127.0.0.1",
-               "--port", str(port)]
-    environment = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", MODELS_ENV: str(models.resolve()),
-                   **(env or {})}
-    with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-        try:
-            deadline = time.monotonic() + timeout
-            while not _ready(url):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    log.seek(0)
-                    raise RuntimeError(f"bentoml serve did not come up:\n{log.read().decode(errors='replace')[-3000:]}")
-                time.sleep(0.5)
-            served = Served(url)
-            served.pid = process.pid
-            yield served
-        finally:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
-
-
-def _ready(url: str) -> bool:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"{url}/readyz", timeout=2) as answer:
-            return answer.status == 200
-    except OSError:
-        return False
-
-
-def _png(pair: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pair).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _npz(pairs: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, x=pairs)
-    return buffer.getvalue()
-
-
-async def _closed_loop(url: str, route: str, field: str, filename: str, payloads: list[bytes], clients: int,
-                       duration: float) -> dict:
-    """``clients`` workers, each sending its next request as soon as the last answer came back."""
-    latencies: list[float] = []
-    batch_sizes: list[int] = []
-    errors = 0
-    stop = time.monotonic() + duration
-    connector = aiohttp.TCPConnector(limit=clients)
-    timeout = aiohttp.ClientTimeout(total=120)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        async def worker(k: int) -> None:
-            nonlocal errors
-            i = k
-            while time.monotonic() < stop:
-                form = aiohttp.FormData()
-                form.add_field(field, payloads[i % len(payloads)], filename=filename)
-                i += clients
-                start = time.perf_counter()
-                try:
-                    async with session.post(f"{url}/{route}", data=form) as answer:
-                        body = await answer.json(content_type=None)
-                        ok = answer.status == 200
-                except (TimeoutError, aiohttp.ClientError):
-                    ok, body = False, {}
-                if ok:
-                    latencies.append(time.perf_counter() - start)
-                    if isinstance(body, dict) and "batch_size" in body:
-                        batch_sizes.append(int(body["batch_size"]))
-                else:
-                    errors += 1
-
-        began = time.perf_counter()
-        await asyncio.gather(*(worker(k) for k in range(clients)))
-        elapsed = time.perf_counter() - began
-    ms = np.array(latencies) * 1000 if latencies else np.array([np.nan])
-    return {"clients": clients, "answers": len(latencies), "errors": errors, "answers/s": len(latencies) / elapsed,
-            "p50 ms": float(np.percentile(ms, 50)), "p95 ms": float(np.percentile(ms, 95)),
-            "p99 ms": float(np.percentile(ms, 99)),
-            "mean batch": float(np.mean(batch_sizes)) if batch_sizes else float("nan"),
-            "max batch": max(batch_sizes, default=0)}
-
-
-def _measured(url: str, *args: t.Any) -> dict:
-    """One closed loop, with the CPU milliseconds per answer of each server role and of this client."""
-    root = getattr(url, "pid", None)
-    before, client = server_cpu(root), time.process_time()
-    row = asyncio.run(_closed_loop(url, *args))
-    client = time.process_time() - client
-    after = server_cpu(root)
-    answers = max(row["answers"], 1)
-    if root is not None:
-        for role in ("api", "scorer"):
-            row[f"{role} cpu ms/ans"] = 1000 * (after.get(role, 0.0) - before.get(role, 0.0)) / answers
-    row["client cpu ms/ans"] = 1000 * client / answers
-    return row
-
-
-def over_http(url: str, pairs: np.ndarray, concurrency: tuple[int, ...], duration: float) -> tuple[list[dict], dict]:
-    """The compare_pair concurrency sweep and the compare_batch run (256 pairs per request)."""
-    images = [_png(p) for p in pairs[:256]]
-    sweep = [_measured(url, "compare_pair", "image", "pair.png", images, c, duration) for c in concurrency]
-    uploads = [_npz(pairs[i:i + BATCH_REQUEST_PAIRS]) for i in range(0, len(pairs) - BATCH_REQUEST_PAIRS + 1,
-                                                                     BATCH_REQUEST_PAIRS)] or [_npz(pairs)]
-    batch = _measured(url, "compare_batch", "file", "pairs.npz", uploads, 1, duration)
+def over_http(target: Server | str, pairs: np.ndarray, concurrency: tuple[int, ...],
+              duration: float) -> tuple[list[dict], dict]:
+    """The compare_pair concurrency sweep and the compare_batch run (256 pairs per request), against a server
+    started here (its CPU per answer measured too) or a URL."""
+    images = [png(p) for p in pairs[:256]]
+    sweep = [measured(target, "compare_pair", "image", "pair.png", images, c, duration) for c in concurrency]
+    uploads = [npz(pairs[i:i + BATCH_REQUEST_PAIRS]) for i in range(0, len(pairs) - BATCH_REQUEST_PAIRS + 1,
+                                                                     BATCH_REQUEST_PAIRS)] or [npz(pairs)]
+    batch = measured(target, "compare_batch", "file", "pairs.npz", uploads, 1, duration)
     batch["pairs/s"] = batch["answers/s"] * min(BATCH_REQUEST_PAIRS, len(pairs))
     return sweep, batch
 
@@ -305,13 +130,6 @@ def plot(sweep: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def course_like_pairs(n: int) -> np.ndarray:
-    """Pairs to send: the course-format sample batch, tiled (no training data needed to benchmark)."""
-    with np.load(ROOT / "samples" / "batch.npz", allow_pickle=False) as npz:
-        x = npz["x"]
-    return np.ascontiguousarray(np.resize(x, (n, *x.shape[1:])))
-
-
 def bench_model(model: str, models: Path, pairs: np.ndarray, args: argparse.Namespace,
                 serve_env: dict[str, str]) -> dict:
     """One model's numbers: in process, then over HTTP against a server of it (or ``--url``)."""
@@ -322,8 +140,8 @@ def bench_model(model: str, models: Path, pairs: np.ndarray, args: argparse.Name
     print(_table(local))
     print(f"{model}, over HTTP: {concurrency} clients, {args.duration:g} s each", file=sys.stderr)
     env = {**serve_env, MODEL_ENV: model}
-    with contextlib.nullcontext(args.url) if args.url else serving(models, env) as url:
-        sweep, batch = over_http(url, pairs, concurrency, args.duration)
+    with contextlib.nullcontext(args.url) if args.url else serve_models(models, env) as target:
+        sweep, batch = over_http(target, pairs, concurrency, args.duration)
     print(_table(sweep))
     print(_table([batch]))
     return {"in_process": local, "compare_pair": sweep, "compare_batch": batch, "serve_env": serve_env}
@@ -365,7 +183,7 @@ def side_by_side(results: dict[str, dict]) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ensemble.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m bench.serve", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=str(ROOT / "models"))
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per concurrency level")

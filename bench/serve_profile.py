@@ -1,13 +1,13 @@
 """Where the served answer's CPU goes: py-spy on every server process under a closed loop of clients.
 
-    python -m tools.serve_profile [--clients 64] [--duration 20] [--serve-env NAME=VALUE ...] [--out FILE]
+    python -m bench.serve_profile [--clients 64] [--duration 20] [--serve-env NAME=VALUE ...] [--out FILE]
 
-Starts ``bentoml serve`` (``ensemble.bench.serving``), sends ``compare_pair`` requests from ``--clients``
+Starts ``bentoml serve`` (``bench.server``), sends ``compare_pair`` requests from ``--clients``
 closed-loop clients for ``--duration`` seconds while ``py-spy record`` samples each worker process (API
 workers, the scorer when the layout has one), then splits each process's measured CPU time (from /proc) by
 stage: every sampled stack is given to the stage (``STAGES``) of its innermost frame that a pattern matches.
-The result is a table of CPU milliseconds per answer by stage and process, written as Markdown to ``--out``
-(docs/profile.md holds the last one) and printed.
+The result is a table of CPU milliseconds per answer by stage and process, printed, and written as Markdown to
+``--out`` when given; docs/speed.md ("Where the CPU goes") holds the profiles measured so far.
 
 Why py-spy: it samples a running process from outside (no code change, no restart, native frames of
 ONNX Runtime attributed to the Python call that entered them), so the service is measured as it runs.
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import re
 import shutil
 import subprocess
@@ -28,10 +29,10 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+from bench.load import closed_loop, course_like_pairs, png
+from bench.server import ROOT, cpu_seconds, serve_models, worker_pids
 from ensemble.atomic import atomic_write_text
-from ensemble.bench import _closed_loop, _png, _proc_tree, _role, course_like_pairs, serving
 
-ROOT = Path(__file__).resolve().parents[1]
 #: (stage, regular expression over one stack frame "function (file:line)"). A sample goes to the stage of its
 #: innermost frame that any pattern matches (the first such stage in this order): the code that was running,
 #: not the middleware around it.
@@ -76,23 +77,12 @@ def read_collapsed(path: Path) -> collections.Counter[str]:
     return samples
 
 
-def worker_pids(root: int) -> dict[int, str]:
-    """The server's worker processes (API workers, scorer): pid -> role."""
-    return {pid: _role(command) for pid, command in _proc_tree(root).items()
-            if _role(command) in ("api", "scorer")}
-
-
-def _cpu_by_pid(pids: dict[int, str]) -> dict[int, float]:
-    import os
-
-    tick = os.sysconf("SC_CLK_TCK")
+def cpu_by_pid(pids: dict[int, str]) -> dict[int, float]:
+    """CPU seconds so far of each process still running."""
     seconds = {}
     for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        seconds[pid] = (int(fields[11]) + int(fields[12])) / tick
+        with contextlib.suppress(OSError):
+            seconds[pid] = cpu_seconds(pid)
     return seconds
 
 
@@ -100,19 +90,19 @@ def profile(url: str, root: int, clients: int, duration: float, rate: int,
             keep: Path | None = None) -> tuple[list[dict], dict]:
     """Per stage and role: CPU ms per answer; and the loop's own numbers."""
     pairs = course_like_pairs(256)
-    images = [_png(p) for p in pairs]
+    images = [png(p) for p in pairs]
     pids = worker_pids(root)
     # Warm-up: every worker has loaded its models and seen a burst before the samples count.
-    asyncio.run(_closed_loop(url, "compare_pair", "image", "pair.png", images, clients, 3.0))
+    asyncio.run(closed_loop(url, "compare_pair", "image", "pair.png", images, clients, 3.0))
     with tempfile.TemporaryDirectory() as tmp:
         recorders = {pid: subprocess.Popen(
             [PY_SPY, "record", "--pid", str(pid), "--format", "raw", "--rate", str(rate), "--nonblocking",
              "--duration", str(int(duration)), "--output", f"{tmp}/{pid}.txt"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for pid in pids}
         time.sleep(1.0)  # py-spy attaches
-        before = _cpu_by_pid(pids)
-        loop = asyncio.run(_closed_loop(url, "compare_pair", "image", "pair.png", images, clients, duration - 2))
-        after = _cpu_by_pid(pids)
+        before = cpu_by_pid(pids)
+        loop = asyncio.run(closed_loop(url, "compare_pair", "image", "pair.png", images, clients, duration - 2))
+        after = cpu_by_pid(pids)
         for recorder in recorders.values():
             recorder.wait(timeout=duration + 60)
         samples = {pid: read_collapsed(Path(f"{tmp}/{pid}.txt")) for pid in pids
@@ -144,7 +134,7 @@ def profile(url: str, root: int, clients: int, duration: float, rate: int,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.serve_profile", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m bench.serve_profile", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=str(ROOT / "models"))
     parser.add_argument("--clients", type=int, default=64)
@@ -155,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", help="keep py-spy's collapsed stacks in this folder (one file per process)")
     args = parser.parse_args(argv)
     env = dict(item.split("=", 1) for item in args.serve_env)
-    with serving(Path(args.models), env) as url:
-        rows, loop = profile(url, url.pid, args.clients, args.duration, args.rate,
+    with serve_models(Path(args.models), env) as server:
+        rows, loop = profile(server.url, server.pid, args.clients, args.duration, args.rate,
                              Path(args.keep) if args.keep else None)
     table = tabulate([[f"{v:.2f}" if isinstance(v, float) else v for v in r.values()] for r in rows],
                      headers=list(rows[0]), tablefmt="github")
