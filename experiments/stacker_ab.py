@@ -2,7 +2,7 @@
 
 Which LightGBM settings to stack with: five-fold out-of-fold scores on the validation pairs, nothing else.
 
-    python -m experiments.stacker_ab [--models staging/wide] [--data data] [--out OUT.md]
+    python -m experiments.stacker_ab [--models models] [--data data] [--out OUT.md]
 
 The stackers are fitted on the base models' outputs on ``DATA/val.npz`` (training.stacking); this refits
 LightGBM under each setting of ``VARIANTS`` with the very cross-validation the stacking step runs

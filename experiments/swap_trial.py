@@ -3,7 +3,7 @@
 Try another model in one registry slot, without touching the registry: does the stacker gain?
 
     python -m experiments.swap_trial --replace resnet_s2023 --name cbam_s7 --tower cbam --seed 7 \\
-        --from staging/wide --out runs/swap --profile wide [--head concat] [--score ../shared/course/val.npz]
+        --from models --out runs/swap --profile wide [--head concat] [--score ../shared/course/val.npz]
 
 The ensemble's diversity check. The candidate (a new name: the registry's names are a stable contract) takes
 ``--replace``'s place for this process only; the other nine models' finished weights are copied from ``--from``
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--head", default="concat", choices=["concat", "fusion"])
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--from", dest="source", type=Path, required=True,
-                        help="a folder with the other models' finished weights (e.g. staging/wide)")
+                        help="a folder with the other models' finished weights (e.g. models)")
     parser.add_argument("--out", type=Path, required=True, help="where the trial trains, exports and stacks")
     parser.add_argument("--profile", default="wide", help="the profile the source folder was trained with")
     parser.add_argument("--score", action="append", default=[], metavar="FILE", help="labelled files to score")
