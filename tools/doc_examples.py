@@ -18,6 +18,8 @@ command + an answer block + ``<!-- /example -->``.
     verbatim.
     ``<!-- registry-table -->`` is the registry's table (``training.models.registry_table``) at the default size.
 
+Every link to a file of the repository (``[text](path)``, outside code) must name a file that exists.
+
 ``--check`` compares each documented answer with the one produced now: the same keys, list lengths, strings,
 integers and booleans; floats within half a unit of their last printed digit; text and synopses verbatim.
 ``--write`` replaces the answer blocks (never the requests) with the answers produced now. Both start one
@@ -447,6 +449,36 @@ def block_differences(documented: list[str], block: Block) -> list[str]:
     return []
 
 
+# --------------------------------------------------------------------------- links
+
+_LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+_INLINE_CODE = re.compile(r"`[^`]*`")
+
+
+def links(path: Path) -> list[tuple[int, str]]:
+    """Every markdown link and image of a file, outside code: (line number, target)."""
+    found, fenced = [], False
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if line.startswith("```"):
+            fenced = not fenced
+            continue
+        if not fenced:
+            found += [(number, match.group(1)) for match in _LINK.finditer(_INLINE_CODE.sub("", line))]
+    return found
+
+
+def broken_links(paths: list[Path]) -> list[str]:
+    """Each link to a file of the repository (not a URL, not an anchor in the same page) that names no file."""
+    problems = []
+    for path in paths:
+        for number, target in links(path):
+            if re.match(r"^[a-z][a-z0-9+.-]*:", target) or target.startswith("#"):
+                continue  # a URL (https:, mailto:) or a heading of this page
+            if not (path.parent / target.partition("#")[0]).exists():
+                problems.append(f"{_shown(path)}:{number}: the link {target} names no file")
+    return problems
+
+
 # --------------------------------------------------------------------------- the whole run
 
 
@@ -534,13 +566,15 @@ def main(argv: list[str] | None = None) -> int:
         del os.environ[variable]  # the examples show the defaults
     with served(args.url) as client:
         problems = process(paths, producer(client), write=args.write)
-    for problem in problems:
+    unresolved = broken_links(paths)  # never rewritten: a person mends the link
+    for problem in problems + unresolved:
         print(problem)
     if args.write:
         print(f"rewrote {len(problems)} stale block(s) in {', '.join(_shown(p) for p in paths)}")
-        return 0
-    print(f"{len(problems)} stale block(s)" if problems else "every example is current")
-    return 1 if problems else 0
+        return 1 if unresolved else 0
+    print(f"{len(problems)} stale block(s), {len(unresolved)} broken link(s)" if problems or unresolved
+          else "every example is current and every link resolves")
+    return 1 if problems or unresolved else 0
 
 
 if __name__ == "__main__":
