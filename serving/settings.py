@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     layout: t.Annotated[t.Literal["auto", "in_process", "scorer"], _Lower] = Field(
         "auto", description="`in_process` (the models in each API worker), `scorer` (in one `Scorer` process behind "
                             "adaptive batching), or `auto`: `scorer` with a GPU, else `in_process` "
-                            "([docs/speed.md](docs/speed.md))")
+                            "(`docs/speed.md`)")
     workers: PositiveInt | None = Field(None, description="API worker processes (default: one per usable CPU)")
     max_batch_size: PositiveInt = Field(64, description="pairs per inference call (single pairs coalesced; "
                                                         "`compare_batch`'s chunk)")

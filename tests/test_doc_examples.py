@@ -122,10 +122,13 @@ def _settings_in_code() -> set[str]:
         and re.fullmatch(r"DIGIT_COMPARE_[A-Z0-9_]+", node.value)}
 
 
+SETTINGS_DOC = ROOT / "docs" / "api.md"
+
+
 def _settings_table() -> dict[str, str]:
-    text = (ROOT / "README.md").read_text()
+    text = SETTINGS_DOC.read_text()
     table = re.search(r"<!-- env-table -->\n(.*?)<!-- /env-table -->", text, re.DOTALL)
-    assert table, "README.md has no <!-- env-table --> section"
+    assert table, f"{SETTINGS_DOC} has no <!-- env-table --> section"
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.group(1).splitlines()[2:]]
     return {row[0].split()[0].strip("`"): row[1] for row in rows}
 
@@ -149,4 +152,4 @@ def test_the_settings_table_lists_every_variable_with_its_served_default(client)
     info = client.get("/info").json()
     for name, (group, key) in INFO_KEYS.items():
         default = float(re.match(r"`([\d.]+)`", table[name]).group(1))
-        assert default == info[group][key], f"{name}: README says {default}, /info {info[group][key]}"
+        assert default == info[group][key], f"{name}: docs/api.md says {default}, /info {info[group][key]}"
