@@ -83,13 +83,15 @@ samples: $(VENV)/.dev
 train-gpu: $(VENV)/.dev
 	$(PY) -m training.run_all --profile gpu --device cuda --jobs 10 --out runs/gpu --score ../shared/course/val.npz
 
+# The measuring tools live in bench/ (never in the Bento); run them on a quiet machine. Training steps per second per
+# architecture, then eager PyTorch against ONNX Runtime in process (docs/speed.md).
 bench: $(VENV)/.dev
-	$(PY) -m training.bench
-	$(PY) -m export.bench
+	$(PY) -m bench.training
+	$(PY) -m bench.inference
 
 # The served product under load: in process (fp32 vs int8) and over HTTP; writes docs/bench.md and docs/bench.png.
 bench-serve: $(VENV)/.dev
-	$(PY) -m ensemble.bench
+	$(PY) -m bench.serve
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .

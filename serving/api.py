@@ -82,7 +82,7 @@ def media_type(content_type: str) -> str:
 
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 #: JSON above this size is parsed in a thread, so the event loop keeps answering meanwhile, and one at a time per
-#: worker: a 16 MiB body of integer pixels is about 70 MB of Python lists at its peak (``tools/json_cap``).
+#: worker: a 16 MiB body of integer pixels is about 70 MB of Python lists at its peak (``bench/json_cap``).
 THREAD_PARSE_BYTES = 256 * 1024
 _large_parses: list[anyio.CapacityLimiter] = []  # made in the worker's event loop, on first use
 

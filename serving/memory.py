@@ -3,7 +3,7 @@ allocations and write, every ``DIGIT_COMPARE_TRACEMALLOC_EVERY_S`` seconds (60; 
 since its first
 snapshot (taken once it has served for a while) to ``DIR/PID.txt``: the biggest growths by line, with the
 process's resident memory beside the traced total, so growth outside Python's heap (malloc arenas, native
-libraries) shows as the difference. ``tools/soak.py --tracemalloc DIR`` sets it. Tracing slows the worker:
+libraries) shows as the difference. ``bench/soak.py --tracemalloc DIR`` sets it. Tracing slows the worker:
 it is for diagnosis, never on by default.
 """
 

@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     layout: t.Annotated[t.Literal["auto", "in_process", "scorer"], _Lower] = Field(
         "auto", description="`in_process` (the models in each API worker), `scorer` (in one `Scorer` process behind "
                             "adaptive batching), or `auto`: `scorer` with a GPU, else `in_process` "
-                            "([docs/speed.md](docs/speed.md))")
+                            "(`docs/speed.md`)")
     workers: PositiveInt | None = Field(None, description="API worker processes (default: one per usable CPU)")
     max_batch_size: PositiveInt = Field(64, description="pairs per inference call (single pairs coalesced; "
                                                         "`compare_batch`'s chunk)")
@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     # Off by default: about 3% of the API worker's CPU per answer, and an ingress logs requests anyway.
     access_log: bool = Field(False, description="`1`: BentoML's access log, a line per request")
     tracemalloc: Path | None = Field(None, description="a folder: each worker reports its Python allocations' "
-                                                       "growth there (diagnosis; `tools/soak.py --tracemalloc`)")
+                                                       "growth there (diagnosis; `bench/soak.py --tracemalloc`)")
     tracemalloc_every_s: PositiveFloat = Field(60.0, description="seconds between those reports")
     max_pairs: PositiveInt = Field(10_000, description="pairs per `compare_batch` request (an `.npz` upload; JSON "
                                                        "pairs stop at `JSON_MAX_PAIRS`)")
@@ -140,7 +140,7 @@ def describe(settings: Settings) -> dict[str, t.Any]:
 # ----------------------------------------------------------------------------- fixed values, each with its reason
 
 #: compare_batch's JSON ``pairs``: at most this many (413 above, naming the .npz form). Measured (``python -m
-#: tools.json_cap``, docs/speed.md): 1,000 pairs of integer pixels are a 6.9 MiB body, 0.11 s of ``json.loads`` and
+#: bench.json_cap``, docs/speed.md): 1,000 pairs of integer pixels are a 6.9 MiB body, 0.11 s of ``json.loads`` and
 #: 0.05 s to uint8 pairs, 30 MB at the peak; 10,000 would be 69 MiB, 1.8 s and 300 MB. The course's .npz upload
 #: carries the large batches: it unpacks straight into uint8 arrays.
 JSON_MAX_PAIRS = 1_000

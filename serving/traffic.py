@@ -4,7 +4,7 @@ BentoML 1.4.40's ``TimeoutMiddleware`` (``bentoml/_internal/server/http/traffic.
 ``loop.call_later(timeout, ...)`` and never cancels it. The timer handle keeps the request's context alive
 (``call_later`` copies the contextvars: the OpenTelemetry span and its attributes, BentoML's request context)
 until the timeout fires, 300 s later here (``REQUEST_TIMEOUT_S``). Under load that is every request of the last
-five minutes: an API worker grew by 233 MB in its first five minutes, then held flat (``tools/soak.py``;
+five minutes: an API worker grew by 233 MB in its first five minutes, then held flat (``bench/soak.py``;
 tracemalloc showed the spans and contexts, ~1.8 KB a request, docs/reliability.md). ``release_request_timers``
 makes BentoML build this subclass instead, which behaves the same (a 504 when no answer starts in time), gives
 its timer an empty context and cancels it as soon as the answer starts or the request ends.

@@ -167,6 +167,41 @@ def test_layers_import_only_downwards(layer):
     assert not {module: bad for module, bad in found.items() if bad}
 
 
+#: Folders beside the product: measuring tools, decision records, maintenance tools and the tests.
+BESIDE_THE_PRODUCT = ("bench", "experiments", "tools", "tests")
+
+
+def test_the_product_imports_nothing_beside_it():
+    """service.py, serving/, ensemble/, export/ and training/ hold the product: no measuring or experiment code,
+    and none of it is imported (the Bento ships the product only)."""
+    found = {module: sorted(imported_packages(path) & set(BESIDE_THE_PRODUCT))
+             for module, path in _source_files().items()}
+    assert len(found) > 40
+    assert not {module: bad for module, bad in found.items() if bad}
+
+
+def private_imports(path: Path, own: str | None = None) -> list[str]:
+    """``from PACKAGE.module import _name`` where PACKAGE is not ``own``, the importing file's top-level folder."""
+    own = own or path.relative_to(ROOT).parts[0]
+    return [f"{node.module}.{alias.name}" for node in _imports(path) if isinstance(node, ast.ImportFrom)
+            and not node.level and (node.module or "").split(".")[0] != own
+            for alias in node.names if alias.name.startswith("_") and not alias.name.startswith("__")]
+
+
+def test_no_module_imports_private_names_of_another_folder(tmp_path):
+    """The product, the measuring tools, the experiments and the tools use each other's public names only, and the
+    tests use only public names of those three. (A unit test of a product module may still reach its helpers.)"""
+    tools = ("bench", "experiments", "tools")
+    files = [*_source_files().values(), *(p for folder in tools for p in (ROOT / folder).rglob("*.py"))]
+    found = {str(p.relative_to(ROOT)): bad for p in files if (bad := private_imports(p))}
+    found |= {str(p.relative_to(ROOT)): bad for p in (ROOT / "tests").rglob("*.py")
+              if (bad := [name for name in private_imports(p) if name.startswith(tools)])}
+    assert not found
+    planted = tmp_path / "planted.py"  # the check sees one, and not a private name of the file's own folder
+    planted.write_text("from training.stacking import _fit_logreg\nfrom tests.drain import _png\n")
+    assert private_imports(planted, own="tests") == ["training.stacking._fit_logreg"]
+
+
 def test_the_import_scan_sees_third_party_imports():
     assert {"serving", "bentoml"} <= imported_packages(ROOT / "service.py")
     assert "torch" in imported_packages(ROOT / "training" / "train.py")
@@ -186,4 +221,11 @@ def test_the_pair_shape_is_written_in_one_module():
 @pytest.mark.parametrize("module", sorted(m for m in _source_files() if m != "service"))
 def test_every_module_imports(module):
     """A renamed or removed name shows up here, not when someone first runs that command."""
+    importlib.import_module(module)
+
+
+@pytest.mark.parametrize("module", sorted(_module_name(p) for folder in ("bench", "experiments", "tools")
+                                          for p in (ROOT / folder).rglob("*.py")))
+def test_every_tool_module_imports(module):
+    """The measuring tools and experiments follow the product's renames (nothing else runs them in the tests)."""
     importlib.import_module(module)

@@ -1,4 +1,5 @@
-"""The served-product benchmark runs end to end on a tiny setting (a few requests; no timing asserted)."""
+"""The served-product benchmark (`python -m bench.serve`) runs end to end on a tiny setting (a few requests; no timing
+asserted)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import json
 
 import pytest
 
-from ensemble.bench import main as bench
+from bench.serve import main as bench
 from serving import settings
 
 

@@ -16,6 +16,7 @@ from ensemble import Ensemble
 from ensemble.course_data import load_course_npz
 from serving.webui import UI_FILES
 from tests.server_process import bentoml_serve
+from tests.test_architecture import imported_packages
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -48,6 +49,12 @@ def test_bento_holds_only_what_serving_needs(bento_home):
         "models/ensemble.onnx", "models/manifest.json", "models/stacker_lightgbm.txt", "models/stacker_logreg.json",
         "models/student.onnx"]
     assert not any(f.startswith(("training/", "export/", "tests/")) for f in files)
+    # No measuring tool, experiment or maintenance tool ships: the Bento is the product.
+    assert not any(f.startswith(("bench/", "experiments/", "tools/")) for f in files), files
+    assert not [f for f in files if f.endswith(".py") and "bench" in Path(f).stem], files
+    imported = {f: imported_packages(src / f) & {"bench", "experiments", "tools", "tests"}
+                for f in files if f.endswith(".py")}
+    assert not {f: names for f, names in imported.items() if names}  # and nothing shipped needs them
     # the web page (plain files, no build step) and the sample pairs it offers; nothing else from samples/
     assert sorted(f for f in files if f.startswith("ui/")) == sorted(f"ui/{name}" for name, _ in UI_FILES.values())
     assert sorted(f for f in files if f.startswith("samples/")) == [

@@ -5,15 +5,9 @@ in-process ensemble's, the Scorer's own request counter moves with them, and wit
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import signal
-import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -21,9 +15,9 @@ import numpy as np
 import pytest
 import yaml
 
+from bench.server import Server, free_port, started
 from ensemble import Ensemble
 from ensemble.preprocess import prepare_pair_bytes
-from tests.server_process import Server, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -50,38 +44,6 @@ def on_loopback(args: list[str], port: int, scorer_url: str | None = None) -> li
     return [sys.executable, "-m", "bentoml_cli._internal.start", *args, "--host", "127.0.0.1", str(ROOT)]
 
 
-@contextlib.contextmanager
-def started(command: list[str], port: int, env: dict[str, str], log: Path) -> Iterator[Server]:
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env}, stdout=out,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-    server = Server(process, f"http://127.0.0.1:{port}", log)
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if not server.alive():
-                pytest.fail(f"{command[3:6]} exited with {process.returncode}:\n{server.log_text()[-4000:]}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                pytest.fail(f"not ready after 300 s:\n{server.log_text()[-4000:]}")
-            time.sleep(0.3)
-        yield server
-    finally:
-        stop(server)
-
-
-def stop(server: Server) -> None:
-    if server.alive():
-        os.killpg(server.process.pid, signal.SIGTERM)
-        try:
-            server.process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.process.pid, signal.SIGKILL)
-            server.process.wait(10)
-
-
 def scorer_requests(scorer: Server) -> float:
     """The Scorer's own count of answered /score calls (BentoML's Prometheus counter)."""
     metrics = httpx.get(f"{scorer.url}/metrics", timeout=10).text
@@ -100,10 +62,10 @@ def test_the_api_scores_on_the_remote_scorer_it_is_pointed_at(tmp_path):
     expected = Ensemble.load(ROOT / "models", device="cpu").predict(prepare_pair_bytes(image, "image")[None])
     with tempfile.TemporaryDirectory() as logs:
         scorer_cmd = on_loopback(deployment_args("digit-compare-scorer"), scorer_port)
-        with started(scorer_cmd, scorer_port, scorer_env, Path(logs) / "scorer.log") as scorer:
+        with started(scorer_cmd, scorer_port, scorer_env, ready_timeout=300, log=Path(logs) / "scorer.log") as scorer:
             api_cmd = on_loopback(deployment_args("digit-compare-api"), api_port, scorer.url)
             assert f"digit_compare_scorer={scorer.url}" in api_cmd
-            with started(api_cmd, api_port, api_env, Path(logs) / "api.log") as api:
+            with started(api_cmd, api_port, api_env, ready_timeout=300, log=Path(logs) / "api.log") as api:
                 before = scorer_requests(scorer)
                 for _ in range(3):
                     answer = httpx.post(f"{api.url}/compare_pair", files={"image": ("pair.png", image)}, timeout=60)
@@ -113,7 +75,7 @@ def test_the_api_scores_on_the_remote_scorer_it_is_pointed_at(tmp_path):
                 after = scorer_requests(scorer)
                 assert after - before >= 1, (before, after)  # coalesced pairs may share a call, never none
                 # The API process itself holds no models: with the Scorer gone it cannot answer.
-                stop(scorer)
+                scorer.stop()
                 gone = httpx.post(f"{api.url}/compare_pair", files={"image": ("pair.png", image)}, timeout=60)
                 assert gone.status_code == 503, gone.text
                 assert "loaded 10 models" not in api.log_text()

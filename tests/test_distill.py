@@ -193,7 +193,7 @@ def test_the_service_serves_the_student_when_asked(distilled, tmp_path):
 
 @pytest.mark.slow
 def test_the_bench_measures_the_student_beside_the_ensemble(distilled, tmp_path):
-    from ensemble.bench import main as bench
+    from bench.serve import main as bench
 
     models, _ = distilled
     out = tmp_path / "bench"

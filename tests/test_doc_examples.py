@@ -19,8 +19,8 @@ import httpx
 import pytest
 
 from tests.server_process import bentoml_serve
-from tools.doc_examples import ROOT, _Number, differences, documents, find_sections, parse_curl, process
-from tools.doc_examples import _producer as producer
+from tools.doc_examples import ROOT, PrintedNumber, differences, documents, find_sections, parse_curl, process
+from tools.doc_examples import producer as producer_of
 
 pytestmark = pytest.mark.slow
 REGENERATE = "regenerate them with: python -m tools.doc_examples --write"
@@ -42,7 +42,7 @@ def test_every_documented_example_is_what_the_code_answers(client):
     kinds = {s.kind for s in sections}
     assert {"example", "synopsis", "results", "registry-table", "api-table", "env-table"} <= kinds
     assert sum(s.kind == "example" for s in sections) >= 6  # the README's requests and its console session
-    problems = process(paths, producer(client), write=False)
+    problems = process(paths, producer_of(client), write=False)
     assert not problems, "stale examples:\n" + "\n".join(problems) + f"\n{REGENERATE}"
 
 
@@ -66,7 +66,7 @@ def test_an_example_edited_to_a_wrong_value_fails(client, tmp_path):
     pair, csv_answer, info = (_example(readme, n) for n in ("compare-pair", "compare-batch-csv", "info"))
     good = tmp_path / "good.md"
     good.write_text("\n\n".join([pair, csv_answer, info]) + "\n")
-    assert process([good], producer(client), write=False) == []
+    assert process([good], producer_of(client), write=False) == []
 
     wrong_pair = re.sub(r'(?<="probability": )\d\.\d+', _shift_last_digit, pair, count=1)
     wrong_csv = re.sub(r"^(SAMPLE_\d+),([01])$", lambda m: f"{m.group(1)},{1 - int(m.group(2))}", csv_answer,
@@ -76,21 +76,21 @@ def test_an_example_edited_to_a_wrong_value_fails(client, tmp_path):
     assert wrong_pair != pair and wrong_csv != csv_answer and wrong_info != info
     bad = tmp_path / "bad.md"
     bad.write_text("\n\n".join([wrong_pair, wrong_csv, wrong_info]) + "\n")
-    problems = process([bad], producer(client), write=False)
+    problems = process([bad], producer_of(client), write=False)
     assert len(problems) == 3, problems
     assert any(re.search(r"bad\.md:1: probability: documented \d\.\d+, now", p) for p in problems), problems
     assert any("line 2 of the block: documented 'SAMPLE_" in p for p in problems), problems
     assert any(f"best_single: documented '{best}_renamed', now '{best}'" in p for p in problems), problems
     # --write puts the answers back: the rewritten file passes and reads as the good one.
-    assert len(process([bad], producer(client), write=True)) == 3
+    assert len(process([bad], producer_of(client), write=True)) == 3
     assert bad.read_text() == good.read_text()
 
 
 def test_floats_are_compared_to_their_printed_precision():
-    assert differences({"p": _Number("0.0330")}, {"p": 0.03304}) == []
-    assert differences({"p": _Number("0.0330")}, {"p": 0.03296}) == []
-    assert differences({"p": _Number("0.0330")}, {"p": 0.03306}) != []
-    assert differences({"p": _Number("0.03")}, {"p": 0.0349}) == []  # two decimals printed: half a hundredth
+    assert differences({"p": PrintedNumber("0.0330")}, {"p": 0.03304}) == []
+    assert differences({"p": PrintedNumber("0.0330")}, {"p": 0.03296}) == []
+    assert differences({"p": PrintedNumber("0.0330")}, {"p": 0.03306}) != []
+    assert differences({"p": PrintedNumber("0.03")}, {"p": 0.0349}) == []  # two decimals printed: half a hundredth
     assert differences({"n": 16}, {"n": 17}) != [] and differences({"b": False}, {"b": 0}) != []
     assert differences({"a": 1}, {"a": 1, "b": 2}) != []  # a field the example does not show is reported
     assert differences([1, 2], [1, 2, 3]) != []
@@ -122,10 +122,13 @@ def _settings_in_code() -> set[str]:
         and re.fullmatch(r"DIGIT_COMPARE_[A-Z0-9_]+", node.value)}
 
 
+SETTINGS_DOC = ROOT / "docs" / "api.md"
+
+
 def _settings_table() -> dict[str, str]:
-    text = (ROOT / "README.md").read_text()
+    text = SETTINGS_DOC.read_text()
     table = re.search(r"<!-- env-table -->\n(.*?)<!-- /env-table -->", text, re.DOTALL)
-    assert table, "README.md has no <!-- env-table --> section"
+    assert table, f"{SETTINGS_DOC} has no <!-- env-table --> section"
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.group(1).splitlines()[2:]]
     return {row[0].split()[0].strip("`"): row[1] for row in rows}
 
@@ -149,4 +152,4 @@ def test_the_settings_table_lists_every_variable_with_its_served_default(client)
     info = client.get("/info").json()
     for name, (group, key) in INFO_KEYS.items():
         default = float(re.match(r"`([\d.]+)`", table[name]).group(1))
-        assert default == info[group][key], f"{name}: README says {default}, /info {info[group][key]}"
+        assert default == info[group][key], f"{name}: docs/api.md says {default}, /info {info[group][key]}"

@@ -1,6 +1,7 @@
-"""Training in installments (issue 26): the ``wide`` profile is selectable and is another run than ``default``; a
+"""Training in installments: the ``wide`` profile is selectable and is another run than ``default``; a
 ``run_all`` killed after some models finished trains only the rest when the same command runs again; a finished
-staging folder promotes to a lean models folder that ``python -m ensemble verify`` accepts."""
+staging folder promotes to a lean models folder that ``python -m ensemble verify`` accepts, and lets go of what it
+promoted."""
 
 from __future__ import annotations
 
@@ -136,7 +137,7 @@ def _verify(models: Path) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_a_staging_folder_promotes_to_a_models_folder_that_verify_accepts(smoke_models, tiny_data, tmp_path):
     staging, models = smoke_models, tmp_path / "models"
-    assert promote.main([str(staging), "--to", str(models)]) == 0
+    assert promote.main([str(staging), "--to", str(models), "--keep-staging"]) == 0
 
     checked = _verify(models)
     assert checked.returncode == 0, checked.stderr
@@ -170,7 +171,7 @@ def test_the_promoted_folder_regenerates_its_graphs_from_the_weights(smoke_model
     from export.__main__ import main as export_cli
 
     models = tmp_path / "models"
-    promote.promote(smoke_models, models)
+    promote.promote(smoke_models, models, keep_staging=True)
     before = sorted(p.relative_to(models) for p in models.rglob("*"))
     assert export_cli(["--out", str(models), "--profile", "smoke", "--data", str(tiny_data)]) == 0
     assert "byte-identical" in capsys.readouterr().out
@@ -186,7 +187,7 @@ def test_promotion_replaces_an_old_models_folder_whole_and_refuses_other_folders
     (models / "report" / "realism.md").write_text("the data's realism gate")  # about the data: carried over
     (models / "report" / "metrics.json").write_text("{}")  # about the old ensemble: replaced
     (models / MANIFEST).write_text("{}")
-    promote.promote(smoke_models, models)
+    promote.promote(smoke_models, models, keep_staging=True)
     assert not (models / "onnx").exists() and not (models / "student.onnx").exists()
     assert (models / "report" / "realism.md").read_text() == "the data's realism gate"
     assert not (models / "report" / "realism.json").exists()  # none before, none invented
@@ -199,12 +200,42 @@ def test_promotion_replaces_an_old_models_folder_whole_and_refuses_other_folders
     other.mkdir()
     (other / "notes.txt").write_text("mine")
     with pytest.raises(ManifestError, match="not a models folder"):
-        promote.promote(smoke_models, other)
+        promote.promote(smoke_models, other, keep_staging=True)
     assert (other / "notes.txt").read_text() == "mine"
     unfinished = tmp_path / "unfinished"
     shutil.copytree(smoke_models / "weights", unfinished / "weights")
     assert promote.main([str(unfinished), "--to", str(tmp_path / "m2")]) == 2  # no manifest: not exported yet
     assert not (tmp_path / "m2").exists()
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+def test_promotion_removes_the_promoted_copies_from_staging_and_keeps_a_retrain_in_progress(smoke_models, tmp_path):
+    """Git keeps no second copy of the promoted weights under staging/: what was promoted leaves the staging folder.
+    What a retrain not done yet left there (its finished models, its checkpoints) and what was not promoted (the
+    per-model graphs) stay."""
+    staging, models = tmp_path / "staging", tmp_path / "models"
+    shutil.copytree(smoke_models, staging)
+    retrain = {"weights/next_model/weights.safetensors": b"a model of the next retrain",
+               "weights/next_model/history.json": b"{}", "checkpoints/next_model.pt": b"half-trained"}
+    for name, content in retrain.items():
+        (staging / name).parent.mkdir(parents=True, exist_ok=True)
+        (staging / name).write_bytes(content)
+    assert promote.main([str(staging), "--to", str(models)]) == 0
+
+    assert _verify(models).returncode == 0
+    promoted, left = _files(models), _files(staging)
+    assert not [name for name, content in left.items() if promoted.get(name) == content]  # no promoted copy stays
+    assert {name: left.get(name) for name in retrain} == retrain
+    names = [m["name"] for m in read_manifest(models)["models"]]
+    assert not (staging / "weights" / names[0]).exists() and not (staging / MANIFEST).exists()
+    assert all((staging / "onnx" / f"{n}.onnx").is_file() for n in names)  # left out of the models folder: kept
+    # What was promoted is what the staging folder held.
+    original = _files(smoke_models)
+    assert all(original[name] == content for name, content in promoted.items() if name != MANIFEST)
 
 
 # --------------------------------------------------------------------------- a candidate in one slot
@@ -219,7 +250,7 @@ def registry_restored():
 
 
 def test_a_swap_trial_puts_the_candidate_in_the_replaced_slot_only(registry_restored):
-    from tools.swap_trial import swap_registry
+    from experiments.swap_trial import swap_registry
     from training.models import ModelConfig, model_names
 
     before = model_names()

@@ -18,6 +18,8 @@ command + an answer block + ``<!-- /example -->``.
     verbatim.
     ``<!-- registry-table -->`` is the registry's table (``training.models.registry_table``) at the default size.
 
+Every link to a file of the repository (``[text](path)``, outside code) must name a file that exists.
+
 ``--check`` compares each documented answer with the one produced now: the same keys, list lengths, strings,
 integers and booleans; floats within half a unit of their last printed digit; text and synopses verbatim.
 ``--write`` replaces the answer blocks (never the requests) with the answers produced now. Both start one
@@ -386,13 +388,13 @@ def registry_lines() -> list[str]:
 # --------------------------------------------------------------------------- comparing
 
 
-class _Number(float):
+class PrintedNumber(float):
     """A float that remembers how many decimals it was printed with."""
 
     decimals: int
     text: str
 
-    def __new__(cls, text: str) -> _Number:
+    def __new__(cls, text: str) -> PrintedNumber:
         number = super().__new__(cls, text)
         number.decimals = len(text.partition(".")[2].split("e")[0].split("E")[0])
         number.text = text
@@ -405,7 +407,7 @@ class _Number(float):
 def _parse(lines: list[str]) -> tuple[str, Any]:
     status = lines[0] if lines and re.fullmatch(r"HTTP \d{3}", lines[0]) else "HTTP 200"
     body = "\n".join(lines[1:] if lines and lines[0] == status else lines)
-    return status, json.loads(body, parse_float=_Number)
+    return status, json.loads(body, parse_float=PrintedNumber)
 
 
 def differences(documented: Any, actual: Any, where: str = "") -> list[str]:
@@ -447,13 +449,43 @@ def block_differences(documented: list[str], block: Block) -> list[str]:
     return []
 
 
+# --------------------------------------------------------------------------- links
+
+_LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+_INLINE_CODE = re.compile(r"`[^`]*`")
+
+
+def links(path: Path) -> list[tuple[int, str]]:
+    """Every markdown link and image of a file, outside code: (line number, target)."""
+    found, fenced = [], False
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if line.startswith("```"):
+            fenced = not fenced
+            continue
+        if not fenced:
+            found += [(number, match.group(1)) for match in _LINK.finditer(_INLINE_CODE.sub("", line))]
+    return found
+
+
+def broken_links(paths: list[Path]) -> list[str]:
+    """Each link to a file of the repository (not a URL, not an anchor in the same page) that names no file."""
+    problems = []
+    for path in paths:
+        for number, target in links(path):
+            if re.match(r"^[a-z][a-z0-9+.-]*:", target) or target.startswith("#"):
+                continue  # a URL (https:, mailto:) or a heading of this page
+            if not (path.parent / target.partition("#")[0]).exists():
+                problems.append(f"{_shown(path)}:{number}: the link {target} names no file")
+    return problems
+
+
 # --------------------------------------------------------------------------- the whole run
 
 
 Producer = Callable[[Section], list[Block]]
 
 
-def _producer(client: httpx.Client | None) -> Producer:
+def producer(client: httpx.Client | None) -> Producer:
     def produce(section: Section) -> list[Block]:
         if section.kind == "synopsis":
             return [Block("text", [line for command in section.argument.split("|") for line in usage(command)])]
@@ -512,7 +544,7 @@ def served(url: str | None) -> Iterator[httpx.Client]:
         with httpx.Client(base_url=url, timeout=300) as client:
             yield client
         return
-    from tests.server_process import bentoml_serve
+    from bench.server import bentoml_serve
 
     with tempfile.TemporaryDirectory(prefix="doc-examples-bentoml-") as home, \
             bentoml_serve("service:DigitCompare", ROOT, {"BENTOML_HOME": home, "DIGIT_COMPARE_DEVICE": "cpu"},
@@ -533,14 +565,16 @@ def main(argv: list[str] | None = None) -> int:
     for variable in [k for k in os.environ if k.startswith("DIGIT_COMPARE_")]:
         del os.environ[variable]  # the examples show the defaults
     with served(args.url) as client:
-        problems = process(paths, _producer(client), write=args.write)
-    for problem in problems:
+        problems = process(paths, producer(client), write=args.write)
+    unresolved = broken_links(paths)  # never rewritten: a person mends the link
+    for problem in problems + unresolved:
         print(problem)
     if args.write:
         print(f"rewrote {len(problems)} stale block(s) in {', '.join(_shown(p) for p in paths)}")
-        return 0
-    print(f"{len(problems)} stale block(s)" if problems else "every example is current")
-    return 1 if problems else 0
+        return 1 if unresolved else 0
+    print(f"{len(problems)} stale block(s), {len(unresolved)} broken link(s)" if problems or unresolved
+          else "every example is current and every link resolves")
+    return 1 if problems or unresolved else 0
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """How a training step runs: its arithmetic (fp32, bf16 or fp16 autocast) and its memory format.
 
 On a CPU with AVX-512 BF16 (or AMX), ``torch.autocast("cpu", dtype=torch.bfloat16)`` plus channels-last
-tensors train these CNNs 1.6-2.4x faster than fp32 (``python -m training.bench --modes`` measures it);
+tensors train these CNNs 1.6-2.4x faster than fp32 (``python -m bench.training --modes`` measures it);
 the weights and the optimiser stay fp32 under autocast, so only the convolutions' arithmetic changes.
 A CPU without native bf16 would emulate it (slower than fp32), so it trains in fp32. On CUDA, fp16
 autocast with a loss scaler, as before (bf16 where the GPU has it: no scaler needed).
@@ -50,7 +50,7 @@ class StepMode:
 
 
 FP32 = StepMode(None, channels_last=False)
-# Measured with ``python -m training.bench --modes --threads 1`` (README): every tower gains from
+# Measured with ``python -m bench.training --modes --threads 1`` (README): every tower gains from
 # channels-last; bf16 pays on top for all but the attention (CBAM) tower, whose pooling and sigmoid gates
 # run slower in bf16 than in fp32.
 TOWER_MODES: dict[str, StepMode] = {"cbam": StepMode(None, channels_last=True)}

@@ -6,7 +6,7 @@
 - ``wide``: the committed models: three times the default's pairs with the tuned recipe, chosen by A/B runs; hours,
   so in installments.
 - ``compare``: one model trained on the course's own files or on fresh pairs, same budget
-  (``python -m training.compare_sources``).
+  (``python -m experiments.compare_sources``).
 - ``gpu``: all ten in about 8 minutes on one large GPU: wider towers, large batches, pairs drawn
   by many processes (``make train-gpu``).
 - ``full``: a long GPU run: wider models, more pairs, more epochs.

@@ -1,6 +1,6 @@
 """Promote a finished run (a staging folder) to a models folder: only what serving and verification need.
 
-    python -m training.promote STAGING --to models
+    python -m training.promote STAGING --to models [--keep-staging]
 
 STAGING is a folder ``python -m training.run_all --out STAGING`` has trained, exported and stacked (it has a
 ``manifest.json``). The models folder receives, checked against the staging manifest's sha256 first:
@@ -16,6 +16,11 @@ never opens them, and ``python -m export`` regenerates them from the weights (ch
 out byte-identical), so committing them would only double the folder's size. Also left: checkpoints and anything
 else a run keeps for itself.
 
+Then the staging folder lets go of what was promoted: every file copied into the models folder (and the staging
+manifest) is removed from it where its bytes are still those copied, so git does not keep a second copy of each
+weights file under ``staging/``. Anything else stays: the per-model graphs, checkpoints, and the finished models of a
+retrain that is not done yet (``--keep-staging`` removes nothing).
+
 The models folder is replaced as a whole: it is assembled beside the target, then swapped in by two renames, so
 a reader sees the old folder or the new one, never a mix, and no file of the old ensemble stays behind (a distilled
 student belongs to the ensemble it learnt from; distil again and install it with ``python -m export.student``).
@@ -25,6 +30,7 @@ Only the old folder's reports on the data (``DATA_REPORTS``: the realism gate's)
 from __future__ import annotations
 
 import argparse
+import filecmp
 import shutil
 import sys
 from pathlib import Path
@@ -87,8 +93,9 @@ def assemble(staging: Path, target: Path) -> dict:
     return promoted
 
 
-def promote(staging: str | Path, target: str | Path) -> dict:
-    """Replace ``target`` (absent, empty, or a models folder with a manifest) by the promoted ``staging``."""
+def promote(staging: str | Path, target: str | Path, keep_staging: bool = False) -> dict:
+    """Replace ``target`` (absent, empty, or a models folder with a manifest) by the promoted ``staging``, then remove
+    from ``staging`` what it promoted (``release_promoted``) unless ``keep_staging``."""
     staging, target = Path(staging), Path(target)
     if target.exists() and any(target.iterdir()) and not (target / MANIFEST).is_file():
         raise ManifestError(f"{target}: not empty and not a models folder (no {MANIFEST}); refusing to replace it")
@@ -98,8 +105,10 @@ def promote(staging: str | Path, target: str | Path) -> dict:
     old = target.with_name(f".{target.name}.replaced")
     for leftover in (fresh, old):  # from an interrupted promotion: nothing in them is needed
         shutil.rmtree(leftover, ignore_errors=True)
+    staging_manifest = (staging / MANIFEST).read_bytes() if (staging / MANIFEST).is_file() else None
     try:
         manifest = assemble(staging, fresh)
+        copied = [p.relative_to(fresh) for p in fresh.rglob("*") if p.is_file() and p.name != MANIFEST]
         for report in DATA_REPORTS:
             if (target / report).is_file() and not (fresh / report).exists():
                 _copy(target / report, fresh / report)
@@ -110,7 +119,27 @@ def promote(staging: str | Path, target: str | Path) -> dict:
         target.rename(old)
     fresh.rename(target)
     shutil.rmtree(old, ignore_errors=True)
+    if not keep_staging:
+        release_promoted(staging, target, copied, staging_manifest)
     return manifest
+
+
+def release_promoted(staging: Path, target: Path, copied: list[Path], staging_manifest: bytes | None) -> list[Path]:
+    """Remove from ``staging`` each promoted file (``copied``: paths relative to both folders) whose bytes still equal
+    its copy in ``target``, its manifest if it still reads ``staging_manifest``, and the folders left empty. A file
+    changed since (a retrain writing there) stays. Returns what was removed."""
+    removed = [staging / rel for rel in copied
+               if (staging / rel).is_file() and filecmp.cmp(staging / rel, target / rel, shallow=False)]
+    if staging_manifest is not None and (staging / MANIFEST).is_file() \
+            and (staging / MANIFEST).read_bytes() == staging_manifest:
+        removed.append(staging / MANIFEST)
+    for path in removed:
+        path.unlink()
+    for folder in sorted({p.parent for p in removed}, key=lambda p: len(p.parts), reverse=True):
+        while folder != staging and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+            folder = folder.parent
+    return removed
 
 
 def folder_bytes(folder: Path) -> int:
@@ -122,16 +151,19 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("staging", metavar="STAGING", help="a trained, exported and stacked run_all --out folder")
     parser.add_argument("--to", required=True, metavar="MODELS_DIR", help="the models folder to replace (e.g. models)")
+    parser.add_argument("--keep-staging", action="store_true",
+                        help="leave the promoted files in STAGING too (by default they are removed from it)")
     args = parser.parse_args(argv)
     try:
-        manifest = promote(args.staging, args.to)
+        manifest = promote(args.staging, args.to, keep_staging=args.keep_staging)
     except (FileNotFoundError, ManifestError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     size = folder_bytes(Path(args.to))
     print(f"promoted {args.staging} to {args.to}: {len(manifest['artifacts'])} recorded files, {size / 1e6:.1f} MB "
           f"(left out, regenerable from the weights: {len(manifest['promoted']['left_out'])} per-model graphs); "
-          f"check with: python -m ensemble --models {args.to} verify", file=sys.stderr)
+          f"check with: python -m ensemble --models {args.to} verify"
+          + ("" if args.keep_staging else f"; the promoted files were removed from {args.staging}"), file=sys.stderr)
     return 0
 
 

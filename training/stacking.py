@@ -41,14 +41,16 @@ LOGREG_C = 0.5  # inverse L2 strength of the logistic stacker: mild, the feature
 # Shallow trees: on the wide ten (strongly correlated, each near the mean) 15-leaf trees fitted noise. Chosen by the
 # five-fold out-of-fold log-loss on val.npz only (docs/training.md, "The stacker's trees"): 4 leaves and 100 pairs a
 # leaf scored 0.9114 / 0.1957 against 0.9089 / 0.1986 for 15 and 40; 3-5 leaves and 50-200 pairs all did as well.
-# (_fit_lightgbm lowers the leaf minimum for small fitting sets.)
+# (fit_lightgbm lowers the leaf minimum for small fitting sets.)
 LGB_PARAMS = {"objective": "binary", "learning_rate": 0.03, "num_leaves": 4, "min_data_in_leaf": 100,
               "feature_fraction": 0.8, "bagging_fraction": 0.8, "bagging_freq": 1, "lambda_l2": 1.0,
               "verbose": -1, "num_threads": 2, "deterministic": True, "force_row_wise": True}
 MAX_ROUNDS, EARLY_STOP, FOLDS = 1000, 50, 5
 
 
-def _fit_lightgbm(x, y, seed, feature_names, rounds=None, valid=None, params=None) -> lgb.Booster:
+def fit_lightgbm(x: np.ndarray, y: np.ndarray, seed: int, feature_names: list[str], rounds: int | None = None,
+                 valid: tuple[np.ndarray, np.ndarray] | None = None, params: dict | None = None) -> lgb.Booster:
+    """The LightGBM stacker: ``rounds`` rounds, or early stopping on ``valid``; ``params`` override LGB_PARAMS."""
     params = {**LGB_PARAMS, **(params or {}), "seed": seed}
     # The leaf minimum is at most 5% of the fitting pairs: below 2,000 pairs (a smoke run's) a fixed 100 would forbid
     # every split and leave a constant answer. Full runs (8,000-10,000 pairs) keep the chosen 100.
@@ -62,7 +64,8 @@ def _fit_lightgbm(x, y, seed, feature_names, rounds=None, valid=None, params=Non
                      callbacks=[lgb.early_stopping(EARLY_STOP, verbose=False)])
 
 
-def _fit_logreg(x, y) -> tuple[StandardScaler, LogisticRegression]:
+def fit_logreg(x: np.ndarray, y: np.ndarray) -> tuple[StandardScaler, LogisticRegression]:
+    """The logistic stacker on standardised features."""
     scaler = StandardScaler().fit(x)
     return scaler, LogisticRegression(C=LOGREG_C, max_iter=5000).fit(scaler.transform(x), y)
 
@@ -71,16 +74,16 @@ def cross_validate(features: np.ndarray, y: np.ndarray, feature_names: list[str]
                    lgb_params: dict | None = None) -> dict:
     """Five-fold out-of-fold predictions and fold scores for both stackers; the LightGBM round count
     for the final fit is the mean of the folds' early-stopping rounds (chosen inside val only).
-    ``lgb_params`` overrides ``LGB_PARAMS`` (tools/stacker_ab.py compares settings this way)."""
+    ``lgb_params`` overrides ``LGB_PARAMS`` (experiments/stacker_ab.py compares settings this way)."""
     folds = StratifiedKFold(FOLDS, shuffle=True, random_state=seed)
     oof = {"lightgbm": np.zeros(len(y)), "logreg": np.zeros(len(y))}
     fold_rows, rounds = [], []
     for k, (fit, held) in enumerate(folds.split(features, y)):
-        booster = _fit_lightgbm(features[fit], y[fit], seed, feature_names, valid=(features[held], y[held]),
-                                params=lgb_params)
+        booster = fit_lightgbm(features[fit], y[fit], seed, feature_names, valid=(features[held], y[held]),
+                               params=lgb_params)
         rounds.append(booster.best_iteration)
         oof["lightgbm"][held] = booster.predict(features[held], num_iteration=booster.best_iteration)
-        scaler, logreg = _fit_logreg(features[fit], y[fit])
+        scaler, logreg = fit_logreg(features[fit], y[fit])
         oof["logreg"][held] = logreg.predict_proba(scaler.transform(features[held]))[:, 1]
         fold_rows.append({"fold": k + 1, "rounds": booster.best_iteration,
                           **{f"{m}_{key}": v for m in oof for key, v in binary_metrics(y[held], oof[m][held]).items()}})
@@ -138,10 +141,10 @@ def fit_stackers(out: str | Path, data_dir: str | Path, profile: str, seed: int 
 def write_stackers(layout: ArtifactLayout, features: np.ndarray, y: np.ndarray, feature_names: list[str],
                    seed: int, rounds: int) -> lgb.Booster:
     """Fit both stackers on all of val and write them: LightGBM's text model and the logistic JSON."""
-    booster = _fit_lightgbm(features, y, seed, feature_names, rounds=rounds)
+    booster = fit_lightgbm(features, y, seed, feature_names, rounds=rounds)
     with atomic_path(layout.lightgbm) as tmp:
         booster.save_model(str(tmp))
-    scaler, logreg = _fit_logreg(features, y)
+    scaler, logreg = fit_logreg(features, y)
     spec = {"features": feature_names, "mean": scaler.mean_.tolist(), "scale": scaler.scale_.tolist(),
             "coef": logreg.coef_[0].tolist(), "intercept": float(logreg.intercept_[0])}
     atomic_write_text(layout.logreg, json.dumps(spec) + "\n")
