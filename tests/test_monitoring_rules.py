@@ -8,6 +8,7 @@ compares them exactly; what an alert says is not what is tested here, that it fi
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -140,4 +141,35 @@ def test_an_alert_does_not_fire_on_a_handful_of_answers(tmp_path):
     spec = tmp_path / "rules.test.yml"
     spec.write_text(yaml.safe_dump({"rule_files": [str(RULES)], "evaluation_interval": "1m", "tests": tests}))
     result = subprocess.run([promtool(), "test", "rules", str(spec)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --------------------------------------------------------------------------- the dashboard
+
+DASHBOARD = ROOT / "deploy" / "monitoring" / "dashboard.json"
+
+
+def dashboard_expressions() -> dict[str, list[str]]:
+    """Each panel's title -> its PromQL expressions."""
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    return {panel["title"]: [target["expr"] for target in panel["targets"]] for panel in panels}
+
+
+def test_the_dashboard_shows_requests_latency_answers_confidence_disagreement_and_refusals():
+    expressions = dashboard_expressions()
+    assert all(expressions.values()), [title for title, exprs in expressions.items() if not exprs]
+    every = " ".join(e for exprs in expressions.values() for e in exprs)
+    for metric in ("bentoml_service_request_total", "bentoml_service_request_duration_seconds_bucket",
+                   "digit_compare_answers_total", "digit_compare_confidence", "digit_compare_disagreement",
+                   "digit_compare_refused_total", "digit_compare_top_digit_probability"):
+        assert metric in every, metric
+
+
+def test_every_dashboard_expression_is_valid_promql(tmp_path):
+    """promtool parses each expression (as a recording rule; Grafana's $__rate_interval as 5m)."""
+    rules = [{"record": f"dashboard:panel_{i}", "expr": expr.replace("$__rate_interval", "5m")}
+             for i, expr in enumerate(e for exprs in dashboard_expressions().values() for e in exprs)]
+    path = tmp_path / "dashboard_rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    result = subprocess.run([promtool(), "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
