@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from prometheus_client import CollectorRegistry
 
 from ensemble import Ensemble
@@ -22,6 +24,7 @@ from serving.guard import FrontDoor, RouteRule
 from serving.inputs import error_response
 from serving.model_metrics import Instruments, ModelMetrics, RefusalCounter, note_refusal
 from serving.scoring import row_statistics, score_rows
+from tests.test_deploy_manifests import resources
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
@@ -192,3 +195,27 @@ def test_the_reference_command_adds_the_block_and_changes_nothing_else(tmp_path)
     assert set(block["models"]) == {"ensemble", "student"}
     assert read_reference(written, "student") is not None
     assert not [p.name for p in models.iterdir() if p.name.startswith(".")]  # no temporary file left behind
+
+
+# --------------------------------------------------------------------------- the scrape, on Kubernetes
+
+
+@pytest.mark.parametrize("layout", ["cpu", "gpu"])
+def test_every_pod_that_answers_is_scraped_on_its_metrics_port(layout):
+    """deploy/k8s's pods ask to be scraped (prometheus.io/* annotations) on a port they serve, and the example
+    Prometheus configuration (deploy/monitoring/prometheus.yml) keeps them."""
+    config = yaml.safe_load((ROOT / "deploy" / "monitoring" / "prometheus.yml").read_text())
+    relabel = config["scrape_configs"][0]["relabel_configs"]
+    app_label = ["__meta_kubernetes_pod_label_app_kubernetes_io_name"]
+    kept_apps = next(r["regex"] for r in relabel if r["source_labels"] == app_label)
+    deployments = [d for d in resources(layout) if d["kind"] == "Deployment"]
+    assert deployments
+    for deployment in deployments:
+        template = deployment["spec"]["template"]
+        annotations = template["metadata"].get("annotations", {})
+        name = deployment["metadata"]["name"]
+        assert annotations.get("prometheus.io/scrape") == "true", name
+        assert annotations.get("prometheus.io/path") == "/metrics", name
+        ports = {p["containerPort"] for c in template["spec"]["containers"] for p in c.get("ports", [])}
+        assert int(annotations["prometheus.io/port"]) in ports, name
+        assert re.fullmatch(kept_apps, template["metadata"]["labels"]["app.kubernetes.io/name"]), name
