@@ -103,6 +103,7 @@ class ModelMetrics:
                  instruments: Instruments | None = None) -> None:
         self.names = tuple(model_names)
         self.instruments = instruments or process_instruments()
+        self._children: dict[tuple[str, str], tuple] = {}
         if reference is not None:
             self.set_reference(reference)
 
@@ -114,23 +115,33 @@ class ModelMetrics:
         for half in HALVES:
             i.reference_top_digit.labels(half=half).set(reference["top_digit_probability"][half]["mean"])
 
+    def _series(self, route: str, prior: str) -> tuple:
+        """The labelled series one answer of ``route`` under ``prior`` touches, looked up once (prometheus_client's
+        ``labels`` takes a lock and sorts; an answer touches ten series or more)."""
+        found = self._children.get((route, prior))
+        if found is None:
+            i = self.instruments
+            found = (i.answers.labels(route=route, prior=prior), i.confidence.labels(route=route, prior=prior),
+                     *(i.top_digit.labels(route=route, half=half) for half in HALVES),
+                     i.disagreement.labels(route=route, prior=prior),
+                     tuple(i.dissent.labels(prior=prior, model=name) for name in self.names))
+            self._children[(route, prior)] = found
+        return found
+
     def record(self, route: str, prior: str, stats: AnswerStatistics) -> None:
         """One or many answers of ``route`` under ``prior``."""
-        i = self.instruments
-        i.answers.labels(route=route, prior=prior).inc(len(stats.confidence))
-        confidence = i.confidence.labels(route=route, prior=prior)
+        answers, confidence, left, right, disagreement, dissent = self._series(route, prior)
+        answers.inc(len(stats.confidence))
         for value in stats.confidence.tolist():
             confidence.observe(value)
-        left, right = (i.top_digit.labels(route=route, half=half) for half in HALVES)
         for left_value, right_value in stats.top_digit.tolist():
             left.observe(left_value)
             right.observe(right_value)
-        disagreement = i.disagreement.labels(route=route, prior=prior)
         for value in stats.disagreement.tolist():
             disagreement.observe(value)
-        for name, count in zip(self.names, np.count_nonzero(stats.against, axis=0).tolist(), strict=True):
+        for series, count in zip(dissent, np.count_nonzero(stats.against, axis=0).tolist(), strict=True):
             if count:
-                i.dissent.labels(prior=prior, model=name).inc(count)
+                series.inc(count)
 
     def record_batch(self, prior: str, stats: AnswerStatistics) -> None:
         """A compare_batch request's answers, and its size."""
