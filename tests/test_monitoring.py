@@ -219,3 +219,12 @@ def test_every_pod_that_answers_is_scraped_on_its_metrics_port(layout):
         ports = {p["containerPort"] for c in template["spec"]["containers"] for p in c.get("ports", [])}
         assert int(annotations["prometheus.io/port"]) in ports, name
         assert re.fullmatch(kept_apps, template["metadata"]["labels"]["app.kubernetes.io/name"]), name
+
+
+@pytest.mark.slow
+def test_the_stacking_step_records_the_reference_on_the_pairs_it_was_given(smoke_models, tiny_data):
+    """`python -m training.run_all` (the smoke profile, no --score): the reference is taken on the built val.npz."""
+    manifest = read_manifest(smoke_models)
+    assert manifest[REFERENCE_KEY]["source"] == (tiny_data / "val.npz").as_posix()
+    assert manifest[REFERENCE_KEY]["pairs"] == len(load_course_npz(tiny_data / "val.npz").x)
+    assert read_reference(manifest) is not None
