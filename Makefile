@@ -5,7 +5,7 @@ VENV := $(if $(filter python3.11,$(PYTHON)),.venv,.venv-$(PYTHON))
 PY := $(VENV)/bin/python
 PORT ?= 3000
 
-.PHONY: test test-network browser postgresql data lint mutation serve samples train-gpu bench bench-serve clean
+.PHONY: test test-network browser postgresql prometheus data lint mutation serve samples train-gpu bench bench-serve clean
 
 # The stamp files record which dependency groups the venv holds; they are redone when pyproject.toml changes.
 $(VENV)/.runtime: pyproject.toml
@@ -20,7 +20,7 @@ $(VENV)/.dev: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[training,dev]"
 	touch $@ $(VENV)/.runtime
 
-test: $(VENV)/.dev browser postgresql
+test: $(VENV)/.dev browser postgresql prometheus
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -m "not container and not network"
 
@@ -56,6 +56,22 @@ postgresql:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 postgresql </dev/null; \
 	else \
 		echo "note: the shared-study test needs PostgreSQL's server binaries: sudo apt-get install postgresql"; \
+	fi
+
+# The alert rules' tests (tests/test_monitoring_rules.py, `promtool test rules`) and the end-to-end scrape
+# (tests/test_monitoring_e2e.py: a real Prometheus on loopback) need Debian's prometheus package (prometheus and
+# promtool). As root on Debian they are installed here, as for the browser test (Debian starts no server in a
+# container; the tests start their own); elsewhere it says what to install, and those tests skip (but fail under
+# CI=true: CI must run them).
+prometheus:
+	@if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; then \
+		true; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing prometheus (and promtool) for the monitoring tests (apt-get)"; \
+		apt-get update -qq </dev/null && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 prometheus </dev/null; \
+	else \
+		echo "note: the monitoring tests need prometheus and promtool: sudo apt-get install prometheus"; \
 	fi
 
 # The web page's picture in README (docs/ui.png): the browser test writes it only when asked, so `make test`

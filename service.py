@@ -76,14 +76,14 @@ class DigitCompare:
                       prior: PriorChoice = "uniform") -> Comparison:
         """Two pictures of single digits, any format, size and polarity (files `left` and `right`): is left >
         right? Under the uniform prior unless asked: two free pictures can be any two digits."""
-        return await self.answers.compare(two_digits, (left, right), prior, include_inputs)
+        return await self.answers.compare("/compare", two_digits, (left, right), prior, include_inputs)
 
     @bentoml.api
     async def compare_pair(self, image: Picture, include_inputs: IncludeInputs = False,
                            prior: PriorChoice = "course") -> Comparison:
         """One course-style 28x56 pair picture (file `image`; other sizes are resized): is left > right? Under the
         course's prior unless asked."""
-        return await self.answers.compare(one_pair, (image,), prior, include_inputs)
+        return await self.answers.compare("/compare_pair", one_pair, (image,), prior, include_inputs)
 
     @bentoml.api
     async def compare_batch(self, file: CourseFile = None, pairs: Pairs = None, ids: Ids = None,

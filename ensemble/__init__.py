@@ -9,6 +9,7 @@ digit pairs.
 - ``ensemble.runtime``: ``Ensemble``, the base models' fused ONNX graph and the stackers (onnxruntime + lightgbm).
 - ``ensemble.student``: the distilled student served in the ensemble's place when asked (DIGIT_COMPARE_MODEL=student).
 - ``ensemble.evaluation``, ``ensemble.metrics``: the comparison table of ``python -m ensemble evaluate``.
+- ``ensemble.reference``: the answers' statistics, and their reference on course pairs (the monitoring's).
 - ``ensemble.atomic``: atomic file writes. (The benchmarks live apart, in ``bench/``.)
 - ``python -m ensemble``: predict, evaluate and check submissions on the command line.
 

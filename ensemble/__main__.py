@@ -5,6 +5,7 @@
     python -m ensemble check-submission PRED.csv --data IN.npz
     python -m ensemble verify
     python -m ensemble install-student STUDENT_DIR        (a distilled student into --models' manifest)
+    python -m ensemble reference VAL.npz                  (the monitoring's reference statistics into the manifest)
 
 ``--model student`` (or DIGIT_COMPARE_MODEL=student) predicts and evaluates with the distilled student
 (``ensemble.student``) when the models folder lists one; the ensemble by default.
@@ -37,6 +38,7 @@ from ensemble.course_data import (
 from ensemble.evaluation import agreement_matrix, evaluation_rows, format_rows, most_alike, plot_agreement
 from ensemble.manifest import ManifestError, verify_recorded_artifacts
 from ensemble.priors import PRIORS
+from ensemble.reference import record_reference
 from ensemble.student import MODELS, ModelChoiceError, install_student, load_model, resolve_model
 
 DEFAULT_MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -140,6 +142,16 @@ def install(args: argparse.Namespace) -> int:
     return 0
 
 
+def reference(args: argparse.Namespace) -> int:
+    """Score a labelled course file and record what the answers look like on it in the manifest (monitoring)."""
+    block = record_reference(args.models, args.input)
+    course = block["models"]["ensemble"]["priors"]["course"]
+    print(f"recorded the reference statistics of {', '.join(block['models'])} on {block['pairs']} pairs of "
+          f"{args.input} in {Path(args.models) / 'manifest.json'} (course prior: mean confidence "
+          f"{course['confidence']['mean']:.4f}, mean disagreement {course['disagreement']['mean']:.4f})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ensemble", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -174,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("student", help="the student folder (student.json, student.onnx, ...)")
     i.add_argument("--force", action="store_true", help="even when distilled from another ensemble than --models'")
     i.set_defaults(run=install)
+    r = sub.add_parser("reference", help="score a course file (the course's val.npz) and record the monitoring's "
+                       "reference statistics in --models' manifest (docs/monitoring.md); nothing is retrained")
+    r.add_argument("input", help=COURSE_FILE_HELP)
+    r.set_defaults(run=reference)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

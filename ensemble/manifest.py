@@ -7,6 +7,10 @@ do not match (``read_manifest`` + ``verify_artifact``): ``Ensemble.load`` opens 
 the two stackers. The per-model ONNX files, the weights and the reference predictions are recorded too,
 but serving never opens them (the Bento does not ship them); ``verify_recorded_artifacts`` (``python -m
 ensemble verify``) checks every recorded file.
+
+Optional blocks are read where they are defined, each tolerating manifests written before it existed: ``priors``
+(``ensemble.priors.read_frequencies``), ``student`` (``ensemble.student``), ``reference`` (the monitoring's reference
+statistics, ``ensemble.reference.read_reference``).
 """
 
 from __future__ import annotations

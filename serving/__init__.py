@@ -8,6 +8,7 @@
 - ``serving.scoring``, ``serving.coalesce``: score rows, in this worker or through the Scorer service;
 - ``serving.settings``: the ``DIGIT_COMPARE_*`` settings, one typed object;
 - ``serving.webui``: the web page at ``/ui``; ``serving.shutdown``: the Scorer's drain on SIGTERM;
+- ``serving.model_metrics``: what the service sees on ``/metrics``: its answers, refusals and reference;
 - BentoML 1.4.40's defects, one module each: ``serving.traffic`` (request timers), ``serving.metrics`` (unbounded
   ``/metrics`` labels), ``serving.errors`` (client errors logged as tracebacks); ``serving.memory``: tracemalloc.
 """

@@ -32,6 +32,7 @@ from starlette.routing import Route
 from ensemble.course_data import CourseData, format_submission_csv
 from ensemble.manifest import ManifestError, verify_serving_artifacts
 from ensemble.preprocess import InvalidImageError
+from ensemble.reference import read_reference
 from ensemble.student import load_model, served_names, verify_student
 from serving import settings as settings_module
 from serving.answers import BatchResult, Comparison
@@ -41,6 +42,7 @@ from serving.guard import FrontDoor
 from serving.inputs import INLINE_DECODE_BYTES, ClientError, decode_inline, json_batch, read_npz_upload
 from serving.memory import trace_if_asked
 from serving.metrics import bound_path_labels
+from serving.model_metrics import ModelMetrics, RefusalCounter, note_refusal, refusal_reason
 from serving.openapi import openapi_document
 from serving.scoring import (
     NEVER_RECYCLE,
@@ -51,6 +53,7 @@ from serving.scoring import (
     base_columns,
     batch_columns,
     comparison,
+    row_statistics,
     score_rows,
     unavailable,
 )
@@ -75,6 +78,7 @@ class Served:
     models_dir: Path
     manifest: dict
     model_names: tuple[str, ...]  # what each answer's "models" lists
+    reference: dict | None = None  # the served model's reference statistics (ensemble.reference), when recorded
 
     @property
     def scorer_config(self) -> dict[str, t.Any]:
@@ -111,9 +115,10 @@ def start() -> Served:
         manifest = verify_serving_artifacts(models_dir)
         if settings.model == "student":
             verify_student(models_dir, manifest)
+        reference = read_reference(manifest, settings.model, models_dir / "manifest.json")
     except ManifestError as err:
         raise SystemExit(f"digit_compare: refusing to serve the models in {models_dir}: {err}") from None
-    return Served(settings, models_dir, manifest, served_names(manifest, settings.model))
+    return Served(settings, models_dir, manifest, served_names(manifest, settings.model), reference)
 
 
 class ScorerModels:
@@ -154,10 +159,13 @@ class Answers:
             self.models = LocalScorer(model, chunk=s.max_batch_size, max_group=s.max_batch_size, max_wait_s=wait_s,
                                       max_waiting=waiting, info=served.describe(model))
         self._decode_limiter = anyio.CapacityLimiter(settings_module.DECODE_CONCURRENCY)
+        # What the service sees, on /metrics (serving/model_metrics.py); off only to measure what it costs.
+        self.metrics = ModelMetrics(served.model_names, served.reference) if s.model_metrics else None
 
-    async def compare(self, prepare: t.Callable[..., np.ndarray], uploads: tuple[bytes, ...], prior: str,
-                      include_inputs: bool) -> Comparison | Response:
-        """Decode the uploads into a pair (``prepare(*uploads)``), score it, answer under ``prior``."""
+    async def compare(self, route: str, prepare: t.Callable[..., np.ndarray], uploads: tuple[bytes, ...],
+                      prior: str, include_inputs: bool) -> Comparison | Response:
+        """Decode the uploads into a pair (``prepare(*uploads)``), score it, answer ``route``'s request under
+        ``prior``."""
         started = time.perf_counter()
         try:
             if sum(map(len, uploads)) <= INLINE_DECODE_BYTES and all(map(decode_inline, uploads)):  # small: no hop
@@ -166,9 +174,12 @@ class Answers:
                 pair = await anyio.to_thread.run_sync(prepare, *uploads, limiter=self._decode_limiter)
             row = await self.models.score_one(pair)
         except InvalidImageError as err:
+            note_refusal(refusal_reason(err))
             raise ClientError.of_image(err) from None
         except UNAVAILABLE as err:
             return unavailable(err)
+        if self.metrics is not None:
+            self.metrics.record(route, prior, row_statistics(row, prior, len(self.served.model_names)))
         return comparison(row, prior, self.served.model_names, started, pair if include_inputs else None)
 
     async def read_batch(self, file: Path | None, pairs: t.Any, ids: list[str] | None) -> CourseData:
@@ -178,10 +189,14 @@ class Answers:
         if file is not None:
             if ids is not None:
                 raise ClientError("ids: an .npz upload carries its ids as its key 'id'")
-            max_pairs = self.served.settings.max_pairs
-            return await anyio.to_thread.run_sync(_read_npz_file, file, max_pairs)
-        max_pairs = min(settings_module.JSON_MAX_PAIRS, self.served.settings.max_pairs)
-        return await anyio.to_thread.run_sync(json_batch, pairs, ids, max_pairs)
+            read, args = _read_npz_file, (file, self.served.settings.max_pairs)
+        else:
+            read, args = json_batch, (pairs, ids, min(settings_module.JSON_MAX_PAIRS, self.served.settings.max_pairs))
+        try:
+            return await anyio.to_thread.run_sync(read, *args)
+        except ClientError as err:
+            note_refusal("too_large" if err.status == 413 else "invalid_pairs")
+            raise
 
     async def compare_batch(self, data: CourseData, prior: str, answer_format: str) -> Response:
         """Every pair's probability, label and digits under ``prior``, as JSON or the course's submission CSV."""
@@ -189,6 +204,9 @@ class Answers:
             rows = await self.models.score_many(data.x)
         except UNAVAILABLE as err:
             return unavailable(err)
+        if self.metrics is not None:  # in a thread: a 10,000-pair batch is 40,000 observations
+            stats = row_statistics(rows, prior, len(self.served.model_names))
+            await anyio.to_thread.run_sync(self.metrics.record_batch, prior, stats)
         probabilities, labels, digits = batch_columns(rows, prior)
         if answer_format == "csv":  # the course's submission format has no room for the prior: a header names it
             return Response(format_submission_csv(data.ids_or_row_numbers(), labels), media_type="text/csv",
@@ -255,9 +273,11 @@ def install(service: t.Any, scorer: t.Any, served: Served) -> None:
         return openapi_document(service.openapi_spec.asdict(), rules, {**PAGE_OPERATIONS, "/info": INFO_OPERATION},
                                 version=version, json_pairs=json_pairs, samples_dir=ROOT / "samples")
 
+    # The routes that answer with the models: their refused requests are counted by reason (serving/model_metrics).
+    answering = RefusalCounter(default_priors(service)) if served.settings.model_metrics else None
     service.add_asgi_middleware(FrontDoor, rules=rules, openapi=document,
                                 body_idle_timeout=served.settings.body_idle_timeout_s,
-                                body_timeout=served.settings.body_timeout_s)
+                                body_timeout=served.settings.body_timeout_s, refusals=answering)
     # /metrics labels requests by path: any path outside these shares one label (serving/metrics.py).
     bound_path_labels({*rules, *(api.route for api in scorer.apis.values())})
     log_client_errors_as_one_line()

@@ -38,6 +38,9 @@ from starlette.responses import JSONResponse
 
 from serving.inputs import error_body, error_response
 
+if t.TYPE_CHECKING:
+    from serving.model_metrics import RefusalCounter
+
 logger = logging.getLogger("bentoml.digit_compare")
 
 Scope = t.MutableMapping[str, t.Any]
@@ -187,8 +190,10 @@ class FrontDoor:
     gets ``default_rule``. ``openapi`` builds the ``/docs.json`` answer."""
 
     def __init__(self, app: t.Any, rules: dict[str, RouteRule], openapi: t.Callable[[], dict],
-                 body_idle_timeout: float, body_timeout: float, default_rule: RouteRule = DEFAULT_RULE) -> None:
+                 body_idle_timeout: float, body_timeout: float, default_rule: RouteRule = DEFAULT_RULE,
+                 refusals: RefusalCounter | None = None) -> None:
         self.app = app
+        self.refusals = refusals  # counts the answering routes' refused requests (serving.model_metrics)
         self.rules = rules
         self.default_rule = default_rule
         self.openapi = openapi
@@ -200,6 +205,16 @@ class FrontDoor:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        watch = self.refusals.watch(scope["path"]) if self.refusals is not None else None
+        if watch is None:
+            await self._answer(scope, receive, send)
+            return
+        try:
+            await self._answer(scope, receive, watch.send(send))
+        finally:
+            watch.finish()  # a 4xx answer counted as refused, once, with its reason
+
+    async def _answer(self, scope: Scope, receive: Receive, send: Send) -> None:
         method, path = scope["method"], scope["path"]
         if method != "HEAD":  # a HEAD answer has no body to rewrite
             send = _ErrorShapeSend(send, method, path)

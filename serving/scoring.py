@@ -32,6 +32,7 @@ from starlette.responses import JSONResponse
 
 from ensemble.contract import split_pair
 from ensemble.priors import PRIORS
+from ensemble.reference import AnswerStatistics, answer_statistics
 from serving.answers import Comparison, DigitProbabilities, Digits, PreparedInputs
 from serving.coalesce import Overloaded, PairCoalescer
 from serving.inputs import error_response
@@ -123,6 +124,15 @@ def batch_columns(rows: np.ndarray, prior: str) -> tuple[np.ndarray, np.ndarray,
     """compare_batch's (probabilities, labels, digits (N, 2)) under ``prior``."""
     probabilities = rows[:, _PROB[prior]]
     return probabilities, (probabilities >= 0.5).astype(np.int64), rows[:, _LEFT:_RIGHT + 1].astype(np.int64)
+
+
+def row_statistics(rows: np.ndarray, prior: str, m: int) -> AnswerStatistics:
+    """What the monitoring records of the answers in ``rows`` (one row or (N, columns)) under ``prior``, with ``m``
+    base models: ``ensemble.reference.answer_statistics``, the function the reference statistics come from."""
+    rows = np.atleast_2d(rows)
+    column = _PROB[prior]
+    return answer_statistics(rows[:, column], rows[:, _BASE + column * m:_BASE + (column + 1) * m],
+                             rows[:, _LEFT_P:_BASE].reshape(len(rows), 2, 10))
 
 
 def unavailable(err: Exception) -> JSONResponse:

@@ -62,6 +62,9 @@ class Settings(BaseSettings):
                                                         "in process with several workers, else yes)")
     # Off by default: about 3% of the API worker's CPU per answer, and an ingress logs requests anyway.
     access_log: bool = Field(False, description="`1`: BentoML's access log, a line per request")
+    # On by default; off only to measure what recording them costs (docs/monitoring.md, "Cost").
+    model_metrics: bool = Field(True, description="`0`: `/metrics` without the answers' metrics (confidence, "
+                                                  "disagreement, refusals; `docs/monitoring.md`)")
     tracemalloc: Path | None = Field(None, description="a folder: each worker reports its Python allocations' "
                                                        "growth there (diagnosis; `bench/soak.py --tracemalloc`)")
     tracemalloc_every_s: PositiveFloat = Field(60.0, description="seconds between those reports")
@@ -124,6 +127,7 @@ def describe(settings: Settings) -> dict[str, t.Any]:
     return {
         "device_setting": settings.device, "layout": settings.layout, "workers": settings.workers,
         "access_log": settings.access_log, "ort_spinning": settings.ort_spinning,
+        "model_metrics": settings.model_metrics,
         "batching": {"max_batch_size": settings.max_batch_size, "max_latency_ms": settings.max_latency_ms,
                      "batch_endpoint_chunk": settings.max_batch_size,
                      "batch_endpoint_chunks_in_flight": BATCH_IN_FLIGHT,

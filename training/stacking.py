@@ -29,6 +29,7 @@ from ensemble.layout import ArtifactLayout
 from ensemble.manifest import artifact_entry, write_manifest
 from ensemble.metrics import binary_metrics
 from ensemble.priors import manifest_entry as prior_manifest_entry
+from ensemble.reference import REFERENCE_KEY, reference_block
 from ensemble.runtime import Ensemble, fused_outputs, open_session
 from training.data import dataset_fingerprint, sample_digit_pairs
 from training.datasets import load_labelled_test
@@ -107,6 +108,9 @@ def fit_stackers(out: str | Path, data_dir: str | Path, profile: str, seed: int 
     metrics (cross-validation, the test table, and a table per labelled ``score_files`` entry, e.g.
     the course's own val.npz: scored only, never fitted on) that the report shows.
 
+    The monitoring's reference statistics (``ensemble.reference``) are taken on the first ``score_files`` entry (the
+    course's val.npz: what live course pairs should look like), else on the built val.npz.
+
     The base models are the registry's, in its order: the order of the fused graph's outputs.
     """
     layout, data_dir = ArtifactLayout(out), Path(data_dir)
@@ -131,6 +135,9 @@ def fit_stackers(out: str | Path, data_dir: str | Path, profile: str, seed: int 
             entry["test_acc"] = next(r["accuracy"] for r in metrics["test"]["rows"] if r["name"] == entry["name"])
     reference_x = val.x[:REFERENCE_PAIRS]
     save_course_npz(layout.reference, x=reference_x, probability=ens.predict(reference_x).probability)
+    reference_file = Path(score_files[0]) if score_files else data_dir / "val.npz"
+    manifest[REFERENCE_KEY] = reference_block({"ensemble": ens}, load_course_npz(reference_file).x,
+                                              reference_file.as_posix())
     metrics["feature_importance"] = dict(zip(feature_names, booster.feature_importance("gain").tolist(), strict=True))
     manifest["metrics"] = {k: v for k, v in metrics.items() if k != "feature_importance"}
     manifest["artifacts"] = _artifacts(layout, names)
