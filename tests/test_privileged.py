@@ -125,3 +125,35 @@ def test_training_only_parts_are_not_kept_and_serving_is_unchanged(tmp_path, tin
     assert {k: tuple(v.shape) for k, v in kept.items()} == {k: tuple(v.shape) for k, v in plain.items()}
     history = json.loads(ArtifactLayout(tmp_path / "student").history("resnet").read_text())
     assert history["profile_settings"]["recipe"]["teacher_distill_weight"] == 1.0
+
+
+def test_a_smoke_run_with_the_reconstruction_head_trains_exports_and_stacks(smoke_models, tiny_data, tmp_path):
+    """``run_all`` with a profile whose recipe reconstructs the clean digit: one model retrained that way, then the
+    ten exported and stacked as always; the fused graph holds the same weights as before, none of the decoder's."""
+    import shutil
+
+    import onnx
+
+    from ensemble import Ensemble
+    from ensemble.course_data import load_course_npz
+    from ensemble.manifest import read_manifest
+    from training.run_all import main
+
+    out = tmp_path / "run"
+    shutil.copytree(smoke_models, out)
+    profile = write_profile_file(tmp_path / "recon.json", replace(
+        PROFILES["smoke"], recipe=Recipe(clean_reconstruction_weight=1.0)))
+    assert main(["--profile-file", str(profile), "--models", "resnet", "--data", str(tiny_data), "--out",
+                 str(out)]) == 0
+    history = json.loads(ArtifactLayout(out).history("resnet").read_text())
+    assert history["profile_settings"]["recipe"] == {"clean_reconstruction_weight": 1.0}
+
+    def initializers(folder) -> dict[str, tuple[int, ...]]:
+        graph_file = folder / read_manifest(folder)["artifacts"]["fused"]["file"]
+        return {i.name: tuple(i.dims) for i in onnx.load(str(graph_file)).graph.initializer}
+
+    assert initializers(out) == initializers(smoke_models)
+    val = load_course_npz(tiny_data / "val.npz", require=("x", "y"))
+    prediction = Ensemble.load(out).predict(val.x[:16], prior="course")
+    p = prediction.probability
+    assert p.shape == (16,) and np.all((p >= 0) & (p <= 1))
