@@ -217,6 +217,14 @@ def test_sources_are_picked_by_class_from_the_whole_pool():
     assert str(refused.value) == "no source digit of class 4"
 
 
+@pytest.mark.xfail(strict=True, reason="training.data._pick_sources answers a class outside 0-9 with uninitialised "
+                                        "indices (np.empty) instead of refusing it (docs/mutation.md, issue 33)")
+def test_a_class_outside_the_ten_digits_is_refused() -> None:
+    labels = np.arange(20) % 10
+    with pytest.raises(ValueError, match="class 10"):
+        _pick_sources(np.random.default_rng(0), labels, np.array([[10, 1]]))
+
+
 def test_a_class_with_a_single_source_digit_always_picks_it() -> None:
     labels = np.array([0, 1, 1, 2, 5, 2])
     picks = _pick_sources(np.random.default_rng(0), labels, np.full((50, 2), 5))
