@@ -610,18 +610,25 @@ def test_the_command_line_passes_every_option_and_says_how_long_the_build_took(
 
 
 def _help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    """The help text with its layout (argparse's, set by the terminal's width) flattened to single spaces."""
     with pytest.raises(SystemExit) as stopped:
         data.main(argv)
     assert stopped.value.code == 0
-    return " ".join(capsys.readouterr().out.split())
+    return capsys.readouterr().out
+
+
+def _says(text: str, output: str) -> bool:
+    """``text`` in ``output`` as written (whatever argparse's line wrapping), not inside a longer word."""
+    return re.search(rf"(?<![\w.]){re.escape(text)}(?![\w.])", " ".join(output.split())) is not None
 
 
 def test_the_command_line_help_names_the_command_and_explains_each_option(
         capsys: pytest.CaptureFixture[str]) -> None:
     top = _help(["--help"], capsys)
-    assert "python -m training.data build --out data/" in top  # the module's synopsis
-    assert "build the course-like dataset" in top
+    assert _says("python -m training.data", top.splitlines()[0])  # the usage names the real command
+    # the module's synopsis kept as written, one command line per line (not wrapped into a paragraph)
+    synopsis = data.__doc__.splitlines()[2].strip()
+    assert synopsis in [line.strip() for line in top.splitlines()]
+    assert _says("build the course-like dataset", top)
     build = _help(["build", "--help"], capsys)
     for option, text in [
         ("--out", "output folder (default: data/)"),
@@ -632,7 +639,7 @@ def test_the_command_line_help_names_the_command_and_explains_each_option(
         ("--n-test", "test pairs, 1/5 public and 4/5 private"),
         ("--workers", "processes (default: all cores)"),
     ]:
-        assert option in build and text in build, option
+        assert _says(option, build) and _says(text, build), option
 
 
 def test_the_command_line_needs_a_command(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -640,7 +647,16 @@ def test_the_command_line_needs_a_command(capsys: pytest.CaptureFixture[str], mo
     with pytest.raises(SystemExit) as stopped:
         data.main([])
     assert stopped.value.code == 2  # a usage error
-    assert "build" in capsys.readouterr().err  # the usage names the command to give
+    err = capsys.readouterr().err
+    assert _says("build", err) and _says("command", err)  # the usage names the command, the error what is missing
+
+
+def test_an_unknown_source_is_a_usage_error(capsys: pytest.CaptureFixture[str],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(data, "build_dataset", lambda out, **kwargs: pytest.fail("refused arguments, no build"))
+    with pytest.raises(SystemExit) as stopped:
+        data.main(["build", "--source", "emnist"])
+    assert stopped.value.code == 2 and "emnist" in capsys.readouterr().err
 
 
 def test_the_command_line_defaults(monkeypatch):
