@@ -314,6 +314,7 @@ def test_the_progress_bar_counts_pairs(monkeypatch: pytest.MonkeyPatch) -> None:
     make_pairs(images, labels, 10, seed=3, severity=0.0, stream="val", progress=True)
     (bar,) = bars
     assert (bar.n, bar.total) == (10, 10)  # pairs, chunk after chunk (4 + 4 + 2), to the end
+    assert "val" in bar.desc  # which split is being made
 
 
 def test_no_progress_bar_unless_asked(capsys: pytest.CaptureFixture[str]) -> None:
