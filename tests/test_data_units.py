@@ -403,12 +403,16 @@ def test_the_preview_shows_each_pair_titled_with_its_digits_and_label(tmp_path: 
     assert [ax.get_title() for ax in shown] == [
         "3 vs 1  label=1", "0 vs 2  label=0", "4 vs 4  label=0", "9 vs 8  label=1", "5 vs 7  label=0"]
     assert not any(ax.axison for ax in fig.axes)  # pictures, not plots: no ticks or frames
+    assert len(fig.axes) - len(shown) < 4  # a grid of 4 columns without an empty row
     for i, ax in enumerate(shown):
         (image,) = ax.images
         np.testing.assert_array_equal(np.asarray(image.get_array()), x[i])
         assert image.get_clim() == (0, 255)  # true grey levels, not stretched to each pair's own range
         assert image.to_rgba(np.uint8(128))[:3] == pytest.approx((128 / 255,) * 3, abs=0.01)  # grey, not colour
-    assert "label 1 = left digit greater" in fig.texts[0].get_text()  # what the titles' label means
+        (seam,) = ax.lines  # a line marks where the left digit ends and the right one starts
+        assert set(seam.get_xdata()) <= {27.5}
+    (title,) = fig.texts  # what the panels' label means
+    assert title.get_text() == "Course-like pairs (label 1 = left digit greater)"
 
 
 def test_the_preview_shows_the_first_24_pairs_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -418,7 +422,7 @@ def test_the_preview_shows_the_first_24_pairs_by_default(tmp_path: Path, monkeyp
     save_preview(tmp_path / "preview.png", x, digits)
     assert _is_png(tmp_path / "preview.png")
     (fig,) = figures
-    assert sum(bool(ax.images) for ax in fig.axes) == 24
+    assert sum(bool(ax.images) for ax in fig.axes) == 24 and len(fig.axes) < 24 + 4  # no empty row
 
 
 # --------------------------------------------------------------------------- the builder
