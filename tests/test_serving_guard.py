@@ -456,3 +456,16 @@ def test_normalize_error_reads_each_json_error_shape(raw, message):
 def test_normalize_error_takes_plain_text_as_the_message_replacing_bad_bytes():
     assert normalize_error(500, "text/plain", b" boom \xff\n", "GET", "/x") == {"error": "boom \ufffd"}
     assert normalize_error(502, "text/plain", b"", "GET", "/x") == {"error": HTTPStatus(502).phrase}  # no body
+
+
+def test_a_too_large_body_gets_the_routes_hint_unless_it_is_multipart():
+    """A route may say where a larger body goes (compare_batch: the .npz upload); a multipart body is that
+    upload already, so its 413 has no hint."""
+    rule = RouteRule(("POST",), {"application/json": 100, "multipart/form-data": 100}, too_large_hint="send a file")
+    json_wire = _Wire(_chunks(b"[" + b"0," * 100 + b"0]"))
+    _call(_door(_App(), {"/r": rule}), _scope("POST", "/r", {"content-type": "application/json"}), json_wire)
+    assert json_wire.status == 413 and json_wire.error().endswith("; send a file")
+    form = "multipart/form-data; boundary=x"
+    form_wire = _Wire(_chunks(b"x" * 300))
+    _call(_door(_App(), {"/r": rule}), _scope("POST", "/r", {"content-type": form, "content-length": "300"}), form_wire)
+    assert form_wire.status == 413 and "send a file" not in form_wire.error()
