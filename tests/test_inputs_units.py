@@ -254,8 +254,19 @@ def test_json_pairs_past_the_cap_are_a_413_naming_the_npz_upload():
     with pytest.raises(ClientError) as refused:
         inputs.json_batch(_pairs(4).tolist(), None, 3)
     assert refused.value.status == 413
-    assert str(refused.value).startswith("pairs: 4 pairs is more than the limit of 3 per JSON request")
-    assert ".npz upload (multipart file field 'file')" in str(refused.value)
+    assert str(refused.value) == ("pairs: 4 pairs is more than the limit of 3 per JSON request; send more as a "
+                                  "course .npz upload (multipart file field 'file')")
+
+
+def test_a_json_list_of_one_pair_is_one_pair() -> None:
+    assert inputs.json_batch([_pairs(1)[0].tolist()], ["only"], 10).x.shape == (1, 28, 56)
+
+
+def test_parse_pairs_names_its_source_in_every_refusal() -> None:
+    for value in (np.zeros((2, 3)), np.zeros((1, 28, 56)) + 0.5 + np.inf):
+        with pytest.raises(ClientError) as refused:
+            inputs.parse_pairs(value, source="left")
+        assert str(refused.value).startswith("left: ") and refused.value.status == 400
 
 
 # --------------------------------------------------------------------------- parse_pairs, exactly
