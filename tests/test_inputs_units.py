@@ -243,10 +243,12 @@ def test_json_pairs_follow_the_whole_array_rules():
 def test_json_ids_travel_with_their_pairs_and_are_checked_against_them():
     data = inputs.json_batch(_pairs(2).tolist(), ["a", "b"], 10)
     assert data.ids.tolist() == ["a", "b"]
-    for ids, message in ((["a"], "'id' must have shape (2,)"), (["a", "a"], "unique")):
+    for ids, message in (([], "pairs: 'id' must have shape (2,) to match 'x', got (0,)"),
+                         (["a"], "pairs: 'id' must have shape (2,) to match 'x', got (1,)"),
+                         (["a", "a"], "pairs: ids must be unique; 1 repeat, e.g. a")):
         with pytest.raises(ClientError) as refused:
             inputs.json_batch(_pairs(2).tolist(), ids, 10)
-        assert message in str(refused.value)
+        assert str(refused.value) == message
 
 
 def test_json_pairs_past_the_cap_are_a_413_naming_the_npz_upload():
