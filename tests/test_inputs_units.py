@@ -226,7 +226,7 @@ def test_an_encrypted_member_could_not_be_read() -> None:
     upload = _stored(member.getvalue())
     upload[upload.index(b"PK\x01\x02") + 8] |= 1  # the central directory's "encrypted" flag bit
     refused = _refusal(bytes(upload))
-    assert str(refused).startswith("file: key 'x' could not be read (") and refused.status == 400
+    assert str(refused).startswith("file: key 'x' could not be read (RuntimeError: ") and refused.status == 400
 
 
 # --------------------------------------------------------------------------- compare_batch's JSON pairs
@@ -325,3 +325,12 @@ def test_reading_a_member_never_unpickles_even_past_loosened_header_checks(monke
     with zipfile.ZipFile(io.BytesIO(_zip(x=np.array([Tripwire()], dtype=object)))) as archive:
         with pytest.raises(ClientError):
             inputs._read_member(archive, archive.getinfo("x.npy"), "x", None, MAX_PAIRS)
+
+
+def test_an_error_response_is_the_one_shape_with_its_detail() -> None:
+    import json
+
+    answer = inputs.error_response("pairs: bad", 422, detail=[{"loc": ["pairs"]}], headers={"x-why": "test"})
+    assert answer.status_code == 422 and answer.headers["x-why"] == "test"
+    assert json.loads(answer.body) == {"error": "pairs: bad", "detail": [{"loc": ["pairs"]}]}
+    assert json.loads(inputs.error_response("pairs: bad", 400).body) == {"error": "pairs: bad"}
