@@ -232,7 +232,7 @@ def test_a_step_without_digit_labels_leaves_the_digit_head_as_it_is():
     trainer.step(x, y, digits)  # a step with digit labels first: the digit head has gradients and Adam state
     probe = copy.deepcopy(trainer.model)
     logits, digit_logits = probe(x)
-    training_loss(trainer.config, logits, y, digit_logits, None).backward()
+    training_loss(trainer.config, logits, y, digit_logits, None, trainer.prof.recipe.aux_digit_weight).backward()
     digit_only = {name for name, p in probe.named_parameters() if p.grad is None}
     assert digit_only, "the model has a digit head the pair loss does not reach"
     before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
