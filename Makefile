@@ -20,6 +20,8 @@ $(VENV)/.dev: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[training,dev]"
 	touch $@ $(VENV)/.runtime
 
+# No test here asserts a timing figure or needs the internet beyond the installs (docs/testing.md, which also says
+# how to measure the suite's own cost).
 test: $(VENV)/.dev browser postgresql prometheus
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -m "not container and not network"
@@ -113,7 +115,8 @@ lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .
 
 # Mutation testing of the modules the fast tests must pin down (docs/mutation.md): mutmut, two mutants at a time,
-# then the score per module and the survivors. About an hour on 2 cores; not part of `make test`.
+# then the score per module and the survivors; fails on a score under 90% or a stale entry of the equivalent list
+# (tools/mutation_equivalent.txt, keyed by each mutant's change). About an hour on 2 cores; not part of `make test`.
 mutation: $(VENV)/.dev
 	$(PY) -m tools.mutation run --jobs 2
 	$(PY) -m tools.mutation report

@@ -12,7 +12,11 @@ import numpy as np
 from PIL import Image
 
 CLIENTS = 16
-EXIT_WITHIN_S = 10.0
+#: A server still running this long after SIGTERM hangs (its own drain gives up well before). A bound on a hang,
+#: not a speed: how long a stop takes is measured on a quiet machine and recorded (docs/testing.md).
+EXIT_HANG_S = 90.0
+#: Answers before the signal: the load is going (set by counting answers, not by sleeping).
+ANSWERED_BEFORE_SIGNAL = 50
 
 
 def _png(pair: np.ndarray) -> bytes:
@@ -23,7 +27,8 @@ def _png(pair: np.ndarray) -> bytes:
 
 class ClosedLoop:
     """``with ClosedLoop(url) as load: ...``: ``CLIENTS`` threads post course-like pairs until the block ends;
-    ``load.outcomes`` holds (when sent, status code or transport error name) per request."""
+    ``load.outcomes`` holds (when sent, status code or transport error name) per request; ``load.wait_answered(n)``
+    returns once n requests got their 200."""
 
     def __init__(self, url: str, clients: int = CLIENTS, seed: int = 3) -> None:
         rng = np.random.default_rng(seed)
@@ -32,6 +37,7 @@ class ClosedLoop:
                        for _ in range(clients)]
         self.outcomes: list[tuple[float, str]] = []
         self._lock, self._stop = threading.Lock(), threading.Event()
+        self._answered = threading.Condition(self._lock)
         self._threads = [threading.Thread(target=self._loop, args=(i,), daemon=True) for i in range(clients)]
 
     def _loop(self, index: int) -> None:
@@ -45,8 +51,15 @@ class ClosedLoop:
                     status = type(err).__name__
                 with self._lock:
                     self.outcomes.append((sent, status))
+                    self._answered.notify_all()
                 if not status.isdigit():
                     time.sleep(0.05)  # the door is shut: do not spin
+
+    def wait_answered(self, n: int, timeout: float = 300.0) -> None:
+        """Until ``n`` requests got their 200 (a server that answers none fails the test after ``timeout``)."""
+        with self._answered:
+            assert self._answered.wait_for(lambda: sum(s == "200" for _, s in self.outcomes) >= n, timeout), (
+                f"fewer than {n} answers in {timeout:.0f} s: {self.outcomes[-5:]}")
 
     def __enter__(self) -> ClosedLoop:
         for thread in self._threads:
@@ -61,13 +74,13 @@ class ClosedLoop:
 
 def assert_drained(outcomes: list[tuple[float, str]], signalled: float, exited: float, log: str, what: str) -> None:
     """Every request sent before the signal got its 200; later ones found the door shut or an answer, never a
-    5xx; ``what`` exited within EXIT_WITHIN_S."""
+    5xx; ``what`` exited (``exited``: seconds after the signal, inf if it was still running after EXIT_HANG_S)."""
     before = [status for sent, status in outcomes if sent < signalled]
     after = [status for sent, status in outcomes if sent >= signalled]
     print(f"\n{what}: {len(before)} requests before SIGTERM, {len(after)} after; exited in {exited:.1f} s; "
           f"after: { {s: after.count(s) for s in set(after)} }")
-    assert len(before) > 50, "the load did not get going"
+    assert len(before) >= ANSWERED_BEFORE_SIGNAL, "the load did not get going"
     failed_before = {s: before.count(s) for s in set(before) if s != "200"}
     assert not failed_before, f"requests sent before the signal got {failed_before}:\n{log[-3000:]}"
     assert not [s for s in after if s.startswith("5")], {s: after.count(s) for s in set(after)}
-    assert exited <= EXIT_WITHIN_S, f"{what} took {exited:.1f} s to exit:\n{log[-3000:]}"
+    assert exited <= EXIT_HANG_S, f"{what} had not exited {EXIT_HANG_S:.0f} s after SIGTERM:\n{log[-3000:]}"

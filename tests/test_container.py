@@ -30,7 +30,7 @@ from ensemble import Ensemble
 from ensemble.contract import join_pair
 from ensemble.course_data import load_course_npz
 from ensemble.preprocess import prepare_digit_bytes, prepare_pair_bytes
-from tests.drain import EXIT_WITHIN_S, ClosedLoop, assert_drained
+from tests.drain import ANSWERED_BEFORE_SIGNAL, EXIT_HANG_S, ClosedLoop, assert_drained
 from tests.server_process import free_port
 from tools.doc_examples import differences, find_sections, select
 
@@ -228,13 +228,13 @@ def test_a_tampered_model_stops_the_container_naming_the_file(image, tmp_path):
 def test_sigterm_under_load_drains_the_container_and_exits_in_time(image):
     """What a rolling update does to a pod: SIGTERM to the container's first process (`bentoml serve`) under 16
     closed-loop clients. Every request sent before the signal gets its 200; later ones may find the door shut
-    (refused or reset), never a 5xx; the container exits within 10 s."""
+    (refused or reset), never a 5xx; the container exits (a hang fails; the time it takes is measured apart)."""
     with running() as (name, url, _):
         with ClosedLoop(url, seed=5) as load:
-            time.sleep(4.0)
+            load.wait_answered(ANSWERED_BEFORE_SIGNAL)
             signalled = time.monotonic()
             engine("kill", "--signal", "TERM", name)
-            waited = engine("wait", name, timeout=EXIT_WITHIN_S + 30)
+            waited = engine("wait", name, timeout=EXIT_HANG_S)
             exited = time.monotonic() - signalled
         code = int(waited.stdout.strip().splitlines()[-1])
         logs = container_logs(name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import threading
 
 import httpx
 import numpy as np
@@ -16,6 +17,8 @@ from serving.coalesce import Overloaded
 from serving.scoring import LocalScorer
 from serving.settings import choose_layout
 from tests.server_process import serve_repository
+
+LAYOUTS = ("auto", "in_process", "scorer")
 
 
 @pytest.mark.parametrize("device, layout", [("cuda", "scorer"), ("cpu", "in_process")])
@@ -34,26 +37,39 @@ def test_the_layout_setting_is_read_whatever_its_case_and_an_unknown_one_is_refu
     monkeypatch.setenv("DIGIT_COMPARE_LAYOUT", "SCORER")
     assert settings.load().layout == "scorer"
     monkeypatch.setenv("DIGIT_COMPARE_LAYOUT", "sideways")
-    with pytest.raises(ValueError, match="DIGIT_COMPARE_LAYOUT: Input should be 'auto', 'in_process' or 'scorer'"):
+    with pytest.raises(ValueError) as refused:
         settings.load()
+    message = str(refused.value)  # the variable and the values it takes (the sentence around them is pydantic's)
+    assert message.startswith("DIGIT_COMPARE_LAYOUT: ") and all(f"'{v}'" in message for v in LAYOUTS), message
+
+
+HANG_S = 60.0  # a bound on a hang, not a speed
 
 
 class _CountingModel:
-    """Stands in for the ensemble: remembers each inference call; a pair's 'probability' is its first pixel."""
+    """Stands in for the ensemble: remembers each inference call; a pair's 'probability' is its first pixel.
+    ``hold()`` keeps the next call running until ``release()``: requests pile up behind it, set by the test,
+    not by how long a sleep happens to last on a busy machine."""
 
     names = ("a", "b")
 
-    def __init__(self, seconds: float = 0.02) -> None:
+    def __init__(self) -> None:
         self.calls: list[int] = []
-        self.seconds = seconds
+        self.running, self._gate = threading.Event(), threading.Event()
+        self._gate.set()
+
+    def hold(self) -> None:
+        self._gate.clear()
+
+    def release(self) -> None:
+        self._gate.set()
 
     def predict(self, pairs: np.ndarray):
-        import time
-
         from ensemble.runtime import Prediction
 
         self.calls.append(len(pairs))
-        time.sleep(self.seconds)  # an inference takes a while, so requests pile up behind it
+        self.running.set()
+        assert self._gate.wait(HANG_S), "the test never released the held inference call"
         n = len(pairs)
         p = pairs[:, 0, 0].astype(np.float64) / 255
         digit_probs = np.full((n, 2, 2, 10), 0.1)
@@ -74,24 +90,30 @@ def _pair(value: int) -> np.ndarray:
     return pair
 
 
+async def _crowd(scorer: LocalScorer, model: _CountingModel, n: int) -> list:
+    """One pair, then ``n - 1`` more while the first one's inference call is held: they arrive while it runs."""
+    model.hold()
+    first = asyncio.ensure_future(scorer.score_one(_pair(0)))
+    assert await asyncio.to_thread(model.running.wait, HANG_S), "the first pair was not sent at once"
+    rest = [asyncio.ensure_future(scorer.score_one(_pair(v))) for v in range(1, n)]
+    await asyncio.sleep(0)  # let each of them reach the queue (one turn of the loop: no clock involved)
+    model.release()
+    return await asyncio.wait_for(asyncio.gather(first, *rest, return_exceptions=True), HANG_S)
+
+
 def test_concurrent_single_pairs_share_inference_calls_and_keep_their_own_rows():
     model = _CountingModel()
     scorer = _local(model)
-
-    async def main() -> list[np.ndarray]:
-        return await asyncio.gather(*(scorer.score_one(_pair(v)) for v in range(40)))
-
-    rows = asyncio.run(main())
-    assert sum(model.calls) == 40
-    assert len(model.calls) <= 3, model.calls  # the first alone, then the crowd that waited behind it
-    assert model.calls[0] == 1  # a lone request goes at once: nothing waits for company
+    rows = asyncio.run(_crowd(scorer, model, 40))
+    # a lone request goes at once (nothing waits for company); the 39 that came while it ran go together
+    assert model.calls == [1, 39]
     for value, row in enumerate(rows):
         assert row[0] == pytest.approx(value / 255)  # course probability column: its own pair's
         assert row[1] == pytest.approx(1 - value / 255)  # uniform
 
 
 def test_a_batch_is_scored_in_chunks_in_order():
-    model = _CountingModel(seconds=0.0)
+    model = _CountingModel()
     scorer = _local(model, chunk=16)
     x = np.stack([_pair(v) for v in range(40)])
     rows = asyncio.run(scorer.score_many(x))
@@ -100,16 +122,13 @@ def test_a_batch_is_scored_in_chunks_in_order():
 
 
 def test_too_many_waiting_single_pairs_are_refused_as_overload():
-    model = _CountingModel(seconds=0.2)
+    model = _CountingModel()
     scorer = _local(model, max_waiting=4)
-
-    async def main() -> list:
-        return await asyncio.gather(*(scorer.score_one(_pair(v)) for v in range(12)), return_exceptions=True)
-
-    outcomes = asyncio.run(main())
+    outcomes = asyncio.run(_crowd(scorer, model, 12))
+    # the first is scored; of the 11 that came while it ran, 4 may wait and are scored, 7 are refused
     refused = [o for o in outcomes if isinstance(o, Overloaded)]
-    assert refused and all("already waiting" in str(o) for o in refused)
-    assert sum(model.calls) == len(outcomes) - len(refused)
+    assert len(refused) == 7 and all("already waiting" in str(o) for o in refused)
+    assert sorted(model.calls) == [1, 4]
 
 
 # --------------------------------------------------------------------------- both layouts, real servers

@@ -760,7 +760,7 @@ def test_stalled_upload_gets_408(server):
     elapsed = time.monotonic() - start
     status_line, _, rest = answer.partition(b"\r\n")
     assert status_line.split()[1] == b"408", answer[:300]
-    assert BODY_IDLE_TIMEOUT_S - 0.5 <= elapsed < BODY_IDLE_TIMEOUT_S + 10, elapsed
+    assert elapsed >= BODY_IDLE_TIMEOUT_S - 0.5, elapsed  # not before the idle timeout (the socket's 60 s: a hang)
     assert _is_error_shape(json.loads(rest.partition(b"\r\n\r\n")[2])), answer
 
 
@@ -847,8 +847,10 @@ def test_a_client_error_is_logged_as_one_line(client, server):
     assert response.status_code == 400
     response = client.post("/compare_batch", json={"pairs": PAIR, "prior": marker})  # pydantic's, inside BentoML
     assert response.status_code == 400
-    time.sleep(0.5)  # the log is written by another process
-    lines = [line for line in server.log_text().splitlines() if marker in line]
+    deadline = time.monotonic() + 60  # the log is written by another process: until both lines are there
+    while len(lines := [line for line in server.log_text().splitlines() if marker in line]) < 2:
+        assert time.monotonic() < deadline, lines
+        time.sleep(0.1)
     assert len(lines) == 2, lines  # one line each (BentoML's access log does not show the content)
     assert "Traceback" not in server.log_text()
 

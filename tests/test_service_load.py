@@ -1,16 +1,17 @@
 """The service under load, with its default limits (10,000 pairs, 64 MiB bodies): no false errors.
 
-- 64 concurrent clients of compare_pair, one request in ten a bad one: every good request is answered
-  200 (BentoML 1.4.40's internal client used to drop 30-34% of them at 64 clients: false 503s), every bad
-  one 400, never a 5xx.
+- 64 concurrent clients of compare_pair, three good requests each and every eighth client a bad one too: every
+  good request is answered 200 (BentoML 1.4.40's internal client used to drop 30-34% of them at 64 clients:
+  false 503s), every bad one 400, never a 5xx.
 - 8 concurrent maximum-size JSON bodies (~16 MiB each, more pairs than the JSON cap, so each is parsed, then
   refused), then 8 pictures near the 20 MiB image limit: the worker stays under 1 GB and keeps answering /readyz
-  promptly while it parses them (a parse on the event loop used to stall it 1.8 s).
+  while it parses them.
 - Two concurrent maximum batches (10,000 pairs each) both finish (both used to get a 504 after 120 s)
-  while single requests sent meanwhile are still answered within seconds.
+  while single requests sent meanwhile are still answered.
 
-Each test runs against a server of each layout (the models in the API workers; the Scorer service). Numbers are
-bounded so the module takes a few minutes on the 2-core development machine.
+Each test runs against a server of each layout (the models in the API workers; the Scorer service). No test here
+asserts a latency or a throughput: the clients' timeouts only stop a hang. How long /readyz and single requests
+wait under these loads is measured on a quiet machine by the load script and recorded (docs/testing.md).
 """
 
 from __future__ import annotations
@@ -104,19 +105,16 @@ def _rss_bytes(pid: int) -> int:
 
 
 def test_64_concurrent_clients_get_no_false_errors(server):
-    clients, duration = 64, 12.0
+    clients, rounds = 64, 3  # 192 good requests, every eighth client adding a bad one: a count, not a duration
     good = [_png(p) for p in _course_pairs(clients, seed=1)]
     bad = b"this is not an image"
     outcomes: list[tuple[bool, int, int]] = []  # (bad request?, status, batch size)
     answers: dict[int, list[float]] = {index: [] for index in range(clients)}  # each client's picture's answers
     lock = threading.Lock()
-    deadline = time.monotonic() + duration
 
     def client_loop(index: int) -> None:
-        rng = np.random.default_rng(index)
         with httpx.Client(base_url=server.url, timeout=120) as client:
-            while time.monotonic() < deadline:
-                is_bad = rng.random() < 0.1
+            for is_bad in [False] * rounds + [True] * (index % 8 == 0):
                 response = client.post("/compare_pair", files={"image": ("p.png", bad if is_bad else good[index])})
                 size = response.json().get("batch_size", 0) if response.status_code == 200 else 0
                 with lock:
@@ -146,14 +144,14 @@ def test_64_concurrent_clients_get_no_false_errors(server):
 
 
 class _Watch:
-    """Samples the API worker's resident memory and /readyz's answer time until stopped.
+    """Samples the API worker's resident memory and asks /readyz until stopped.
 
     The sampling thread only records (an assertion there would end the thread, not fail the test): what
     /readyz answered other than 200, and any error, are checked in the test's own thread on leaving."""
 
     def __init__(self, server) -> None:
         self.server, self.pid = server, _worker_pid(server, "digit_compare")
-        self.peak_rss, self.worst_readyz = _rss_bytes(self.pid), 0.0
+        self.peak_rss = _rss_bytes(self.pid)
         self.probes, self.bad_answers = 0, []
         self.error: BaseException | None = None
         self._done = threading.Event()
@@ -164,13 +162,11 @@ class _Watch:
             with httpx.Client(base_url=self.server.url, timeout=30) as client:
                 while not self._done.is_set():
                     self.peak_rss = max(self.peak_rss, _rss_bytes(self.pid))
-                    start = time.monotonic()
-                    status = client.get("/readyz").status_code
-                    self.worst_readyz = max(self.worst_readyz, time.monotonic() - start)
+                    status = client.get("/readyz").status_code  # the client's timeout: a hang, not a speed
                     self.probes += 1
                     if status != 200:
                         self.bad_answers.append(status)
-                    time.sleep(0.05)
+                    self._done.wait(0.05)  # a sampling pace; ends at once when stopped
         except BaseException as err:  # noqa: BLE001 - reported in the test's thread by __exit__
             self.error = err
 
@@ -216,14 +212,10 @@ def test_eight_maximum_bodies_keep_the_worker_under_1_gb_and_responsive(server):
         image_answers = _post_eight(f"{server.url}/compare_pair", files={"image": ("p.png", picture)})
     print(f"\nAPI worker, 3 x 8 x {len(body) / 2**20:.0f} MiB JSON: RSS {before / 2**20:.0f} -> "
           f"{first_round / 2**20:.0f} -> peak "
-          f"{json_watch.peak_rss / 2**20:.0f} -> {settled / 2**20:.0f} MiB, worst /readyz "
-          f"{json_watch.worst_readyz * 1000:.0f} ms; 8 x {len(picture) / 2**20:.0f} MiB pictures: peak "
-          f"{image_watch.peak_rss / 2**20:.0f} MiB, worst /readyz {image_watch.worst_readyz * 1000:.0f} ms")
+          f"{json_watch.peak_rss / 2**20:.0f} -> {settled / 2**20:.0f} MiB; 8 x {len(picture) / 2**20:.0f} MiB "
+          f"pictures: peak {image_watch.peak_rss / 2**20:.0f} MiB")
     for watch in (json_watch, image_watch):
         assert watch.peak_rss < 1024**3, f"API worker reached {watch.peak_rss / 2**20:.0f} MiB"
-        # Coarse on purpose (the machine is shared and noisy): parsing on the event loop stalled /readyz
-        # for 1.8-3.7 s here; off the loop it took 0.04-1.3 s.
-        assert watch.worst_readyz < 2.5, f"/readyz took {watch.worst_readyz:.2f} s while bodies were parsed"
     # That nothing of a refused body is kept is checked in process, where Python's own allocations can be counted
     # (tests/test_serving_api.py): the worker's resident size swings by 100-300 MiB from round to round of these
     # bodies (the allocator keeps what it freed; twelve rounds plateau near 550 MiB), more than a kept body adds.
@@ -234,13 +226,14 @@ def test_eight_maximum_bodies_keep_the_worker_under_1_gb_and_responsive(server):
 
 def test_two_concurrent_maximum_batches_finish_without_starving_single_requests(server, ensemble):
     """Two 10,000-pair uploads at once both finish (they used to get 504 after 120 s), and single requests
-    sent meanwhile are answered within seconds: the batches go through the scorer's queue in chunks."""
+    sent meanwhile are answered (the batches go through the scorer's queue in chunks; a single request starved
+    behind them would run into its client's timeout)."""
     pairs = _course_pairs(MAX_PAIRS, seed=2)
     buffer = io.BytesIO()
     np.savez_compressed(buffer, x=pairs)
     data = buffer.getvalue()
     single = _png(_course_pairs(1, seed=4)[0])
-    singles: list[tuple[int, float]] = []
+    singles: list[int | str] = []  # each single request's status, or the error that ended it
     batches_done = threading.Event()
 
     def post_batch(_: int) -> httpx.Response:
@@ -248,12 +241,13 @@ def test_two_concurrent_maximum_batches_finish_without_starving_single_requests(
 
     def post_singles() -> None:
         with httpx.Client(base_url=server.url, timeout=120) as client:
-            time.sleep(5)  # let the batches start
-            while not batches_done.is_set():
-                start = time.monotonic()
-                status = client.post("/compare_pair", files={"image": ("p.png", single)}).status_code
-                singles.append((status, time.monotonic() - start))
-                time.sleep(0.5)
+            while True:  # one at least, then one every half second until both batches are answered
+                try:
+                    singles.append(client.post("/compare_pair", files={"image": ("p.png", single)}).status_code)
+                except httpx.HTTPError as err:
+                    singles.append(repr(err))
+                if batches_done.wait(0.5):
+                    return
 
     prober = threading.Thread(target=post_singles, daemon=True)
     prober.start()
@@ -271,9 +265,6 @@ def test_two_concurrent_maximum_batches_finish_without_starving_single_requests(
     assert first["probabilities"] == second["probabilities"]  # the same pairs, the same answers
     expected = ensemble.predict(pairs[:256]).probability
     np.testing.assert_allclose(first["probabilities"][:256], expected, atol=1e-5)
-    worst = max((latency for _, latency in singles), default=0.0)
-    print(f"\ntwo concurrent {MAX_PAIRS}-pair batches: {elapsed:.0f} s ({2 * MAX_PAIRS / elapsed:.0f} pairs/s); "
-          f"{len(singles)} single requests meanwhile, slowest {worst:.1f} s")
-    assert len(singles) >= 3, singles
-    assert all(status == 200 for status, _ in singles), [s for s in singles if s[0] != 200]
-    assert worst < 5.0, f"a single request waited {worst:.1f} s behind the batches"
+    print(f"\ntwo concurrent {MAX_PAIRS}-pair batches: {elapsed:.0f} s; {len(singles)} single requests meanwhile")
+    assert not prober.is_alive(), "the single requests did not end"
+    assert singles and all(status == 200 for status in singles), singles

@@ -3,7 +3,7 @@
 SIGTERM goes to the ``bentoml serve`` process (as an orchestrator sends it to a container's first process)
 while 16 closed-loop clients post ``compare_pair``. Every request sent before the signal must get its 200;
 requests sent after it may find the door shut (a refused or reset connection) but never get a 5xx; the whole
-server exits within 10 s.
+server exits (how fast is measured on a quiet machine, docs/testing.md; here only a hang fails).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.drain import EXIT_WITHIN_S, ClosedLoop, assert_drained
+from tests.drain import ANSWERED_BEFORE_SIGNAL, EXIT_HANG_S, ClosedLoop, assert_drained
 from tests.server_process import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,16 +51,16 @@ def _start(layout: str, tmp: Path) -> tuple[subprocess.Popen, str, Path]:
 
 
 @pytest.mark.parametrize("layout", ["in_process", "scorer"])
-def test_sigterm_under_load_finishes_every_accepted_request_and_exits_in_time(layout):
+def test_sigterm_under_load_finishes_every_accepted_request_and_exits(layout):
     with tempfile.TemporaryDirectory(prefix="digit-compare-shutdown-") as tmp:
         process, url, log = _start(layout, Path(tmp))
         try:
             with ClosedLoop(url) as load:
-                time.sleep(4.0)
+                load.wait_answered(ANSWERED_BEFORE_SIGNAL)
                 signalled = time.monotonic()
                 process.send_signal(signal.SIGTERM)
                 try:
-                    process.wait(EXIT_WITHIN_S + 20)
+                    process.wait(EXIT_HANG_S)
                 except subprocess.TimeoutExpired:
                     pass
                 exited = time.monotonic() - signalled if process.poll() is not None else float("inf")

@@ -219,3 +219,24 @@ def test_a_step_in_bf16_runs_the_model_in_bf16_on_its_device():
     loss, logits = trainer.step(*_batch(seed=6))
     assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float32 and torch.isfinite(loss)
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+
+
+def test_a_step_without_digit_labels_leaves_the_digit_head_as_it_is():
+    """Pairs without digit labels (a supported path: training.train takes a folder without them) give the digit
+    head no gradient, and the step must leave it alone: no weight decay, no momentum from earlier steps."""
+    torch.set_num_threads(1)
+    trainer = _trainer(steps_per_epoch=100)
+    trainer.model.train()
+    x, y, digits = _batch(seed=7)
+    trainer.step(x, y, digits)  # a step with digit labels first: the digit head has gradients and Adam state
+    probe = copy.deepcopy(trainer.model)
+    logits, digit_logits = probe(x)
+    training_loss(trainer.config, logits, y, digit_logits, None, trainer.prof.recipe.aux_digit_weight).backward()
+    digit_only = {name for name, p in probe.named_parameters() if p.grad is None}
+    assert digit_only, "the model has a digit head the pair loss does not reach"
+    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    trainer.step(*_batch(seed=8)[:2], None)
+    after = dict(trainer.model.named_parameters())
+    for name in digit_only:
+        assert torch.equal(after[name], before[name]), f"{name} changed without a digit label"
+    assert any(not torch.equal(after[name], before[name]) for name in before if name not in digit_only)

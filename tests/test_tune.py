@@ -7,12 +7,14 @@ import glob
 import json
 import os
 import pwd
+import queue
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -210,20 +212,50 @@ def test_a_malformed_profile_file_is_refused_naming_the_field(tmp_path):
         load_profile_file(path)
 
 
+#: python -m training.tune whose trials, instead of training, say so on stdout and wait for the signal: the test
+#: sends Ctrl+C (SIGINT) once a trial is known to be running, not after a guessed delay.
+_HELD_TUNE = """
+import sys, threading
+from training import tune
+
+def _train(self, trial, config, prof):
+    print("held: trial", trial.number, "running", flush=True)
+    threading.Event().wait(900)  # until SIGINT (its handler raises KeyboardInterrupt here); 900 s: a hang
+    raise AssertionError("no SIGINT came")
+
+tune.Objective._train = _train
+sys.exit(tune.main(sys.argv[1:]))
+"""
+
+
 @pytest.mark.slow
 def test_ctrl_c_leaves_the_study_consistent_and_a_rerun_resumes_it(tiny_data, tmp_path):
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    process = _tune_process(tiny_data, tmp_path, url, "cut", trials=3)
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline and process.poll() is None:  # until a trial is running
-        try:
-            if any(tr.state == TrialState.RUNNING for tr in _study(url, "cut").get_trials()):
-                break
-        except Exception:  # the study is not there yet
-            pass
-        time.sleep(0.2)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen([sys.executable, "-c", _HELD_TUNE, *SMOKE_ARGS, "--data", str(tiny_data),
+                                "--out", str(tmp_path), "--n-trials", "3", "--study", "cut", "--storage", url],
+                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def read() -> None:
+        for line in process.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    seen = []
+    while not seen or not seen[-1].startswith("held: trial"):  # until a trial is running (a hang: 900 s)
+        line = lines.get(timeout=900)
+        assert line is not None, f"tune ended before a trial ran:\n{''.join(seen)[-3000:]}"
+        seen.append(line)
     process.send_signal(signal.SIGINT)
-    output = process.communicate(timeout=300)[0]
+    process.wait(300)
+    reader.join(60)
+    while not lines.empty():
+        line = lines.get_nowait()
+        seen += [line] if line is not None else []
+    output = "".join(seen)
     assert process.returncode == 130, output
     assert "the same command resumes the study" in output
     trials = _study(url, "cut").get_trials()

@@ -24,7 +24,6 @@ import math
 import os
 import re
 import tempfile
-import time
 import typing as t
 from pathlib import Path
 
@@ -366,13 +365,11 @@ def test_drawn_digits_are_compared_and_the_answer_shown(page, client, server):
     """Draw a 7 (mouse) and a 3 (finger), press Compare: the page shows the service's answer in full.
     Then the screenshot for README, and the same answer on a phone-sized window."""
     info = client.get("/info").json()
-    started = time.monotonic()
     _draw_seven(page, _by_id(page, "canvas-left"))
     _draw_three(page, _by_id(page, "canvas-right"))
     assert _by_id(page, "source-left").text == "Your drawing (mouse)"
     assert _by_id(page, "source-right").text == "Your drawing (touch)"
-    received = _click_and_wait(page, "compare")
-    browser_s = time.monotonic() - started
+    received = _click_and_wait(page, "compare")  # within WAIT_S: a bound on a hang, not a speed
     assert received["url"] == "compare" and received["status"] == 200, received
     answer = received["body"]
     assert answer["prior"] == "uniform"  # two drawings can be any pair of digits
@@ -414,7 +411,6 @@ def test_drawn_digits_are_compared_and_the_answer_shown(page, client, server):
     with _phone(page):
         _layout_is_intact(page)
         _assert_page_shows(page, answer, info, "compare")
-    assert browser_s < 30, browser_s
 
     # Switching to the course prior asks the same question again under it.
     before = page.execute_script("return window.__answers.length")

@@ -141,7 +141,7 @@ def sample_digit_pairs(rng: np.random.Generator, n: int) -> np.ndarray:
 def _pick_sources(rng: np.random.Generator, labels: np.ndarray, classes: np.ndarray) -> np.ndarray:
     """For each requested class, the index of a random source digit of that class."""
     picks = np.empty(classes.shape, dtype=np.int64)
-    for c in range(10):
+    for c in np.unique(classes):  # every class asked for (one outside 0-9 has no source digit: refused)
         pool = np.flatnonzero(labels == c)
         where = classes == c
         if where.any() and len(pool) == 0:
