@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -29,7 +29,7 @@ class Overloaded(Exception):
 class _Waiting:
     pair: np.ndarray
     future: asyncio.Future
-    since: float = field(default_factory=time.monotonic)
+    since: float  # time.monotonic() when it arrived
 
 
 class PairCoalescer:
@@ -47,7 +47,7 @@ class PairCoalescer:
     async def score(self, pair: np.ndarray) -> np.ndarray:
         if len(self._waiting) >= self.max_waiting:
             raise Overloaded(f"{len(self._waiting)} pairs are already waiting; retry shortly")
-        waiting = _Waiting(pair, asyncio.get_running_loop().create_future())
+        waiting = _Waiting(pair, asyncio.get_running_loop().create_future(), time.monotonic())
         self._waiting.append(waiting)
         self._send()
         return await waiting.future  # cancelled with its request: _send then drops it

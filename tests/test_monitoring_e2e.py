@@ -40,6 +40,7 @@ MONITORING = ROOT / "deploy" / "monitoring"
 SAMPLES = ROOT / "samples"
 WINDOW_S = 20  # every rule's window in the Prometheus test (15m / 5m in production)
 SCRAPE_S = 1
+HANG_S = 60  # only stops a hang: a scrape and a rule evaluation happen every SCRAPE_S
 ROUTES = ("/compare", "/compare_pair", "/compare_batch")
 
 pytestmark = pytest.mark.slow
@@ -261,6 +262,26 @@ def send_for(client: httpx.Client, pictures: list[bytes], seconds: float) -> int
     return answered
 
 
+def wait_scraped(prom: str, client: httpx.Client) -> None:
+    """Until Prometheus's latest sample holds every answer the server has counted (no sleep guessing a scrape)."""
+    counted = metric(client.get("/metrics").text, "digit_compare_answers_total")
+    deadline = time.monotonic() + HANG_S
+    while not (seen := query(prom, "sum(digit_compare_answers_total)")) or float(seen[0]["value"][1]) < counted:
+        assert time.monotonic() < deadline, f"Prometheus has {seen}, the server {counted} answers"
+        time.sleep(SCRAPE_S / 4)
+
+
+def wait_firing(prom: str, alertname: str) -> list[dict]:
+    """Prometheus's alerts once ``alertname`` fires (the rules are evaluated every SCRAPE_S)."""
+    deadline = time.monotonic() + HANG_S
+    while True:
+        alerts = httpx.get(f"{prom}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
+        if any(a["labels"]["alertname"] == alertname and a["state"] == "firing" for a in alerts):
+            return alerts
+        assert time.monotonic() < deadline, f"{alertname} not firing after {HANG_S} s: {alerts}"
+        time.sleep(SCRAPE_S / 4)
+
+
 def test_prometheus_sees_the_confidence_fall_and_the_drift_rule_fire_on_free_pictures(server, client, tmp_path):
     rules_text = shortened_rules((MONITORING / "rules.yml").read_text(), WINDOW_S)
     drift = next(r for g in yaml.safe_load(rules_text)["groups"] for r in g["rules"]
@@ -274,19 +295,17 @@ def test_prometheus_sees_the_confidence_fall_and_the_drift_rule_fire_on_free_pic
     target = server.url.removeprefix("http://")
     with prometheus(target, rules_text, tmp_path) as prom:
         assert send_for(client, course_pair_pngs(), WINDOW_S + 5) >= 50
-        time.sleep(3 * SCRAPE_S)  # the last answers scraped and the rules evaluated
+        wait_scraped(prom, client)
         course_mean, course_low = float(query(prom, mean)[0]["value"][1]), float(query(prom, below_09)[0]["value"][1])
         assert query(prom, drift["expr"]) == [], "the drift rule is true on course pairs"
         assert send_for(client, free_pictures(40), WINDOW_S + 5) >= 50
-        time.sleep(3 * SCRAPE_S)
+        wait_scraped(prom, client)
         free_mean, free_low = float(query(prom, mean)[0]["value"][1]), float(query(prom, below_09)[0]["value"][1])
         assert free_mean < course_mean - 0.08, (course_mean, free_mean)
         assert free_low > course_low, (course_low, free_low)  # the histogram's mass moved below 0.9
         true = query(prom, drift["expr"])
         assert [r["metric"].get("prior") for r in true] == ["course"], true
-        alerts = httpx.get(f"{prom}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
-        assert any(a["labels"]["alertname"] == "DigitCompareConfidenceDrift" and a["state"] == "firing"
-                   for a in alerts), alerts
+        wait_firing(prom, "DigitCompareConfidenceDrift")
 
 
 def test_the_dashboard_and_the_rules_name_only_metrics_the_service_exports(client):

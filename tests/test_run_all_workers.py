@@ -65,7 +65,12 @@ def test_killing_run_all_leaves_no_worker(tiny_data, tmp_path, sig):
             assert time.monotonic() < deadline, f"no two workers after 180 s:\n{log.read_text()[-3000:]}"
             time.sleep(0.2)
             workers = _children(process.pid)
-        time.sleep(1.0)  # let them get going (armed death signal, watchdog started)
+        # Each worker names its model once training starts, after its initializer armed the death signal and
+        # started the watchdog: the kill below finds both armed.
+        while not all(name in log.read_text(errors="replace") for name in ("resnet", "fpn")):
+            assert process.poll() is None, f"run_all ended early:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"the models did not start within 180 s:\n{log.read_text()[-3000:]}"
+            time.sleep(0.2)
         assert all(_alive(w) for w in workers)
 
         os.kill(process.pid, sig)

@@ -1,5 +1,8 @@
 """Coalescing of single pairs (serving/coalesce.py), with a fake scorer: who waits, who shares a call,
-and what every request gets when the call fails or is cancelled."""
+and what every request gets when the call fails or is cancelled.
+
+No sleep orders anything here: a call to the fake scorer takes one turn of the event loop, or is held until the
+test releases it, and the coalescer's clock is the test's own (``FakeClock``)."""
 
 from __future__ import annotations
 
@@ -8,28 +11,63 @@ import asyncio
 import numpy as np
 import pytest
 
+from serving import coalesce
 from serving.coalesce import Overloaded, PairCoalescer
 
 
 class FakeScorer:
-    """Answers each pair with the row [pair id, call size] after ``delay`` seconds; records the calls."""
+    """Answers each pair with the row [pair id, call size]; records the calls. A call takes one turn of the
+    event loop, or, when ``held``, waits until ``release()``."""
 
-    def __init__(self, delay: float = 0.02, fail: BaseException | None = None):
-        self.delay, self.fail = delay, fail
+    def __init__(self, fail: BaseException | None = None, held: bool = False):
+        self.fail = fail
         self.calls: list[int] = []
         self.in_flight = self.max_in_flight = 0
+        self._released = asyncio.Event()
+        if not held:
+            self._released.set()
+
+    def release(self) -> None:
+        self._released.set()
 
     async def __call__(self, pairs: np.ndarray) -> np.ndarray:
         self.calls.append(len(pairs))
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            await asyncio.sleep(self.delay)
+            await asyncio.sleep(0)  # a call always takes at least one turn, as a real one does
+            await self._released.wait()
             if self.fail is not None:
                 raise self.fail
             return np.stack([pairs[:, 0, 0], np.full(len(pairs), len(pairs))], axis=1).astype(float)
         finally:
             self.in_flight -= 1
+
+
+class FakeClock:
+    """The coalescer's ``time.monotonic``, moved by the test."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(coalesce, "time", fake)
+    return fake
+
+
+async def turns_until(condition, turns: int = 100) -> None:
+    """Let the event loop run until ``condition()`` holds (a bounded number of turns: never a hang)."""
+    for _ in range(turns):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"not reached in {turns} turns of the event loop")
 
 
 def pair(i: int) -> np.ndarray:
@@ -80,7 +118,7 @@ def test_a_failed_call_fails_each_of_its_requests_with_its_own_exception():
 
 def test_too_many_waiting_pairs_are_refused_at_once():
     async def main():
-        c = coalescer(FakeScorer(delay=0.2), max_in_flight=1, max_waiting=3)
+        c = coalescer(FakeScorer(), max_in_flight=1, max_waiting=3)
         return await asyncio.gather(*(c.score(pair(i)) for i in range(6)), return_exceptions=True)
 
     results = asyncio.run(main())
@@ -88,16 +126,18 @@ def test_too_many_waiting_pairs_are_refused_at_once():
     assert [isinstance(r, Overloaded) for r in results] == [False] * 4 + [True] * 2
 
 
-def test_a_pair_that_waited_too_long_is_refused_and_a_cancelled_one_is_not_scored():
+def test_a_pair_that_waited_too_long_is_refused_and_a_cancelled_one_is_not_scored(clock):
     async def main():
-        scorer = FakeScorer(delay=0.3)
+        scorer = FakeScorer(held=True)
         c = coalescer(scorer, max_in_flight=1, max_wait_s=0.1)
         first = asyncio.ensure_future(c.score(pair(0)))
-        await asyncio.sleep(0.01)
+        await turns_until(lambda: scorer.in_flight == 1)
         stale = asyncio.ensure_future(c.score(pair(1)))
         gone = asyncio.ensure_future(c.score(pair(2)))
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0)  # both reach the queue behind the held call
         gone.cancel()
+        clock.now += 0.5  # longer than max_wait_s
+        scorer.release()
         results = await asyncio.gather(first, stale, return_exceptions=True)
         return scorer.calls, results
 
@@ -107,15 +147,31 @@ def test_a_pair_that_waited_too_long_is_refused_and_a_cancelled_one_is_not_score
     assert calls == [1]  # neither the stale nor the cancelled pair reached the scorer
 
 
+def test_a_pair_within_its_wait_is_scored_after_the_call_ahead(clock):
+    async def main():
+        scorer = FakeScorer(held=True)
+        c = coalescer(scorer, max_in_flight=1, max_wait_s=0.1)
+        first = asyncio.ensure_future(c.score(pair(0)))
+        await turns_until(lambda: scorer.in_flight == 1)
+        second = asyncio.ensure_future(c.score(pair(1)))
+        await asyncio.sleep(0)
+        clock.now += 0.05  # within max_wait_s
+        scorer.release()
+        return await asyncio.gather(first, second)
+
+    first, second = asyncio.run(main())
+    assert first.tolist() == [0, 1] and second.tolist() == [1, 1]
+
+
 def test_cancelling_a_call_cancels_its_requests_and_the_waiting_go_on():
     async def main():
-        scorer = FakeScorer(delay=5)
+        scorer = FakeScorer(held=True)
         c = coalescer(scorer)
         requests = [asyncio.ensure_future(c.score(pair(i))) for i in range(3)]  # 0, 1 sent; 2 waits
-        await asyncio.sleep(0.05)
+        await turns_until(lambda: scorer.in_flight == 2)
         for task in list(c._tasks):
             task.cancel()
-        scorer.delay = 0.01
+        scorer.release()
         return await asyncio.gather(*requests, return_exceptions=True)
 
     first, second, third = asyncio.run(main())

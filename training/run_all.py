@@ -1,6 +1,6 @@
 """Rebuild every model: data (if missing), the registered base models, export, stacking and the report.
 
-    python -m training.run_all [--profile smoke|default|long|compare|gpu|full | --profile-file PATH]
+    python -m training.run_all [--profile smoke|default|long|wide|wide_long|compare|gpu|full | --profile-file PATH]
                                [--models NAME,...] [--jobs N]
                                [--device auto|cpu|cuda] [--precision auto|fp32|bf16] [--data DIR] [--out DIR]
                                [--resume] [--force] [--skip-export] [--score FILE ...]
