@@ -133,6 +133,24 @@ def test_the_unpacked_size_is_bounded_before_anything_is_read(monkeypatch):
     assert str(refused) == f"file: the .npz unpacks to {size} bytes, more than the limit of {size - 1}"
 
 
+def _largest_upload(n: int) -> dict[str, np.ndarray]:
+    """The widest arrays a legitimate upload of ``n`` pairs carries: float64 pixels, 256-character ids, labels."""
+    return {"x": np.full((n, 28, 56), 255.0), "id": np.array([f"{i:0256d}" for i in range(n)]),
+            "y": np.ones(n, np.int64)}
+
+
+def test_the_unpacked_limit_admits_the_largest_upload_and_not_much_more():
+    """The largest legitimate upload is read, whatever the pair limit; and at the default 10,000 pairs the limit
+    is within 10% of what that upload unpacks to, so an archive cannot make the worker unpack much more than a
+    real upload would."""
+    for max_pairs in (1, 3):
+        upload = _zip(**_largest_upload(max_pairs))
+        assert len(inputs.read_npz_upload(io.BytesIO(upload), max_pairs).x) == max_pairs
+    largest = _largest_upload(MAX_PAIRS)
+    unpacked = sum(array.nbytes for array in largest.values())  # without the .npy headers: a lower bound
+    assert unpacked < inputs.npz_unpacked_limit(MAX_PAIRS) <= 1.1 * unpacked
+
+
 def test_the_number_of_pairs_is_bounded_from_the_header():
     assert len(inputs.read_npz_upload(io.BytesIO(_zip(x=_pairs(2))), max_pairs=2).x) == 2
     with pytest.raises(ClientError) as caught:
