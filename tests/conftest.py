@@ -5,14 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hypothesis import settings
+from hypothesis import Phase, settings
 
 from training.data import build_dataset
 
 # The property tests (tests/test_properties.py) run 100 examples each; `make mutation` runs them for every mutant
 # of the functions they reach, with this profile (pyproject's [tool.mutmut] passes --hypothesis-profile=mutation):
 # a mutant the first few examples do not catch is rarely caught by the rest, and 100 would cost minutes each.
-settings.register_profile("mutation", max_examples=10)
+# No shrinking: a mutant only has to fail, and shrinking its failure to a minimal example ran features' mutants
+# into mutmut's timeout (26 of 146 in the 6 December run; a timeout counts as killed, but costs 30x a test run).
+# No example database: each mutant's failures are its own.
+settings.register_profile("mutation", max_examples=10, phases=[Phase.explicit, Phase.generate], database=None)
 
 
 @pytest.fixture(scope="session")
