@@ -61,6 +61,8 @@ def test_repeated_ids_are_named_three_at_most_with_their_count():
 def test_the_default_source_names_an_array_and_the_float_rule_has_its_exact_threshold():
     with pytest.raises(cd.CourseDataError, match=r"^array: 'x' must have shape"):
         cd.as_pairs_uint8(np.zeros((2, 2)))
+    with pytest.raises(cd.CourseDataError, match=r", got \(28, 28\)$"):  # the shape sent, not a reshaped one
+        cd.as_pairs_uint8(np.zeros((28, 28)))
     with pytest.raises(cd.CourseDataError, match=r"^array: missing key 'x' \(found keys: none\)$"):
         cd.validate_course_arrays({})
     with pytest.raises(cd.CourseDataError, match=r"^array: missing key 'x' \(found keys: \['y'\]\)$"):
@@ -165,3 +167,6 @@ def test_a_member_with_a_good_header_and_short_data_names_its_shape_and_dtype(tm
     with pytest.raises(cd.CourseDataError) as err:
         cd.load_course_npz(path)
     assert str(err.value).startswith(f"{path}: key 'x': unreadable array data for shape (4,) of int64 (")
+    with pytest.raises(ValueError) as numpy_says:  # what numpy itself says of the member, passed on whole
+        np.lib.format.read_array(io.BytesIO(truncated))
+    assert str(err.value).endswith(f"({numpy_says.value})")

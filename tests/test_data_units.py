@@ -263,6 +263,23 @@ def test_clean_pairs_are_the_source_digits_side_by_side(monkeypatch):
         assert not np.array_equal(make_pairs(images, labels, 10, severity=0.0, **other)["digits"], out["digits"])
 
 
+@pytest.mark.parametrize("workers", [1, 2], ids=["in_process", "pool"])
+def test_clean_digits_come_only_when_asked_and_leave_the_pairs_as_they_were(monkeypatch, workers):
+    """``with_clean`` adds each pair's clean digits and changes nothing else; without it there are none. Drawn
+    uncorrupted (severity 0: no geometry either), the clean pair is the pair itself, left digit on the left."""
+    images, labels = _digits(100)
+    monkeypatch.setattr(data, "CHUNK", 4)  # several chunks, so that the pool path is taken
+    plain = make_pairs(images, labels, 10, seed=3, workers=workers)
+    with_clean = make_pairs(images, labels, 10, seed=3, workers=workers, with_clean=True)
+    assert "clean" not in plain
+    assert set(with_clean) == set(plain) | {"clean"}
+    for key in plain:
+        np.testing.assert_array_equal(with_clean[key], plain[key])
+    assert with_clean["clean"].shape == (10, 28, 56) and with_clean["clean"].dtype == np.uint8
+    uncorrupted = make_pairs(images, labels, 10, seed=3, severity=0.0, workers=workers, with_clean=True)
+    np.testing.assert_array_equal(uncorrupted["clean"], uncorrupted["x"])
+
+
 def test_corrupted_pairs_differ_from_their_sources():
     images, labels = _digits(100)
     out = make_pairs(images, labels, 6, seed=0)  # the course's severity

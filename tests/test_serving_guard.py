@@ -441,6 +441,39 @@ def test_a_successful_answer_passes_message_for_message():
     assert _shaped(answer).sent == answer
 
 
+def test_a_watched_route_is_answered_as_an_unwatched_one_and_its_refusals_counted_once():
+    """With a refusal counter (serving.model_metrics), a watched route gets exactly what it would without one: the
+    app's scope, the body it was sent, and its answer message for message. Each refused request counts once, with
+    its reason; answers, and routes not watched, count nothing."""
+    from prometheus_client import CollectorRegistry
+
+    from serving.model_metrics import Instruments, RefusalCounter
+
+    registry = CollectorRegistry()
+    instruments = Instruments(registry)
+
+    def door(app: _App) -> FrontDoor:
+        return FrontDoor(app, rules={"/r": POST_OCTETS}, openapi=dict, body_idle_timeout=IDLE, body_timeout=TOTAL,
+                         refusals=RefusalCounter(["/r"], lambda: instruments))
+
+    def refused(route: str, reason: str) -> float:
+        return registry.get_sample_value("digit_compare_refused_total", {"route": route, "reason": reason}) or 0.0
+
+    app, wire = _App(), _Wire(_chunks(b"abc", b"de"))
+    _call(door(app), _scope("POST", "/r", OCTETS), wire)
+    assert app.body == b"abcde" and app.calls[0][0]["path"] == "/r"
+    assert wire.sent == [{"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]},
+                         {"type": "http.response.body", "body": b"5"}]
+    answer = [{"type": "http.response.start", "status": 400,
+               "headers": [(b"content-type", b"application/json")]},
+              {"type": "http.response.body", "body": b'{"error": "no"}'}]
+    _call(door(_App(answer)), _scope("POST", "/r", OCTETS), _Wire(_chunks(b"x")))
+    _call(door(_App()), _scope("POST", "/r", {"content-type": "text/plain"}), _Wire(_chunks(b"x")))
+    _call(door(_App()), _scope("POST", "/elsewhere", {"content-type": "text/plain"}), _Wire(_chunks(b"x")))
+    assert (refused("/r", "invalid_request"), refused("/r", "content_type")) == (1, 1)
+    assert refused("/elsewhere", "content_type") == 0
+
+
 @pytest.mark.parametrize("raw, message", [
     (b'{"error": "1 validation error", "detail": [{"loc": ["body", "left"], "msg": "field required"}, '
      b'{"loc": [], "msg": "bad value"}]}', "body.left: field required; body: bad value"),

@@ -207,6 +207,40 @@ def test_a_step_weights_the_digit_loss_as_the_profiles_recipe_says():
     assert trainer.step(x, y, digits)[0].item() == pytest.approx(expected, rel=1e-5)
 
 
+def test_a_step_adds_the_clean_digit_terms_as_the_recipe_weights_them():
+    """With a reconstruction weight and a distillation weight (training.privileged), the step's loss is the pair and
+    digit loss plus each term at its weight: the decoder drawing the clean digits from the tower's features, and
+    the digit head's KL to the teacher's posteriors on the clean digits (never on the corrupted ones)."""
+    from training.models import build_model
+    from training.privileged import distillation_loss, reconstruction_loss
+
+    torch.set_num_threads(1)
+    recipe = Recipe(clean_reconstruction_weight=2.5, teacher_distill_weight=4.0, distill_temperature=3.0)
+    prof = replace(PROFILES["smoke"], epochs=1, recipe=recipe)
+    torch.manual_seed(1)
+    teacher = build_model("resnet", prof.width, prof.feat_dim)
+    with torch.no_grad():  # a sure teacher, whose posteriors differ from picture to picture
+        teacher.digit_head[1].weight.mul_(30.0)
+    trainer = Trainer(REGISTRY["resnet"], prof, torch.device("cpu"), 10, FP32, teacher)
+    trainer.model.train()
+    x, y, digits = _batch(seed=8)
+    clean = (torch.rand(x.shape, generator=torch.Generator().manual_seed(9)) > 0.8).float()  # other pictures
+    model, decoder = copy.deepcopy(trainer.model), copy.deepcopy(trainer.decoder)
+    torch.manual_seed(0)
+    logits, digit_logits, features = model.forward_with_features(x)
+    with torch.no_grad():
+        teacher_on_clean, teacher_on_corrupted = trainer.teacher(clean)[1], trainer.teacher(x)[1]
+    base = training_loss(trainer.config, logits, y, digit_logits, digits, recipe.aux_digit_weight)
+    recon = reconstruction_loss(decoder(features), clean)
+    distill = distillation_loss(digit_logits, teacher_on_clean, 3.0)
+    assert recon.item() > 0.01 and distill.item() > 0.01  # both terms count here
+    assert abs(distillation_loss(digit_logits, teacher_on_corrupted, 3.0).item() - distill.item()) > 1e-3
+    assert abs(distillation_loss(digit_logits, teacher_on_clean, 2.0).item() - distill.item()) > 1e-3
+    expected = (base + 2.5 * recon + 4.0 * distill).item()
+    torch.manual_seed(0)
+    assert trainer.step(x, y, digits, clean)[0].item() == pytest.approx(expected, rel=1e-5)
+
+
 def test_a_step_in_bf16_runs_the_model_in_bf16_on_its_device():
     """The step mode's autocast is opened for the trainer's device: the logits come out in bf16, the loss in
     fp32 (training_loss casts), the weights stay fp32."""
