@@ -5,6 +5,8 @@ so run them on a quiet one and record what they print (docs/speed.md, docs/bench
 - ``python -m bench.serve`` (``make bench-serve``): the served product in process and over HTTP -> docs/bench.md;
 - ``python -m bench.training`` and ``python -m bench.inference`` (``make bench``): training steps per second per
   architecture, and eager PyTorch against ONNX Runtime (needs the training group);
+- ``python -m bench.graph_cost OLD NEW``: two model folders' fused graphs side by side, CPU ms per pair (a retrain
+  must not make serving dearer);
 - ``python -m bench.naive_server``: the per-request PyTorch server ``bench.serve --url`` compares against;
 - ``python -m bench.serve_variants``: service settings side by side;
 - ``python -m bench.serve_profile``: where a served answer's CPU goes (py-spy);
