@@ -37,8 +37,6 @@ from pathlib import Path
 import numpy as np
 
 from ensemble.atomic import atomic_write_text
-from ensemble.contract import join_pair
-from ensemble.course_data import load_course_npz
 from ensemble.tables import markdown_table
 
 MODEL = "resnet_s2025"
@@ -147,29 +145,13 @@ def train_arm(arm_name: str, seed: int, profile_file: str, out: str, data_dir: s
 
 
 def score_arm(row: dict, out: Path, profile_file: str, data_dir: Path, course_val: Path) -> dict:
-    """Accuracy on the built validation split and the course's val.npz, and how the digit head reads."""
-    import torch
-
+    """Accuracy on the built validation split and the course's val.npz, and how the digit head reads (no test
+    digits: the A/B chooses on these)."""
+    from experiments.member_scores import ScoringSets, score_model
     from training.models import load_weights
-    from training.train import predict_logits
 
     model = load_weights(model_name(row["seed"]), out, profile_file)
-    device = torch.device("cpu")
-    built = load_course_npz(data_dir / "val.npz", require=("x", "y", "digits"))
-    logits, digit_logits = predict_logits(model, built.x, device)
-    course = load_course_npz(course_val, require=("x", "y"))
-    course_logits, _ = predict_logits(model, course.x, device)
-    with np.load(data_dir / "sources.npz", allow_pickle=False) as npz:
-        images, labels = npz["val_images"], npz["val_labels"]
-    half = len(images) // 2
-    clean_pairs = join_pair(images[:half], images[half:2 * half])
-    _, clean_digit_logits = predict_logits(model, clean_pairs, device)
-    clean_labels = np.stack([labels[:half], labels[half:2 * half]], axis=1)
-    return {**row,
-            "built_val_acc": float(((logits > 0) == built.y).mean()),
-            "course_val_acc": float(((course_logits > 0) == course.y).mean()),
-            "digits_read": float((digit_logits.argmax(-1) == built.digits).mean()),
-            "clean_digits_read": float((clean_digit_logits.argmax(-1) == clean_labels).mean())}
+    return {**row, **score_model(model, ScoringSets.read(data_dir, course_val, with_test=False))}
 
 
 # --------------------------------------------------------------------------- the A/B
