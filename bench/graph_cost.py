@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
 from bench.load import course_like_pairs
 from ensemble.manifest import ManifestError, read_manifest, verify_artifact
@@ -27,7 +28,7 @@ from ensemble.tables import markdown_table
 DEFAULT_BATCHES = (1, 32, 256)
 
 
-def timed_call(session, pairs: np.ndarray) -> tuple[float, float]:
+def timed_call(session: ort.InferenceSession, pairs: np.ndarray) -> tuple[float, float]:
     """(wall seconds, CPU seconds of this process) of one run of the graph on ``pairs``."""
     wall, cpu = time.perf_counter(), time.process_time()
     session.run(None, {"pairs": pairs})
