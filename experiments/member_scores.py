@@ -29,13 +29,12 @@ import torch
 
 from ensemble.atomic import atomic_write_text
 from ensemble.contract import join_pair
-from ensemble.course_data import CourseData, labels_for_ids, load_course_npz, read_labels_csv
+from ensemble.course_data import CourseData, load_course_npz
 from ensemble.layout import ArtifactLayout
 from ensemble.tables import markdown_table
+from training.datasets import load_labelled_test
 from training.models import load_weights, model_names
 from training.train import predict_logits
-
-TEST_PARTS = ("test_public", "test_private")
 
 
 @dataclass(frozen=True)
@@ -43,25 +42,18 @@ class ScoringSets:
     """Every pair set a member is scored on, read once; the test pairs only when asked (an A/B never sees them)."""
     built: CourseData  # with x, y, digits
     course: CourseData  # with x, y
-    test_x: np.ndarray | None
-    test_y: np.ndarray | None
+    test: CourseData | None  # with y
     clean_pairs: np.ndarray
     clean_labels: np.ndarray
 
     @classmethod
     def read(cls, data_dir: Path, course_val: Path, with_test: bool = True) -> ScoringSets:
-        xs, ys = [], []
-        for part in TEST_PARTS if with_test else ():
-            test = load_course_npz(data_dir / f"{part}.npz")
-            labels = read_labels_csv(data_dir / f"{part}_labels.csv")
-            xs.append(test.x)
-            ys.append(labels_for_ids(labels, test.ids_or_row_numbers(), str(data_dir / f"{part}.npz")))
         with np.load(data_dir / "sources.npz", allow_pickle=False) as npz:
             images, labels = npz["val_images"], npz["val_labels"]
         half = len(images) // 2
         return cls(built=load_course_npz(data_dir / "val.npz", require=("x", "y", "digits")),
                    course=load_course_npz(course_val, require=("x", "y")),
-                   test_x=np.concatenate(xs) if xs else None, test_y=np.concatenate(ys) if ys else None,
+                   test=load_labelled_test(data_dir) if with_test else None,
                    clean_pairs=join_pair(images[:half], images[half:2 * half]),
                    clean_labels=np.stack([labels[:half], labels[half:2 * half]], axis=1))
 
@@ -76,9 +68,9 @@ def score_model(model: torch.nn.Module, sets: ScoringSets) -> dict[str, float]:
               "course_val_acc": float(((course_logits > 0) == sets.course.y).mean()),
               "digits_read": float((digit_logits.argmax(-1) == sets.built.digits).mean()),
               "clean_digits_read": float((clean_digit_logits.argmax(-1) == sets.clean_labels).mean())}
-    if sets.test_x is not None:
-        test_logits, _ = predict_logits(model, sets.test_x, device)
-        scores["built_test_acc"] = float(((test_logits > 0) == sets.test_y).mean())
+    if sets.test is not None:
+        test_logits, _ = predict_logits(model, sets.test.x, device)
+        scores["built_test_acc"] = float(((test_logits > 0) == sets.test.y).mean())
     return scores
 
 
@@ -114,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
                          **score_model(load_weights(name, folder, profile), sets)})
             print(json.dumps(rows[-1]), flush=True)
     keys = ("built_val_acc", "course_val_acc", "built_test_acc", "digits_read", "clean_digits_read")
-    print(markdown_table([[f"`{r['model']}`", f"`{r['folder']}` ({r['profile']})", *(f"{r[k]:.4f}" for k in keys)]
-                          for r in rows],
+    print(markdown_table([[f"`{r['model']}`", f"`{r['folder']}` ({r['profile']})",
+                           *(f"{r[k]:.4f}" if k in r else "-" for k in keys)] for r in rows],
                          ["model", "weights", "built val acc", "course val.npz acc", "built test acc", "digits read",
                           "clean digits read"]))
     if args.out:
