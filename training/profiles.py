@@ -3,9 +3,9 @@
 - ``smoke``: all ten models in a few minutes on 2 CPU cores, for tests; accuracy does not matter.
 - ``default``: what ``run_all`` trains unless told; all ten within 100 minutes on 2 CPU cores (``--jobs 2``, bf16).
 - ``long``: the default recipe with twice the pairs (16 epochs x 48,000), about twice the time.
-- ``wide``: the committed models: three times the default's pairs with the tuned recipe, chosen by A/B runs; hours,
-  so in installments.
-- ``wide_long``: the ``wide`` recipe with twice its pairs; about 4 hours at ``--jobs 2``, in installments.
+- ``wide``: three times the default's pairs with the tuned recipe, chosen by A/B runs; hours, so in installments.
+- ``wide_long``: the committed models: the ``wide`` recipe with twice its pairs; about 4 hours at ``--jobs 2``, in
+  installments.
 - ``compare``: one model trained on the course's own files or on fresh pairs, same budget
   (``python -m experiments.compare_sources``).
 - ``gpu``: all ten in about 8 minutes on one large GPU: wider towers, large batches, pairs drawn
