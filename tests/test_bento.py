@@ -45,9 +45,11 @@ def test_bento_holds_only_what_serving_needs(bento_home):
     assert "service.py" in files and "ensemble/runtime.py" in files
     assert {"serving/__init__.py", "serving/guard.py", "serving/inputs.py", "serving/openapi.py",
             "serving/webui.py"} <= set(files)  # the HTTP layer beside service.py
-    assert sorted(f for f in files if f.startswith("models/")) == [
-        "models/ensemble.onnx", "models/manifest.json", "models/stacker_lightgbm.txt", "models/stacker_logreg.json",
-        "models/student.onnx"]
+    # From models/: the manifest and the serving graphs and stackers it lists, no weights, histories or figures.
+    serving_roles = ("fused", "fused_int8", "lightgbm", "logreg", "student", "student_int8")
+    listed = json.loads((ROOT / "models" / "manifest.json").read_text())["artifacts"]
+    assert sorted(f for f in files if f.startswith("models/")) == sorted(
+        ["models/manifest.json"] + [f"models/{listed[role]['file']}" for role in serving_roles if role in listed])
     assert not any(f.startswith(("training/", "export/", "tests/")) for f in files)
     # No measuring tool, experiment or maintenance tool ships: the Bento is the product.
     assert not any(f.startswith(("bench/", "experiments/", "tools/")) for f in files), files

@@ -125,11 +125,10 @@ def test_the_committed_models_refuse_int8_for_the_parity_they_recorded(monkeypat
     assert recorded["pairs"] == 2000
     assert 0 <= recorded["max_probability_diff"] <= 1 and 0 <= recorded["label_agreement"] <= 1
     assert recorded["failures"] == parity_failures(recorded) != []  # refused for what its numbers say
-    # the numbers measured when the committed (wide) models were exported: 0.101, 99.65%, 0.9130 vs 0.9135; the
-    # labels and accuracy pass their bars, the stacked probability (bar 0.02) does not
-    assert recorded["max_probability_diff"] == pytest.approx(0.1006, abs=1e-4)
-    assert recorded["label_agreement"] == pytest.approx(0.9965)
-    assert (recorded["fp32_accuracy"], recorded["int8_accuracy"]) == pytest.approx((0.9135, 0.913))
+    # The committed models' int8 graph (the wide ten's and the wide_long ten's alike) passes the label and accuracy
+    # bars and fails on the stacked probability alone: the LightGBM stacker magnifies int8's logit errors.
+    assert recorded["max_probability_diff"] > 0.02
+    assert recorded["label_agreement"] >= 0.995 and recorded["fp32_accuracy"] - recorded["int8_accuracy"] <= 0.003
     assert len(recorded["failures"]) == 1 and "stacked probability" in recorded["failures"][0]
     monkeypatch.delenv(PRECISION_ENV, raising=False)
     with pytest.raises(ManifestError, match="lists no int8 graph"):
