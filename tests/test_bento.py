@@ -48,6 +48,7 @@ def test_bento_holds_only_what_serving_needs(bento_home):
     # From models/: the manifest and the serving graphs and stackers it lists, no weights, histories or figures.
     serving_roles = ("fused", "fused_int8", "lightgbm", "logreg", "student", "student_int8")
     listed = json.loads((ROOT / "models" / "manifest.json").read_text())["artifacts"]
+    assert {"fused", "lightgbm", "logreg", "student"} <= listed.keys()  # the committed ensemble and its student
     assert sorted(f for f in files if f.startswith("models/")) == sorted(
         ["models/manifest.json"] + [f"models/{listed[role]['file']}" for role in serving_roles if role in listed])
     assert not any(f.startswith(("training/", "export/", "tests/")) for f in files)
