@@ -2,11 +2,12 @@
 
     python -m bench.serve [--models models] [--duration 10] [--concurrency 1,4,16,64]
                           [--batches 1,8,32,64,256] [--repeats 7] [--out docs] [--url URL]
-                          [--serve-env NAME=VALUE ...] [--model ensemble|student|ensemble,student]
+                          [--serve-env NAME=VALUE ...] [--model ensemble|student|ensemble,student] [--in-process]
 
 1. **In process**: pairs/s of ``Ensemble.predict`` (fused graph + stacker) with the fp32 and the int8
    graph at each batch size, median of ``--repeats``, the two precisions interleaved so that a noisy
-   machine slows both alike.
+   machine slows both alike. ``--in-process`` stops here and prints it, naming the CPU: int8 pays only on a
+   CPU with an int8 dot product (docs/speed.md, "Per CPU").
 2. **Over HTTP**: starts ``bentoml serve service:DigitCompare`` itself (or uses ``--url``), then a
    closed loop of ``compare_pair`` requests (one course pair each) at each concurrency for
    ``--duration`` seconds: answers/s, p50/p95/p99 latency, errors, and the batch sizes the server
@@ -43,6 +44,7 @@ from tabulate import tabulate
 from bench.load import course_like_pairs, measured, npz, png
 from bench.server import ROOT, Server, serve_models
 from ensemble.atomic import atomic_path, atomic_write_text
+from ensemble.cpu import this_cpu
 from ensemble.student import MODEL_ENV, load_model
 
 CONCURRENCY = (1, 4, 16, 64)
@@ -196,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="environment of the server it starts, e.g. DIGIT_COMPARE_MAX_BATCH_SIZE=32 (repeatable)")
     parser.add_argument("--model", default="ensemble", help="ensemble, student, or both side by side: "
                         "ensemble,student (the student: a models folder that lists one)")
+    parser.add_argument("--in-process", action="store_true",
+                        help="only step 1 (fp32 against int8 in process, on this CPU), printed; nothing written")
     args = parser.parse_args(argv)
     serve_env = dict(item.split("=", 1) for item in args.serve_env)
     names = [m.strip() for m in args.model.split(",") if m.strip()]
@@ -204,6 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     batches = tuple(int(b) for b in args.batches.split(","))
     models, out = Path(args.models), Path(args.out)
     pairs = course_like_pairs(max(max(batches), 2 * BATCH_REQUEST_PAIRS))
+    if args.in_process:  # whether int8 pays depends on the CPU (ensemble.cpu): the table says which one measured it
+        print(f"in process, {this_cpu().label()}")
+        for name in names:
+            print(f"\n{name}\n{_table(in_process(models, pairs, batches, args.repeats, name), 2)}")
+        return 0
     results = {name: bench_model(name, models, pairs, args, serve_env) for name in names}
 
     plots = {name: "bench.png" if i == 0 else f"bench_{name}.png" for i, name in enumerate(names)}

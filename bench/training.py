@@ -4,9 +4,9 @@
 
 Times full training steps (forward, focal loss + digit cross-entropy, backward, AdamW) on random
 pairs at the profile's width and batch size, and prints pairs/second (median over steps). With
-``--modes`` every architecture is timed in each step mode side by side (fp32; fp32 + channels-last;
-bf16 autocast + channels-last where the CPU computes bf16 natively), with the mode training picks
-(``training.precision.choose_mode``) marked.
+``--modes`` every architecture is timed in each step mode training may pick on this CPU, side by side (fp32; on a
+CPU with native bf16 also fp32 + channels-last and bf16 autocast + channels-last), with the mode training picks
+(``training.precision.choose_mode``) marked. The first line names the CPU and its deciding flags.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ import time
 import torch
 
 from ensemble.contract import PAIR_SHAPE
+from ensemble.cpu import this_cpu
 from ensemble.tables import markdown_table
 from training.models import REGISTRY, build_model, count_parameters, model_names
-from training.precision import FAST_CPU_MODE, FP32, StepMode, choose_mode, cpu_has_native_bf16
+from training.precision import FP32, StepMode, choose_mode, cpu_modes
 from training.profiles import PROFILES
 from training.train import training_loss
 
@@ -64,11 +65,6 @@ def distinct_architectures() -> list[str]:
     return names
 
 
-def cpu_modes() -> list[StepMode]:
-    modes = [FP32, StepMode(None, channels_last=True)]
-    return modes + [FAST_CPU_MODE] if cpu_has_native_bf16() else modes
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.training", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -80,7 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     modes = cpu_modes() if args.modes else [None]
     print(f"profile {args.profile}, {args.threads} thread(s), batch {PROFILES[args.profile].batch_size}, "
-          f"native bf16: {cpu_has_native_bf16()}\n")
+          f"on {this_cpu().label()}")
+    if args.modes:
+        # Only the modes training may pick on this CPU: the others are slower here (bf16 emulated) or take a kernel
+        # that crashes (channels-last fp32 on AVX2: tests/test_torch_bugs.py).
+        print(f"modes training may pick here: {', '.join(m.name for m in modes)}")
+    print()
     rows = []
     for name in distinct_architectures():
         chosen = choose_mode(CPU, REGISTRY[name].tower)

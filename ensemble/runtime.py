@@ -14,6 +14,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import lightgbm as lgb
 import numpy as np
@@ -21,6 +22,7 @@ import onnxruntime as ort
 from tqdm import tqdm
 
 from ensemble.course_data import as_pairs_uint8
+from ensemble.cpu import INT8_DOT_FLAGS, Cpu, this_cpu
 from ensemble.features import FeatureMismatchError, check_feature_spec, sigmoid, stacking_features
 from ensemble.manifest import MANIFEST, ManifestError, read_manifest, verify_artifact
 from ensemble.priors import DESCRIPTIONS, check_prior, read_frequencies, uniform_greater_probability
@@ -61,17 +63,43 @@ def resolve_device(device: str | None = None) -> str:
     return "cuda" if usable else "cpu"
 
 
-def resolve_precision(precision: str | None, device: str, has_int8: bool) -> str:
-    """``fp32`` or ``int8``: int8 where it pays (the CPU) and the manifest ships it, unless told otherwise."""
+class PrecisionChoice(NamedTuple):
+    """Which graph runs (``fp32`` or ``int8``) and why: shown by ``/info`` and the start-up log line."""
+
+    precision: str
+    reason: str
+
+
+def resolve_precision(precision: str | None, device: str, has_int8: bool, cpu: Cpu | None = None) -> PrecisionChoice:
+    """``fp32`` or ``int8`` from a setting (argument, else $DIGIT_COMPARE_PRECISION, else auto).
+
+    ``auto`` takes the int8 graph only on a CPU with an int8 dot product (VNNI or AMX, ``ensemble.cpu``) and only
+    when the manifest ships one: there the int8 student answered 1.8x faster than fp32; on an AVX2-only AMD EPYC
+    it answered at 0.88x (batch 1) and 0.96x (batch 256), so ``auto`` serves fp32 there (docs/speed.md, "Per CPU").
+    """
     precision = (precision or os.environ.get(PRECISION_ENV, "auto")).lower()
     if precision not in ("auto", "fp32", "int8"):
         raise ValueError(f"{PRECISION_ENV} must be auto, fp32 or int8, got {precision!r}")
     if precision == "int8" and not has_int8:
         raise ManifestError(f"{PRECISION_ENV}=int8, but the manifest lists no int8 graph "
                             "(export it with `python -m export.quantize`)")
-    if precision == "auto":
-        return "int8" if device == "cpu" and has_int8 else "fp32"
-    return precision
+    if precision != "auto":
+        return PrecisionChoice(precision, f"{precision} asked for ({PRECISION_ENV} or the precision argument)")
+    if device != "cpu":
+        return PrecisionChoice("fp32", "on the GPU the fp32 graph runs")
+    if not has_int8:
+        return PrecisionChoice("fp32", "the manifest lists no int8 graph")
+    cpu = cpu or this_cpu()
+    if cpu.int8_dot:
+        return PrecisionChoice("int8", f"{cpu.model} has {', '.join(cpu.int8_dot)}: int8 dot products")
+    return PrecisionChoice("fp32", f"{cpu.model} has no int8 dot product ({', '.join(INT8_DOT_FLAGS)}): "
+                                   "int8 is slower than fp32 there")
+
+
+def hardware_info(choice: PrecisionChoice, provider: str) -> dict:
+    """The hardware-dependent part of ``info()``: the provider, the precision and why, and the CPU it was read from."""
+    return {"provider": provider, "precision": choice.precision, "precision_reason": choice.reason,
+            "cpu": this_cpu().describe()}
 
 
 def gpu_usable() -> bool:
@@ -182,7 +210,8 @@ class Ensemble:
     """The base models (the manifest's list) in one fused ONNX graph, stacked by LightGBM."""
 
     def __init__(self, models_dir: Path, manifest: dict, session: ort.InferenceSession, booster: lgb.Booster,
-                 logreg: LogisticStacker, precision: str = "fp32", digit_frequencies: np.ndarray | None = None):
+                 logreg: LogisticStacker, precision: PrecisionChoice,
+                 digit_frequencies: np.ndarray | None = None):
         self.models_dir = models_dir
         self.manifest = manifest
         self.session = session
@@ -192,7 +221,8 @@ class Ensemble:
         self.feature_names: list[str] = list(manifest["features"]["names"])
         self.best_single: str = manifest["best_single"]
         self.provider: str = session.get_providers()[0]
-        self.precision = precision  # which fused graph runs: fp32 or int8
+        self.precision_choice = precision
+        self.precision = precision.precision  # which fused graph runs: fp32 or int8
         # The class frequencies the digit heads learned, divided out by the uniform prior (ensemble.priors).
         self.digit_frequencies = read_frequencies(None) if digit_frequencies is None else digit_frequencies
 
@@ -208,8 +238,8 @@ class Ensemble:
         models_dir = Path(models_dir)
         manifest = read_manifest(models_dir)
         device = resolve_device(device)
-        precision = resolve_precision(precision, device, "fused_int8" in manifest["artifacts"])
-        fused = verify_artifact(models_dir, manifest, "fused_int8" if precision == "int8" else "fused")
+        choice = resolve_precision(precision, device, "fused_int8" in manifest["artifacts"])
+        fused = verify_artifact(models_dir, manifest, "fused_int8" if choice.precision == "int8" else "fused")
         lightgbm_path = verify_artifact(models_dir, manifest, "lightgbm")
         logreg_path = verify_artifact(models_dir, manifest, "logreg")
         try:
@@ -230,7 +260,7 @@ class Ensemble:
         if len(outputs) != 2 or outputs[1] != len(manifest["models"]):
             raise ManifestError(f"{fused}: the fused graph scores {outputs[1:]} models, the manifest lists "
                                 f"{len(manifest['models'])}")
-        return cls(models_dir, manifest, session, booster, logreg, precision, frequencies)
+        return cls(models_dir, manifest, session, booster, logreg, choice, frequencies)
 
     def predict(self, pairs: np.ndarray, progress: bool = False, prior: str = "course") -> Prediction:
         """Score pairs (N, 28, 56) uint8 (a float array in [0, 1] or [0, 255] is converted).
@@ -270,7 +300,7 @@ class Ensemble:
         """What is loaded: names, versions, hashes, data, metrics, provider."""
         m = self.manifest
         return {"models": list(self.names), "best_single": self.best_single, "format_version": m["format_version"],
-                "created": m.get("created"), "provider": self.provider, "precision": self.precision,
+                "created": m.get("created"), **hardware_info(self.precision_choice, self.provider),
                 "artifacts": {role: {"file": a["file"], "sha256": a["sha256"]} for role, a in m["artifacts"].items()},
                 "training": m.get("training", {}), "metrics": m.get("metrics", {}),
                 "priors": {"choices": dict(DESCRIPTIONS), "digit_frequencies": self.digit_frequencies.round(6).tolist(),

@@ -32,7 +32,16 @@ from ensemble.features import sigmoid
 from ensemble.layout import ArtifactLayout
 from ensemble.manifest import MANIFEST, ManifestError, artifact_entry, read_manifest, verify_artifact, write_manifest
 from ensemble.priors import DESCRIPTIONS, check_prior, read_frequencies, uniform_greater_probability
-from ensemble.runtime import CHUNK, Ensemble, Prediction, open_session, resolve_device, resolve_precision
+from ensemble.runtime import (
+    CHUNK,
+    Ensemble,
+    PrecisionChoice,
+    Prediction,
+    hardware_info,
+    open_session,
+    resolve_device,
+    resolve_precision,
+)
 
 MODEL_ENV = "DIGIT_COMPARE_MODEL"  # ensemble (default) | student: which model the service and the CLI run
 MODELS = ("ensemble", "student")
@@ -72,10 +81,11 @@ class Student:
 
     names: tuple[str, ...] = (NAME,)
 
-    def __init__(self, models_dir: Path, manifest: dict, session: ort.InferenceSession, precision: str,
+    def __init__(self, models_dir: Path, manifest: dict, session: ort.InferenceSession, precision: PrecisionChoice,
                  digit_frequencies: np.ndarray):
         self.models_dir, self.manifest, self.session = models_dir, manifest, session
-        self.precision, self.digit_frequencies = precision, digit_frequencies
+        self.precision_choice, self.digit_frequencies = precision, digit_frequencies
+        self.precision = precision.precision
         self.provider: str = session.get_providers()[0]
         self.best_single = NAME
 
@@ -88,8 +98,8 @@ class Student:
         manifest = read_manifest(models_dir)
         verify_student(models_dir, manifest)
         device = resolve_device(device)
-        precision = resolve_precision(precision, device, ROLES["int8"] in manifest["artifacts"])
-        path = verify_artifact(models_dir, manifest, ROLES[precision])
+        choice = resolve_precision(precision, device, ROLES["int8"] in manifest["artifacts"])
+        path = verify_artifact(models_dir, manifest, ROLES[choice.precision])
         try:
             frequencies = read_frequencies(manifest.get("priors"))
         except ValueError as err:
@@ -98,7 +108,7 @@ class Student:
         shapes = {o.name: o.shape for o in session.get_outputs()}
         if len(shapes.get("logit", ())) != 1 or list(shapes.get("digit_probs", ()))[1:] != [2, 10]:
             raise ManifestError(f"{path}: not a single-model graph (outputs {shapes})")
-        return cls(models_dir, manifest, session, precision, frequencies)
+        return cls(models_dir, manifest, session, choice, frequencies)
 
     def predict(self, pairs: np.ndarray, progress: bool = False, prior: str = "course") -> Prediction:
         """Score pairs as ``Ensemble.predict`` does; ``features`` is empty (no stacker)."""
@@ -124,7 +134,7 @@ class Student:
         """What is loaded: the student, its teacher, its hashes and metrics, the provider."""
         m = self.manifest
         return {"model": "student", "models": [NAME], "best_single": NAME, "format_version": m["format_version"],
-                "created": m.get("created"), "provider": self.provider, "precision": self.precision,
+                "created": m.get("created"), **hardware_info(self.precision_choice, self.provider),
                 "student": m[NAME],
                 "artifacts": {role: {"file": a["file"], "sha256": a["sha256"]} for role, a in m["artifacts"].items()
                               if role in ROLES.values()},

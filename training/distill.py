@@ -53,7 +53,7 @@ from ensemble.runtime import Ensemble
 from ensemble.student import NAME
 from training.data import dataset_fingerprint, make_pairs
 from training.models import REGISTRY, ModelConfig, build_from_config, count_parameters
-from training.precision import choose_mode
+from training.precision import choose_mode, torch_threads
 from training.profiles import PROFILES, TRAIN_SEVERITY, Profile, Recipe
 from training.train import (
     SWAP_PROBABILITY,
@@ -283,25 +283,24 @@ def distill(teacher_dir: Path, data_dir: Path, out: Path, profile: str, settings
     started = time.perf_counter()
     layout, prof = ArtifactLayout(out), PROFILES[profile]
     settings = replace(settings, clean_share=prof.clean_share if settings.clean_share is None else settings.clean_share)
-    if threads:
-        torch.set_num_threads(threads)
-    teacher = Ensemble.load(teacher_dir, device="cpu", precision="fp32", threads=threads)
-    targets = transfer_targets(teacher, data_dir, settings.pairs, settings.clean_share, out / "teacher_targets.npz")
-    val_all = load_course_npz(data_dir / "val.npz", require=("x", "y"))
-    n_val = min(len(val_all), prof.max_val_pairs or len(val_all))
-    val = CourseData(x=val_all.x[:n_val], y=val_all.y[:n_val])
-    model, init = build_student(settings, prof, teacher_dir)
-    student, history = train_student(model, targets, val, settings, prof, resolve_device("cpu"))
-    manifest = teacher.manifest  # as loaded: the ensemble that taught, whatever the folder holds by now
-    entry = {"name": NAME, "architecture": settings.architecture, "params": count_parameters(student),
-             "config": student_config(settings).to_dict(), "profile": profile, "init": init,
-             "teacher": {"folder": str(teacher_dir), "fused_sha256": manifest["artifacts"]["fused"]["sha256"],
-                         "created": manifest.get("created"), "models": [m["name"] for m in manifest["models"]]},
-             "distillation": {**asdict(settings), "seconds": round(time.perf_counter() - started, 1),
-                              "transfer_seed": TRANSFER_SEED, "data_fingerprint": dataset_fingerprint(data_dir)},
-             "val_acc": max(h["val_acc"] for h in history)}
-    save_student(student, layout, history, entry)
-    return entry
+    with torch_threads(threads):  # put back after: a caller in this process keeps its own
+        teacher = Ensemble.load(teacher_dir, device="cpu", precision="fp32", threads=threads)
+        targets = transfer_targets(teacher, data_dir, settings.pairs, settings.clean_share, out / "teacher_targets.npz")
+        val_all = load_course_npz(data_dir / "val.npz", require=("x", "y"))
+        n_val = min(len(val_all), prof.max_val_pairs or len(val_all))
+        val = CourseData(x=val_all.x[:n_val], y=val_all.y[:n_val])
+        model, init = build_student(settings, prof, teacher_dir)
+        student, history = train_student(model, targets, val, settings, prof, resolve_device("cpu"))
+        manifest = teacher.manifest  # as loaded: the ensemble that taught, whatever the folder holds by now
+        entry = {"name": NAME, "architecture": settings.architecture, "params": count_parameters(student),
+                 "config": student_config(settings).to_dict(), "profile": profile, "init": init,
+                 "teacher": {"folder": str(teacher_dir), "fused_sha256": manifest["artifacts"]["fused"]["sha256"],
+                             "created": manifest.get("created"), "models": [m["name"] for m in manifest["models"]]},
+                 "distillation": {**asdict(settings), "seconds": round(time.perf_counter() - started, 1),
+                                  "transfer_seed": TRANSFER_SEED, "data_fingerprint": dataset_fingerprint(data_dir)},
+                 "val_acc": max(h["val_acc"] for h in history)}
+        save_student(student, layout, history, entry)
+        return entry
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -1,34 +1,39 @@
-"""How a training step runs: its arithmetic (fp32, bf16 or fp16 autocast) and its memory format.
+"""How a training step runs: its arithmetic (fp32, bf16 or fp16 autocast), its memory format and its threads.
 
-On a CPU with AVX-512 BF16 (or AMX), ``torch.autocast("cpu", dtype=torch.bfloat16)`` plus channels-last
-tensors train these CNNs 1.6-2.4x faster than fp32 (``python -m bench.training --modes`` measures it);
-the weights and the optimiser stay fp32 under autocast, so only the convolutions' arithmetic changes.
-A CPU without native bf16 would emulate it (slower than fp32), so it trains in fp32. On CUDA, fp16
-autocast with a loss scaler, as before (bf16 where the GPU has it: no scaler needed).
+Each choice follows from what the CPU has (``ensemble.cpu``), and says why (``StepMode.reason``, logged and kept
+in each model's history.json):
 
-The choice per architecture is ``TOWER_MODES``, decided by measurement: a tower whose attention gates
-gain nothing from bf16 (cbam) keeps fp32 with channels-last alone.
+- **bf16 autocast + channels-last** where bf16 is native (AVX-512 BF16 or AMX): 1.6-2.4x faster than fp32 on the
+  Intel machines (``python -m bench.training --modes``; docs/training.md has the table per CPU). The weights and
+  the optimiser stay fp32 under autocast, so only the convolutions' arithmetic changes.
+- **fp32 + channels-last** on such a CPU for the towers whose attention gates gain nothing from bf16 (cbam:
+  ``TOWER_MODES``, measured).
+- **plain fp32** on any other CPU (AVX2 only): emulated bf16 is slower than fp32, and channels-last is never
+  chosen without AVX-512: torch 2.13's AVX2 kernel for a channels-last fp32 convolution's backward pass
+  corrupts the heap at one thread (tests/test_torch_bugs.py records whether the installed torch still does).
+- On CUDA, fp16 autocast with a loss scaler (bf16 where the GPU has it: no scaler needed).
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import sys
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 
 import torch
+
+from ensemble.cpu import Cpu, this_cpu
 
 PRECISIONS = ("auto", "fp32", "bf16")  # what a user may ask for (--precision)
 
 
 @dataclass(frozen=True)
 class StepMode:
-    """One way to run a training step."""
+    """One way to run a training step, and why it was chosen (not part of its identity)."""
 
     dtype: torch.dtype | None  # autocast dtype; None: plain fp32
     channels_last: bool
+    reason: str = field(default="", compare=False)
 
     @property
     def name(self) -> str:
@@ -48,35 +53,33 @@ class StepMode:
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
+    def because(self, reason: str) -> StepMode:
+        return replace(self, reason=reason)
+
 
 FP32 = StepMode(None, channels_last=False)
-# Measured with ``python -m bench.training --modes --threads 1`` (README): every tower gains from
+FAST_CPU_MODE = StepMode(torch.bfloat16, channels_last=True)
+# Measured with ``python -m bench.training --modes --threads 1`` (docs/training.md): every tower gains from
 # channels-last; bf16 pays on top for all but the attention (CBAM) tower, whose pooling and sigmoid gates
 # run slower in bf16 than in fp32.
 TOWER_MODES: dict[str, StepMode] = {"cbam": StepMode(None, channels_last=True)}
-FAST_CPU_MODE = StepMode(torch.bfloat16, channels_last=True)
 
 
-def _cpu_flags() -> set[str]:
-    cpuinfo = Path("/proc/cpuinfo")
-    if not cpuinfo.is_file():
-        return set()
-    for line in cpuinfo.read_text().splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
+def cpu_has_native_bf16(cpu: Cpu | None = None) -> bool:
+    """True when the CPU computes bf16 natively (AVX-512 BF16 or AMX), so bf16 autocast is faster."""
+    return bool((cpu or this_cpu()).native_bf16)
 
 
-@functools.cache
-def cpu_has_native_bf16() -> bool:
-    """True when this CPU computes bf16 natively (AVX-512 BF16 or AMX), so bf16 autocast is faster."""
-    if sys.platform.startswith("linux"):
-        return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
-    return False  # elsewhere we cannot tell cheaply: fp32 is the safe choice
+def cpu_modes(cpu: Cpu | None = None) -> list[StepMode]:
+    """Every mode the product may pick on this CPU: what a test or a benchmark may run here in process."""
+    cpu = cpu or this_cpu()
+    if not cpu.native_bf16:
+        return [FP32]
+    return list(dict.fromkeys([FP32, *TOWER_MODES.values(), FAST_CPU_MODE]))
 
 
-def choose_mode(device: torch.device, tower: str, precision: str = "auto") -> StepMode:
-    """The step mode for one model on one device.
+def choose_mode(device: torch.device, tower: str, precision: str = "auto", cpu: Cpu | None = None) -> StepMode:
+    """The step mode for one model on one device, with its reason.
 
     ``precision`` is ``auto`` (the fastest measured mode this hardware supports), ``fp32`` (plain, as
     asked) or ``bf16`` (refused where the hardware would only emulate it).
@@ -84,18 +87,37 @@ def choose_mode(device: torch.device, tower: str, precision: str = "auto") -> St
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
     if precision == "fp32":
-        return FP32
+        return FP32.because("--precision fp32 asked for")
     if device.type == "cuda":
         if precision == "bf16" or torch.cuda.is_bf16_supported():
-            return StepMode(torch.bfloat16, channels_last=True)
-        return StepMode(torch.float16, channels_last=True)
+            return StepMode(torch.bfloat16, True, "this GPU computes bf16")
+        return StepMode(torch.float16, True, "this GPU has no bf16: fp16 with a loss scaler")
     if device.type != "cpu":
-        return FP32
+        return FP32.because(f"{device.type}: no measured faster mode")
+    cpu = cpu or this_cpu()
+    bf16_flags = ", ".join(cpu.native_bf16)
+    if not cpu.native_bf16:
+        if precision == "bf16":
+            raise ValueError(f"--precision bf16 asked for, but this CPU ({cpu.model}) has no native bf16 "
+                             "(AVX-512 BF16 or AMX): it would only be emulated, slower than fp32")
+        return FP32.because(f"{cpu.model} has no native bf16 (avx512_bf16 or amx_bf16): emulated bf16 is slower, "
+                            "and channels-last is kept to AVX-512 CPUs")
     if precision == "bf16":
-        if not cpu_has_native_bf16():
-            raise ValueError("--precision bf16 asked for, but this CPU has no native bf16 (AVX-512 BF16 or AMX): "
-                             "it would only be emulated, slower than fp32")
-        return FAST_CPU_MODE
-    if not cpu_has_native_bf16():
-        return FP32
-    return TOWER_MODES.get(tower, FAST_CPU_MODE)
+        return FAST_CPU_MODE.because(f"--precision bf16 asked for; {cpu.model} has {bf16_flags}")
+    if tower in TOWER_MODES:
+        return TOWER_MODES[tower].because(f"{cpu.model} has {bf16_flags}, but the {tower} tower measured faster "
+                                          "in fp32 + channels-last")
+    return FAST_CPU_MODE.because(f"{cpu.model} has {bf16_flags}: native bf16")
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Torch's intra-op threads set to ``threads`` (None: left as they are) for a block, then put back: a caller
+    in the same process (a test, a notebook, ``run_all``'s next step) keeps its own setting."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

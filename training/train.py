@@ -47,7 +47,7 @@ from ensemble.layout import ArtifactLayout
 from training.data import dataset_fingerprint, make_pairs
 from training.datasets import TrainingData
 from training.models import REGISTRY, ModelConfig, build_model, count_parameters, load_weights
-from training.precision import PRECISIONS, StepMode, choose_mode
+from training.precision import PRECISIONS, StepMode, choose_mode, torch_threads
 from training.privileged import CleanDecoder, distillation_loss, reconstruction_loss, teacher_run_key
 from training.profiles import EMA_DECAY, PROFILES, TRAIN_SEVERITY, Profile, get_profile
 
@@ -98,17 +98,28 @@ def train_model(name: str, options: RunOptions = RunOptions(), data: TrainingDat
     key = run_key(name, options.profile, options.data_dir, mode, options.teacher)
     if not options.force and is_trained(layout, name, key, prof.epochs):
         return {**json.loads(layout.history(name).read_text())["result"], "status": "skipped"}
-    if options.threads:
-        torch.set_num_threads(options.threads)
-    data = data or TrainingData.load(options.data_dir, prof.max_train_pairs, prof.max_val_pairs)
-    distils = prof.recipe.teacher_distill_weight > 0
-    teacher = load_weights(name, options.teacher, options.profile) if distils else None
-    trainer = Trainer(config, prof, device, steps_per_epoch(data, prof), mode, teacher)
-    if options.resume and not options.force:
-        trainer.load_checkpoint(layout.checkpoint(name), key)
+    if options.progress:
+        tqdm.write(f"{name} trains in {mode.name}: {mode.reason}")
+    with torch_threads(options.threads):  # put back after: a caller in this process keeps its own
+        data = data or TrainingData.load(options.data_dir, prof.max_train_pairs, prof.max_val_pairs)
+        distils = prof.recipe.teacher_distill_weight > 0
+        teacher = load_weights(name, options.teacher, options.profile) if distils else None
+        trainer = Trainer(config, prof, device, steps_per_epoch(data, prof), mode, teacher)
+        if options.resume and not options.force:
+            trainer.load_checkpoint(layout.checkpoint(name), key)
 
-    pairs = EpochPairs(data, config.seed, prof)
-    for epoch in range(trainer.state["epoch"], prof.epochs):
+        train_epochs(trainer, data, layout, key, options, on_epoch_end)
+        result = finished_result(trainer, data)
+        save_trained(layout, trainer, key, options, result)
+    return {**result, "status": "trained"}
+
+
+def train_epochs(trainer: Trainer, data: TrainingData, layout: ArtifactLayout, key: str, options: RunOptions,
+                 on_epoch_end: Callable[[int], None] | None = None) -> None:
+    """The epochs left of the budget: each trains, is scored on the validation sets and checkpointed."""
+    name = trainer.config.name
+    pairs = EpochPairs(data, trainer.config.seed, trainer.prof)
+    for epoch in range(trainer.state["epoch"], trainer.prof.epochs):
         if trainer.stopped_early:
             break
         epoch_start = time.perf_counter()
@@ -129,10 +140,6 @@ def train_model(name: str, options: RunOptions = RunOptions(), data: TrainingDat
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1)
     pairs.close()
-
-    result = finished_result(trainer, data)
-    save_trained(layout, trainer, key, options, result)
-    return {**result, "status": "trained"}
 
 
 def finished_result(trainer: Trainer, data: TrainingData) -> dict:
@@ -158,6 +165,7 @@ def save_trained(layout: ArtifactLayout, trainer: Trainer, key: str, options: Ru
     atomic_write_text(layout.history(name), json.dumps(
         {"name": name, "run_key": key, "profile": options.profile, "config": trainer.config.to_dict(),
          "profile_settings": trainer.prof.to_dict(), "device": str(trainer.device), "step_mode": trainer.mode.name,
+         "step_mode_reason": trainer.mode.reason,
          "result": result,
          "early_stopped": trainer.stopped_early, "history": trainer.state["history"]},
         indent=2, default=str) + "\n")

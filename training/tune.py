@@ -56,7 +56,7 @@ from ensemble.course_data import CourseData, load_course_npz
 from ensemble.tables import markdown_table
 from training.datasets import TrainingData
 from training.models import REGISTRY
-from training.precision import choose_mode
+from training.precision import choose_mode, torch_threads
 from training.profiles import PROFILES, Profile, Recipe, write_profile_file
 from training.train import EpochPairs, RunOptions, Trainer, resolve_device, steps_per_epoch
 
@@ -440,12 +440,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     budget = default_budget(args.model, args.base, args.epochs, args.pairs, args.val_pairs)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     try:
-        run(budget, out=Path(args.out), data_dir=Path(args.data), study_name=args.study or f"{args.model}-{args.base}",
-            storage=args.storage, n_trials=args.n_trials, timeout=args.timeout, jobs=args.jobs,
-            progress=not args.quiet)
+        with torch_threads(args.threads):
+            run(budget, out=Path(args.out), data_dir=Path(args.data),
+                study_name=args.study or f"{args.model}-{args.base}", storage=args.storage, n_trials=args.n_trials,
+                timeout=args.timeout, jobs=args.jobs, progress=not args.quiet)
     except StudyMismatch as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
