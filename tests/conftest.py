@@ -63,3 +63,11 @@ def smoke_models(tiny_data, tmp_path_factory) -> Path:
             assert main(["--profile", "smoke", "--data", str(tiny_data), "--out", str(out)]) == 0
 
     return built_once(tmp_path_factory, "smoke_models", train)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The files with end-to-end (``slow``) tests first, each file's tests in their order: `make test`'s two workers
+    take whole files in this order, so the many short files fill in at the end instead of one worker idling while
+    the other runs a long file last."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: the order within each group is kept

@@ -43,6 +43,7 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_export_into_a_folder_with_a_manifest_keeps_it_consistent(smoke_models, tiny_data, tmp_path, capsys):
     """`python -m export --out DIR` where DIR/manifest.json records graphs: byte-identical graphs leave DIR as it
     is; differing ones are refused with what to run instead, DIR untouched, the served models still loading."""

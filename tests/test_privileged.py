@@ -80,6 +80,7 @@ def _clean_batch(n: int = 64):
             torch.from_numpy(pairs["digits"]), torch.from_numpy(pairs["clean"]).float() / 255)
 
 
+@pytest.mark.slow
 def test_a_distillation_step_moves_the_digit_head_toward_the_teacher():
     """With only the distillation term (no pair or digit loss can act: weights 0 and no labels), steps bring the
     student's digit posteriors on corrupted digits toward the teacher's on the clean ones."""
@@ -127,6 +128,7 @@ def test_training_only_parts_are_not_kept_and_serving_is_unchanged(tmp_path, tin
     assert history["profile_settings"]["recipe"]["teacher_distill_weight"] == 1.0
 
 
+@pytest.mark.slow
 def test_a_smoke_run_with_the_reconstruction_head_trains_exports_and_stacks(smoke_models, tiny_data, tmp_path):
     """``run_all`` with a profile whose recipe reconstructs the clean digit: one model retrained that way, then the
     ten exported and stacked as always; the fused graph holds the same weights as before, none of the decoder's."""
