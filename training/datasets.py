@@ -8,12 +8,15 @@ the split source digits so that fresh pairs can be drawn every epoch, or the cou
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ensemble.course_data import CourseData, labels_for_ids, load_course_npz, read_labels_csv
+from training.corrupt import COURSE_SEVERITY
+from training.data import make_pairs
 
 
 @dataclass
@@ -37,6 +40,23 @@ class TrainingData:
             with np.load(data_dir / "sources.npz", allow_pickle=False) as npz:
                 sources = {k: npz[k] for k in npz.files}
         return cls(train, val, shifted, test, sources)
+
+
+def stacking_set(data_dir: str | Path, n: int, workers: int = 1, progress: bool = False) -> CourseData | None:
+    """``n`` fresh course-process pairs of the held-out validation digits (``sources.npz``), drawn from their own
+    random stream: what the stackers are fitted on. Early stopping and the weight average watch ``val.npz`` (other
+    pairs of the same digits) and never see these; no test digit is in them. None when the folder has no source
+    digits (the course's own files): the stackers then fit on ``val.npz``, as before."""
+    data_dir = Path(data_dir)
+    if not (data_dir / "sources.npz").is_file():
+        return None
+    with np.load(data_dir / "sources.npz", allow_pickle=False) as npz:
+        images, labels = npz["val_images"], npz["val_labels"]
+    meta_path = data_dir / "dataset.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    pairs = make_pairs(images, labels, n, seed=meta.get("seed", 0), stream="stack",
+                       severity=meta.get("severity", COURSE_SEVERITY), workers=workers, progress=progress)
+    return CourseData(x=pairs["x"], y=pairs["y"])
 
 
 TEST_FILES = ("test_public", "test_private")

@@ -3,11 +3,11 @@
 Each choice follows from what the CPU has (``ensemble.cpu``), and says why (``StepMode.reason``, logged and kept
 in each model's history.json):
 
-- **bf16 autocast + channels-last** where bf16 is native (AVX-512 BF16 or AMX): 1.6-2.4x faster than fp32 on the
-  Intel machines (``python -m bench.training --modes``; docs/training.md has the table per CPU). The weights and
-  the optimiser stay fp32 under autocast, so only the convolutions' arithmetic changes.
+- **bf16 autocast + channels-last** where bf16 is native (AVX-512 BF16 or AMX): 1.6-2.3x faster than fp32 on an
+  Intel Xeon, 1.4-2.5x on an AMD EPYC (``python -m bench.training --modes``; docs/training.md has the table per
+  CPU). The weights and the optimiser stay fp32 under autocast, so only the convolutions' arithmetic changes.
 - **fp32 + channels-last** on such a CPU for the towers whose attention gates gain nothing from bf16 (cbam:
-  ``TOWER_MODES``, measured).
+  ``TOWER_MODES``, measured on both).
 - **plain fp32** on any other CPU (AVX2 only): emulated bf16 is slower than fp32, and channels-last is never
   chosen without AVX-512: torch 2.13's AVX2 kernel for a channels-last fp32 convolution's backward pass
   corrupts the heap at one thread (tests/test_torch_bugs.py records whether the installed torch still does).
@@ -59,9 +59,9 @@ class StepMode:
 
 FP32 = StepMode(None, channels_last=False)
 FAST_CPU_MODE = StepMode(torch.bfloat16, channels_last=True)
-# Measured with ``python -m bench.training --modes --threads 1`` (docs/training.md): every tower gains from
-# channels-last; bf16 pays on top for all but the attention (CBAM) tower, whose pooling and sigmoid gates
-# run slower in bf16 than in fp32.
+# Measured with ``python -m bench.training --modes --threads 1`` (docs/training.md) on an Intel Xeon and an AMD
+# EPYC, both with AVX-512 BF16: every tower gains from channels-last; bf16 pays on top for all but the attention
+# (CBAM) tower, whose pooling and sigmoid gates run slower in bf16 than fp32 on the Xeon and level on the EPYC.
 TOWER_MODES: dict[str, StepMode] = {"cbam": StepMode(None, channels_last=True)}
 
 

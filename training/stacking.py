@@ -1,14 +1,17 @@
-"""Fit the meta-learners on the validation split and write the serving artifacts + manifest.
+"""Fit the meta-learners on the stacking set and write the serving artifacts + manifest.
 
-The base models' outputs on ``val.npz`` (held out from their training) are the stackers'
-training set. Five-fold stratified cross-validation gives out-of-fold predictions and fold scores;
-the final LightGBM model (text format) and a logistic regression (JSON) are fit on all of it. The
-test split is only scored, never used to choose anything.
+The stackers' training set is the base models' outputs on the **stacking set**: fresh pairs of the held-out
+validation digits, drawn from their own random stream (``training.datasets.stacking_set``), which early stopping
+and the weight average never see (they watch ``val.npz``). A data folder without source digits (the course's own
+files) stacks on ``val.npz`` instead. Five-fold stratified cross-validation gives out-of-fold predictions and fold
+scores; the final LightGBM model (text format) and a logistic regression (JSON) are fit on all of it. The test
+split is only scored, never used to choose anything.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
 from datetime import UTC, datetime
 from importlib import metadata
@@ -32,7 +35,7 @@ from ensemble.priors import manifest_entry as prior_manifest_entry
 from ensemble.reference import REFERENCE_KEY, reference_block
 from ensemble.runtime import Ensemble, fused_outputs, open_session
 from training.data import dataset_fingerprint, sample_digit_pairs
-from training.datasets import load_labelled_test
+from training.datasets import load_labelled_test, stacking_set
 from training.models import model_names
 
 #: Pairs drawn to count the digit frequencies the heads were trained under (sampling error below 0.001).
@@ -47,6 +50,9 @@ LGB_PARAMS = {"objective": "binary", "learning_rate": 0.03, "num_leaves": 4, "mi
               "feature_fraction": 0.8, "bagging_fraction": 0.8, "bagging_freq": 1, "lambda_l2": 1.0,
               "verbose": -1, "num_threads": 2, "deterministic": True, "force_row_wise": True}
 MAX_ROUNDS, EARLY_STOP, FOLDS = 1000, 50, 5
+#: Stacking pairs, chosen by the stacker's learning curve (docs/training.md, "The stacking set"); the smoke
+#: profile's tests need only a few.
+STACKING_PAIRS, SMOKE_STACKING_PAIRS = 100_000, 2_000
 
 
 def fit_lightgbm(x: np.ndarray, y: np.ndarray, seed: int, feature_names: list[str], rounds: int | None = None,
@@ -104,7 +110,7 @@ def package_versions() -> dict:
 
 def fit_stackers(out: str | Path, data_dir: str | Path, profile: str, seed: int = 0,
                  score_files: tuple[str | Path, ...] = ()) -> dict:
-    """Fit both stackers on val, write them, the manifest and reference predictions; returns the
+    """Fit both stackers on the stacking set, write them, the manifest and reference predictions; returns the
     metrics (cross-validation, the test table, and a table per labelled ``score_files`` entry, e.g.
     the course's own val.npz: scored only, never fitted on) that the report shows.
 
@@ -115,20 +121,30 @@ def fit_stackers(out: str | Path, data_dir: str | Path, profile: str, seed: int 
     """
     layout, data_dir = ArtifactLayout(out), Path(data_dir)
     names = model_names()
+    session = open_session(layout.fused, "cpu")
     val = load_course_npz(data_dir / "val.npz", require=("x", "y"))
-    val_logits, val_digits = fused_outputs(open_session(layout.fused, "cpu"), val.x, progress=True)
-    features, feature_names = stacking_features(val_logits, val_digits, names)
-    cv = cross_validate(features, val.y, feature_names, seed)
-    booster = write_stackers(layout, features, val.y, feature_names, seed, cv["rounds"])
+    val_logits, val_digits = fused_outputs(session, val.x, progress=True)
+    n_stack = SMOKE_STACKING_PAIRS if profile == "smoke" else STACKING_PAIRS
+    stack = stacking_set(data_dir, n_stack, workers=os.cpu_count() or 1, progress=True)
+    if stack is None:
+        fit_set, fit_logits, fit_digits = f"val.npz ({len(val)} pairs)", val_logits, val_digits
+        fit_y = val.y
+    else:
+        fit_logits, fit_digits = fused_outputs(session, stack.x, progress=True)
+        fit_set, fit_y = f"stacking set ({len(stack)} fresh pairs of the held-out validation digits)", stack.y
+    features, feature_names = stacking_features(fit_logits, fit_digits, names)
+    cv = cross_validate(features, fit_y, feature_names, seed)
+    booster = write_stackers(layout, features, fit_y, feature_names, seed, cv["rounds"])
 
     val_acc = {name: float(((val_logits[:, i] > 0) == val.y).mean()) for i, name in enumerate(names)}
-    manifest = build_manifest(layout, data_dir, profile, names, val_acc, feature_names, len(val))
+    manifest = build_manifest(layout, data_dir, profile, names, val_acc, feature_names, fit_set)
     manifest["artifacts"] = _artifacts(layout, names)
     write_manifest(layout.root, manifest)
 
     # Score through the very path serving uses, and record reference predictions.
     ens = Ensemble.load(layout.root, device="cpu", precision="fp32")
-    metrics = {"stacking_cv": cv, "val_acc": val_acc, "best_single": manifest["best_single"]}
+    metrics = {"stacking_cv": cv, "val_acc": val_acc, "best_single": manifest["best_single"],
+               "stacker_training_set": fit_set}
     metrics.update(score_labelled(ens, data_dir, score_files))
     for entry in manifest["models"]:
         if "test" in metrics:
@@ -147,7 +163,7 @@ def fit_stackers(out: str | Path, data_dir: str | Path, profile: str, seed: int 
 
 def write_stackers(layout: ArtifactLayout, features: np.ndarray, y: np.ndarray, feature_names: list[str],
                    seed: int, rounds: int) -> lgb.Booster:
-    """Fit both stackers on all of val and write them: LightGBM's text model and the logistic JSON."""
+    """Fit both stackers on all of the stacking set and write them: LightGBM's text model and the logistic JSON."""
     booster = fit_lightgbm(features, y, seed, feature_names, rounds=rounds)
     with atomic_path(layout.lightgbm) as tmp:
         booster.save_model(str(tmp))
@@ -159,7 +175,7 @@ def write_stackers(layout: ArtifactLayout, features: np.ndarray, y: np.ndarray, 
 
 
 def build_manifest(layout: ArtifactLayout, data_dir: Path, profile: str, names: tuple[str, ...],
-                   val_acc: dict[str, float], feature_names: list[str], n_val: int) -> dict:
+                   val_acc: dict[str, float], feature_names: list[str], stacker_training_set: str) -> dict:
     """The manifest's content (artifacts and metrics are added by the caller)."""
     histories = {n: json.loads(layout.history(n).read_text()) for n in names}
     dataset = json.loads((data_dir / "dataset.json").read_text()) if (data_dir / "dataset.json").is_file() else {}
@@ -178,7 +194,7 @@ def build_manifest(layout: ArtifactLayout, data_dir: Path, profile: str, names: 
         "features": {"version": FEATURE_SET_VERSION, "names": feature_names},
         "decision": "label = 1 when the LightGBM probability >= 0.5",
         "training": {"profile": profile, "data": dataset, "data_fingerprint": dataset_fingerprint(data_dir),
-                     "stacker_training_set": f"val.npz ({n_val} pairs), {FOLDS}-fold CV"},
+                     "stacker_training_set": f"{stacker_training_set}, {FOLDS}-fold CV"},
         "versions": package_versions(),
         "priors": prior_manifest_entry(trained_digit_frequencies(),
                                        "training.data.sample_digit_pairs (the course pairing rule), counted"),
