@@ -20,7 +20,7 @@ from ensemble.cpu import this_cpu
 from training import run_all
 from training.models import REGISTRY, model_names
 from training.precision import choose_mode, torch_threads
-from training.stacking import SMOKE_STACKING_PAIRS
+from training.profiles import PROFILES
 from training.train import RunOptions, train_model
 
 pytestmark = pytest.mark.slow
@@ -101,7 +101,7 @@ def test_smoke_run_writes_every_artefact(smoke_models):
     assert {r["status"] for r in rows} == {"trained"}
     # The stackers fitted on the stacking set (fresh pairs of the held-out digits), not on early stopping's val.npz.
     fitted_on = json.loads((out / "manifest.json").read_text())["training"]["stacker_training_set"]
-    assert fitted_on.startswith(f"stacking set ({SMOKE_STACKING_PAIRS} ")
+    assert fitted_on.startswith(f"stacking set ({PROFILES['smoke'].stacking_pairs} ")
     assert all(0.0 <= r["val_acc"] <= 1.0 and 0.0 <= r["test_acc"] <= 1.0 for r in rows)
 
 
@@ -181,7 +181,6 @@ def test_resume_after_interruption_is_exact(data_dir, tmp_path):
 
 def test_the_schedule_spends_the_budget_and_ends_at_its_floor(data_dir, tmp_path):
     """The learning rate warms up, peaks at the configured rate and reaches the floor at the last step."""
-    from training.profiles import PROFILES
 
     options = RunOptions(out=tmp_path, data_dir=data_dir, profile="smoke", device="cpu", threads=1, progress=False)
     train_model("resnet", options)
@@ -197,7 +196,6 @@ def test_the_schedule_spends_the_budget_and_ends_at_its_floor(data_dir, tmp_path
 
 def test_a_larger_epoch_budget_is_another_run(data_dir, tmp_path, monkeypatch):
     """The schedule spans the budget, so raising the epochs trains afresh instead of extending."""
-    from training.profiles import PROFILES
 
     common = dict(data_dir=data_dir, profile="smoke", device="cpu", threads=1, progress=False)
     assert train_model("resnet", RunOptions(out=tmp_path, **common))["epochs"] == 2
@@ -211,7 +209,6 @@ def test_a_larger_epoch_budget_is_another_run(data_dir, tmp_path, monkeypatch):
 def test_background_drawing_gives_the_same_pairs(data_dir):
     """With several drawing processes the next epoch is drawn while this one trains: same pairs."""
     from training.datasets import TrainingData
-    from training.profiles import PROFILES
     from training.train import EpochPairs, epoch_pairs
 
     data = TrainingData.load(data_dir, 256, 128)
@@ -231,7 +228,6 @@ def test_background_drawing_gives_the_same_pairs(data_dir):
 def test_gpu_profile_trains_on_cpu_at_a_tiny_size(data_dir, tmp_path, monkeypatch):
     """The GPU profile's recipe (wider, larger batches, pairs drawn by several processes in the
     background) end to end on the CPU, shrunk: no GPU here, so its 8-minute claim is not tested."""
-    from training.profiles import PROFILES
 
     gpu = PROFILES["gpu"]
     assert gpu.data_workers > 1 and gpu.batch_size > PROFILES["default"].batch_size

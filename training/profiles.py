@@ -69,11 +69,16 @@ class Profile:
     clean_share: float = 0.0  # share of training digits drawn nearly clean (severity U[0, CLEAN_SEVERITY_MAX])
     data_workers: int = 1  # processes drawing each epoch's fresh pairs (a GPU trains faster than one CPU draws)
     recipe: Recipe = field(default_factory=Recipe)  # overrides of the training recipe (none by default)
+    # Fresh pairs of the held-out digits the stackers fit on (training.stacking), chosen by the stacker's learning
+    # curve (docs/training.md, "The stacking set").
+    stacking_pairs: int = 100_000
 
     def to_dict(self) -> dict:
-        """The profile's settings; ``recipe`` only when it overrides something, so the run key of a run with
-        the default recipe (``training.train.run_key``) is what it was before recipes could be overridden."""
+        """The profile's training settings; ``recipe`` only when it overrides something, so the run key of a run
+        with the default recipe (``training.train.run_key``) is what it was before recipes could be overridden.
+        ``stacking_pairs`` is left out: it changes the stack, not how a model trains."""
         settings = asdict(self)
+        del settings["stacking_pairs"]
         settings["recipe"] = self.recipe.overrides()
         if not settings["recipe"]:
             del settings["recipe"]
@@ -85,7 +90,7 @@ TUNED_RECIPE = Recipe(lr=3.3e-3, weight_decay=1.65e-3, aux_digit_weight=1.39)
 
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(width=4, feat_dim=16, epochs=2, pairs_per_epoch=256, batch_size=64, patience=5,
-                     max_train_pairs=256, max_val_pairs=128, clean_share=0.2),
+                     max_train_pairs=256, max_val_pairs=128, clean_share=0.2, stacking_pairs=2_000),
     "default": Profile(width=16, feat_dim=64, epochs=12, pairs_per_epoch=32_000, batch_size=128, patience=12,
                        max_train_pairs=None, max_val_pairs=5_000, clean_share=0.2),
     "long": Profile(width=16, feat_dim=64, epochs=16, pairs_per_epoch=48_000, batch_size=128, patience=16,
@@ -167,7 +172,8 @@ def load_profile_file(path: str | os.PathLike) -> Profile:
     if not isinstance(document, dict) or document.get("format") != PROFILE_FILE_FORMAT:
         raise ProfileFileError(f"{path}: not a profile file (expected \"format\": \"{PROFILE_FILE_FORMAT}\")")
     settings = _typed(path, Profile, document.get("profile"), "profile")
-    missing = [f.name for f in fields(Profile) if f.name not in settings and f.name not in ("recipe", "data_workers")]
+    optional = ("recipe", "data_workers", "stacking_pairs")  # each has a default (and older files lack the last)
+    missing = [f.name for f in fields(Profile) if f.name not in settings and f.name not in optional]
     if missing:
         raise ProfileFileError(f"{path}: profile is missing {', '.join(missing)}")
     recipe = Recipe(**_typed(path, Recipe, settings.pop("recipe", {}), "profile.recipe"))

@@ -37,6 +37,7 @@ from ensemble.runtime import Ensemble, fused_outputs, open_session
 from training.data import dataset_fingerprint, sample_digit_pairs
 from training.datasets import load_labelled_test, stacking_set
 from training.models import model_names
+from training.profiles import get_profile
 
 #: Pairs drawn to count the digit frequencies the heads were trained under (sampling error below 0.001).
 FREQUENCY_PAIRS = 1_000_000
@@ -50,9 +51,6 @@ LGB_PARAMS = {"objective": "binary", "learning_rate": 0.03, "num_leaves": 4, "mi
               "feature_fraction": 0.8, "bagging_fraction": 0.8, "bagging_freq": 1, "lambda_l2": 1.0,
               "verbose": -1, "num_threads": 2, "deterministic": True, "force_row_wise": True}
 MAX_ROUNDS, EARLY_STOP, FOLDS = 1000, 50, 5
-#: Stacking pairs, chosen by the stacker's learning curve (docs/training.md, "The stacking set"); the smoke
-#: profile's tests need only a few.
-STACKING_PAIRS, SMOKE_STACKING_PAIRS = 100_000, 2_000
 
 
 def fit_lightgbm(x: np.ndarray, y: np.ndarray, seed: int, feature_names: list[str], rounds: int | None = None,
@@ -124,8 +122,7 @@ def fit_stackers(out: str | Path, data_dir: str | Path, profile: str, seed: int 
     session = open_session(layout.fused, "cpu")
     val = load_course_npz(data_dir / "val.npz", require=("x", "y"))
     val_logits, val_digits = fused_outputs(session, val.x, progress=True)
-    n_stack = SMOKE_STACKING_PAIRS if profile == "smoke" else STACKING_PAIRS
-    stack = stacking_set(data_dir, n_stack, workers=os.cpu_count() or 1, progress=True)
+    stack = stacking_set(data_dir, get_profile(profile).stacking_pairs, workers=os.cpu_count() or 1, progress=True)
     if stack is None:
         fit_set, fit_logits, fit_digits = f"val.npz ({len(val)} pairs)", val_logits, val_digits
         fit_y = val.y
