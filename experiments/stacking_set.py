@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -51,12 +52,17 @@ SETTINGS: dict[str, dict] = {
 }
 
 
+@dataclass(frozen=True)
 class Scored:
     """One labelled set's fused outputs, and its stacking features for any subset of the members."""
 
-    def __init__(self, data: CourseData, session, label: str):
-        self.y, self.label = data.y, label
-        self.logits, self.digits = fused_outputs(session, data.x, progress=True)
+    y: np.ndarray
+    logits: np.ndarray
+    digits: np.ndarray
+
+    @classmethod
+    def of(cls, data: CourseData, session) -> Scored:
+        return cls(data.y, *fused_outputs(session, data.x, progress=True))
 
     def features(self, keep: list[int] | None = None) -> tuple[np.ndarray, list[str]]:
         names = model_names()
@@ -64,9 +70,7 @@ class Scored:
         return stacking_features(self.logits[:, keep], self.digits[:, keep], tuple(names[i] for i in keep))
 
     def head(self, n: int) -> Scored:
-        part = object.__new__(Scored)
-        part.y, part.label, part.logits, part.digits = self.y[:n], self.label, self.logits[:n], self.digits[:n]
-        return part
+        return Scored(self.y[:n], self.logits[:n], self.digits[:n])
 
 
 def fitted(fit_on: Scored, params: dict | None = None, keep: list[int] | None = None):
@@ -171,11 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     session = open_session(ArtifactLayout(args.models).fused, "cpu")
-    stack = Scored(stacking_set(args.data, args.pairs, workers=os.cpu_count() or 1, progress=True), session,
-                   "stacking set")
-    val = Scored(load_course_npz(args.data / "val.npz", require=("x", "y")), session, "built val.npz")
-    test = Scored(load_labelled_test(args.data), session, "built test")
-    course = Scored(load_course_npz(args.course, require=("x", "y")), session, "course val.npz")
+    stack = Scored.of(stacking_set(args.data, args.pairs, workers=os.cpu_count() or 1, progress=True), session)
+    val = Scored.of(load_course_npz(args.data / "val.npz", require=("x", "y")), session)
+    test = Scored.of(load_labelled_test(args.data), session)
+    course = Scored.of(load_course_npz(args.course, require=("x", "y")), session)
 
     curve = learning_curve(stack, CURVE_SIZES)
     plot_curve(curve, args.out.with_suffix(".png"))
